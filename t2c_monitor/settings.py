@@ -1,0 +1,64 @@
+"""Settings in one place.
+
+Every path, URL and threshold of the service comes from here (environment variables with the
+prefix ``T2C_``, or a ``.env`` file) or from a monitor config; nothing reads the environment
+elsewhere.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="T2C_", env_file=".env", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".t2c"),
+        description="Directory for local state: embedded database, trained world, reports, caches.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of an external PostgreSQL with pgvector. "
+        "Unset: an embedded PostgreSQL (pgserver) under <home>/pgdata is started and reused.",
+    )
+    device: str = Field(
+        default="auto",
+        description="Torch device for encoders: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'.",
+    )
+    connect_timeout_s: int = Field(default=5, ge=1, description="Seconds before an unreachable database fails.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def pgdata(self) -> Path:
+        """Data directory of the embedded PostgreSQL."""
+        return self.home / "pgdata"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings so the next ``get_settings()`` re-reads the environment."""
+    get_settings.cache_clear()
