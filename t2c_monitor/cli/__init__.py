@@ -29,4 +29,7 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    app()
+    from t2c_monitor.cli.common import user_errors
+
+    with user_errors():
+        app()

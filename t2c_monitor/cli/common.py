@@ -1,0 +1,34 @@
+"""What every command shares: the console, JSON output, and turning our errors into messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.")
+
+
+def emit_json(payload: Any) -> None:
+    """Write one JSON object to stdout (progress and messages go to stderr)."""
+    sys.stdout.write(json.dumps(payload, default=str, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a ``T2CError`` as its message and exit with status 2 instead of a traceback."""
+    from t2c_monitor.errors import T2CError
+
+    try:
+        yield
+    except T2CError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2) from None
