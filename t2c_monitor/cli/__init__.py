@@ -29,7 +29,13 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    from t2c_monitor.cli.common import user_errors
+    import sys
 
-    with user_errors():
+    from t2c_monitor.cli.common import console
+    from t2c_monitor.errors import T2CError
+
+    try:
         app()
+    except T2CError as exc:  # raised outside a command's own user_errors() block
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

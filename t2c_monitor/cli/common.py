@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.")
 

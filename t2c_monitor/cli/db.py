@@ -1,0 +1,79 @@
+"""``t2c db``: where the database is and what schema it has."""
+
+from __future__ import annotations
+
+import typer
+
+from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+
+db_app = typer.Typer(help="The database: migrate, inspect, locate.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
+
+
+def _engine():
+    from t2c_monitor.store import open_database
+
+    return open_database(migrate_to_head=False)
+
+
+@db_app.command()
+def upgrade(revision: str = typer.Option("head", help="Target revision.")) -> None:
+    """Create the pgvector extension if needed and migrate the schema up."""
+    from t2c_monitor.store import migrate
+
+    with user_errors():
+        db = _engine()
+        migrate.upgrade(db.engine, revision)
+        console.print(f"schema at [bold]{migrate.current(db.engine)}[/] on {db.url}")
+
+
+@db_app.command()
+def downgrade(revision: str = typer.Argument("-1", help="Target revision: -1 for one step, base for none.")) -> None:
+    """Migrate the schema down (``base`` drops every table and its data)."""
+    from t2c_monitor.store import migrate
+
+    with user_errors():
+        db = _engine()
+        migrate.downgrade(db.engine, revision)
+        console.print(f"schema at [bold]{migrate.current(db.engine) or 'base'}[/] on {db.url}")
+
+
+@db_app.command()
+def status(as_json: bool = JsonOption) -> None:
+    """Show the database URL (password masked), its schema revision and pgvector version."""
+    from sqlalchemy import text
+
+    from t2c_monitor.store import migrate
+
+    with user_errors():
+        db = _engine()
+        state = migrate.status(db.engine)
+        with db.engine.connect() as conn:
+            pgvector = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname='vector'")).scalar()
+            server = conn.execute(text("SHOW server_version")).scalar()
+    payload = {
+        "url": db.url,
+        "embedded": db.embedded,
+        "server_version": server,
+        "pgvector": pgvector,
+        "current": state.current,
+        "head": state.head,
+        "at_head": state.at_head,
+    }
+    if as_json:
+        emit_json(payload)
+        return
+    for key, value in payload.items():
+        console.print(f"{key:>15}: {value}")
+    if not state.at_head:
+        console.print("[yellow]schema is not at head: run `t2c db upgrade`[/]")
+
+
+@db_app.command()
+def url() -> None:
+    """Print the database URL (password masked)."""
+    with user_errors():
+        typer.echo(_engine().url)
