@@ -1,0 +1,831 @@
+"""The aligner: one affine map from a source encoder's feature space into CLIP image space.
+
+``z -> z @ W + b`` with ``W`` stored as ``(d_in, d_out)`` (the paper writes ``W^T z + b``). Two
+ways to fit it:
+
+- ``fit_exact``: ordinary (optionally ridge) least squares, solved once from sufficient statistics
+  accumulated chunk by chunk in float64, so the pairs never need to fit in memory;
+- ``fit_sgd``: the paper's recipe (Appendix D), kept as the reference baseline.
+
+``evaluate`` scores an aligner on held-out pairs (R², cosine, zero-shot accuracies), and
+``Aligner.save`` / ``Aligner.load`` keep it with the identities of the two models whose spaces it
+joins, so an aligner is never applied to features of another encoder or compared with text
+vectors of another CLIP model. Identities are plain dicts here (``ModelIdentity.to_dict()``) so
+this module does not import the model libraries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from t2c_monitor.device import resolve_device
+from t2c_monitor.errors import ModelLoadError, SpaceMismatchError, T2CError
+
+WEIGHTS_FILE = "weights.safetensors"
+METADATA_FILE = "aligner.json"
+FORMAT = "t2c-aligner"
+FORMAT_VERSION = 1
+REFIT_HINT = "refit the aligner for this encoder/CLIP pair with `t2c aligner fit`"
+
+
+# --------------------------------------------------------------------------------------------
+# The aligner object
+
+
+@dataclass
+class Aligner:
+    """A fitted affine map from source features to CLIP image embeddings (not normalised).
+
+    ``feature_mean`` and ``feature_variance`` describe the training features: the variance over
+    all their elements is what arbitrary vectors (classification-head rows) are rescaled to
+    before aligning them (Appendix I of the paper).
+    """
+
+    W: Tensor
+    b: Tensor
+    feature_mean: Tensor
+    feature_variance: float
+    n_train: int
+    method: str
+    source: dict | None = None
+    clip: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    fit_info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.W.ndim != 2:
+            raise ValueError(f"W must be 2-d (d_in, d_out), got shape {tuple(self.W.shape)}")
+        if tuple(self.b.shape) != (self.W.shape[1],):
+            raise ValueError(f"b must have shape ({self.W.shape[1]},), got {tuple(self.b.shape)}")
+        if tuple(self.feature_mean.shape) != (self.W.shape[0],):
+            raise ValueError(f"feature_mean must have shape ({self.W.shape[0]},), got {tuple(self.feature_mean.shape)}")
+        self.W = self.W.detach().to("cpu", torch.float32).contiguous()
+        self.b = self.b.detach().to("cpu", torch.float32).contiguous()
+        self.feature_mean = self.feature_mean.detach().to("cpu", torch.float32).contiguous()
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W.shape[0])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.W.shape[1])
+
+    def transform(self, features: Tensor, batch_size: int = 65536) -> Tensor:
+        """Map source features ``(n, d_in)`` (or one ``(d_in,)`` vector) into CLIP space.
+
+        Runs on the features' device and returns float32 there; not normalised.
+        """
+        features = torch.as_tensor(features)
+        single = features.ndim == 1
+        batch = features.unsqueeze(0) if single else features
+        if batch.ndim != 2:
+            raise ValueError(f"features must be 1-d or 2-d, got shape {tuple(features.shape)}")
+        if batch.shape[1] != self.d_in:
+            raise SpaceMismatchError(
+                f"features have width {batch.shape[1]} but this aligner maps {self.d_in}-d features of "
+                f"source {_describe(self.source)}: embed the images with that encoder, or {REFIT_HINT}"
+            )
+        W = self.W.to(batch.device)
+        b = self.b.to(batch.device)
+        out = torch.empty((batch.shape[0], self.d_out), dtype=torch.float32, device=batch.device)
+        with torch.inference_mode():
+            for start in range(0, batch.shape[0], batch_size):
+                chunk = batch[start : start + batch_size].to(torch.float32)
+                out[start : start + chunk.shape[0]] = torch.addmm(b, chunk, W)
+        return out[0] if single else out
+
+    def rescale_vectors(self, vectors: Tensor) -> Tensor:
+        """Scale vectors by one constant so the variance over all their elements equals the training features'.
+
+        Appendix I: classification-head rows live in feature space but with a very different
+        norm than image features, which puts them out of distribution for the aligner.
+        """
+        vectors = torch.as_tensor(vectors)
+        if vectors.shape[-1] != self.d_in:
+            raise SpaceMismatchError(
+                f"vectors have width {vectors.shape[-1]} but this aligner maps {self.d_in}-d features of "
+                f"source {_describe(self.source)}: pass vectors of that feature space, or {REFIT_HINT}"
+            )
+        variance = element_variance(vectors)
+        if not variance > 0.0:
+            raise ValueError("vectors have zero variance over their elements: nothing to rescale")
+        return (vectors.to(torch.float32) * math.sqrt(self.feature_variance / variance)).to(torch.float32)
+
+    def align_vectors(self, vectors: Tensor, rescale: bool = True) -> Tensor:
+        """Align arbitrary feature-space vectors (e.g. classifier rows), rescaled first per Appendix I."""
+        return self.transform(self.rescale_vectors(vectors) if rescale else vectors)
+
+    def save(self, path: str | Path) -> None:
+        """Write the aligner to directory ``path``: ``weights.safetensors`` and ``aligner.json``."""
+        from safetensors.torch import save_file
+
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / WEIGHTS_FILE
+        save_file({"W": self.W, "b": self.b, "feature_mean": self.feature_mean}, str(weights))
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "method": self.method,
+            "source": self.source,
+            "clip": self.clip,
+            "feature_variance": self.feature_variance,
+            "n_train": self.n_train,
+            "metrics": self.metrics,
+            "fit_info": self.fit_info,
+            "weights_sha256": _file_sha256(weights),
+            "versions": library_versions(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        expect_source: dict | None = None,
+        expect_clip: dict | None = None,
+    ) -> Aligner:
+        """Read an aligner saved by ``save``; refuse it when it joins other spaces than expected.
+
+        ``expect_source`` / ``expect_clip`` are ``ModelIdentity.to_dict()`` of the encoder and CLIP
+        model the caller will use; they must match the stored ones in kind, weights_sha256 and dim.
+        """
+        directory = Path(path)
+        meta_path, weights_path = directory / METADATA_FILE, directory / WEIGHTS_FILE
+        for needed in (meta_path, weights_path):
+            if not needed.is_file():
+                raise ModelLoadError(
+                    f"aligner file {needed} is missing: pass the directory written by `t2c aligner fit --out`"
+                    " (it holds aligner.json and weights.safetensors)"
+                )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"aligner metadata {meta_path} is not valid JSON ({exc}): {REFIT_HINT}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelLoadError(f"{meta_path} is not t2c aligner metadata (no 'format': '{FORMAT}'): {REFIT_HINT}")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ModelLoadError(
+                f"aligner {directory} has format version {meta['format_version']}, newer than this t2c-monitor "
+                f"reads ({FORMAT_VERSION}): upgrade t2c-monitor"
+            )
+        if meta.get("weights_sha256") != _file_sha256(weights_path):
+            raise ModelLoadError(
+                f"aligner weights {weights_path} do not match the checksum recorded in {meta_path} "
+                f"(corrupt or replaced file): {REFIT_HINT}"
+            )
+        tensors = _read_safetensors(weights_path, ("W", "b", "feature_mean"))
+        aligner = cls(
+            W=tensors["W"],
+            b=tensors["b"],
+            feature_mean=tensors["feature_mean"],
+            feature_variance=float(meta["feature_variance"]),
+            n_train=int(meta["n_train"]),
+            method=str(meta["method"]),
+            source=meta.get("source"),
+            clip=meta.get("clip"),
+            metrics=meta.get("metrics") or {},
+            fit_info=meta.get("fit_info") or {},
+        )
+        if (aligner.d_in, aligner.d_out) != (meta.get("d_in"), meta.get("d_out")):
+            raise ModelLoadError(
+                f"aligner weights in {weights_path} are {aligner.d_in}->{aligner.d_out} but {meta_path} says "
+                f"{meta.get('d_in')}->{meta.get('d_out')}: {REFIT_HINT}"
+            )
+        _check_identity("source encoder", aligner.source, expect_source, aligner.d_in, directory)
+        _check_identity("CLIP model", aligner.clip, expect_clip, aligner.d_out, directory)
+        return aligner
+
+
+def _describe(identity: dict | None) -> str:
+    if not identity:
+        return "(unrecorded)"
+    sha = str(identity.get("weights_sha256", ""))[:12]
+    return (
+        f"{identity.get('kind')}:{identity.get('name')} (weights {identity.get('weights')}, "
+        f"sha256 {sha}..., dim {identity.get('dim')})"
+    )
+
+
+def _check_identity(role: str, stored: dict | None, expected: dict | None, width: int, where: Path) -> None:
+    """Refuse an aligner whose recorded model differs from the one the caller will use."""
+    if expected is None:
+        return
+    if stored is None:
+        raise SpaceMismatchError(
+            f"aligner {where} records no {role} identity, so it cannot be checked against "
+            f"{_describe(expected)}: {REFIT_HINT} (it records both identities)"
+        )
+    keys = ("kind", "weights_sha256", "dim")
+    if any(stored.get(k) != expected.get(k) for k in keys) or expected.get("dim") != width:
+        raise SpaceMismatchError(
+            f"aligner {where} was fitted for {role} {_describe(stored)}, but the {role} in use is "
+            f"{_describe(expected)}: {REFIT_HINT}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics shared by the solvers
+
+
+def element_variance(values: Tensor, chunk_rows: int = 65536) -> float:
+    """Variance over all elements of a tensor (one pooled number, around the global mean), in float64."""
+    flat = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(1, -1)
+    total, total_sq, count = 0.0, 0.0, flat.numel()
+    if count == 0:
+        raise ValueError("values is empty: the variance of no elements is undefined")
+    for start in range(0, flat.shape[0], chunk_rows):
+        chunk = flat[start : start + chunk_rows].to(torch.float64)
+        total += float(chunk.sum())
+        total_sq += float((chunk * chunk).sum())
+    mean = total / count
+    return max(total_sq / count - mean * mean, 0.0)
+
+
+class _Moments:
+    """Shifted sums for least squares: ``S_xx``, ``S_xy``, ``s_x``, ``s_y``, ``n`` in float64.
+
+    Rows are shifted by the first chunk's means before accumulating, so a large common offset in
+    the features does not cancel catastrophically when the sums are centred. On CPU the Gram
+    matrix uses BLAS ``dsyrk`` (one triangle: half the work of a full matmul).
+    """
+
+    def __init__(self, d_in: int, d_out: int, device: torch.device) -> None:
+        self.device = device
+        self.n = 0
+        self.shift_x = self.shift_y = None
+        f64 = dict(dtype=torch.float64, device=device)
+        self._cpu_blas = device.type == "cpu"
+        if self._cpu_blas:  # dsyrk fills the upper triangle of a Fortran-ordered array in place
+            self._S_xx_np = np.zeros((d_in, d_in), dtype=np.float64, order="F")
+            self.S_xx = torch.from_numpy(self._S_xx_np)
+        else:
+            self.S_xx = torch.zeros((d_in, d_in), **f64)
+        self.S_xy = torch.zeros((d_in, d_out), **f64)
+        self.s_x = torch.zeros(d_in, **f64)
+        self.s_y = torch.zeros(d_out, **f64)
+
+    def add(self, X: Tensor, Y: Tensor) -> None:
+        X = X.to(self.device, torch.float64)
+        Y = Y.to(self.device, torch.float64)
+        if self.shift_x is None:
+            self.shift_x, self.shift_y = X.mean(dim=0), Y.mean(dim=0)
+        X = X - self.shift_x
+        Y = Y - self.shift_y
+        if self._cpu_blas:
+            from scipy.linalg.blas import dsyrk
+
+            # X.T of a C-ordered (n, d) array is a Fortran-ordered (d, n) array: A A^T = X^T X, no copy.
+            dsyrk(1.0, X.numpy().T, beta=1.0, c=self._S_xx_np, trans=0, lower=0, overwrite_c=1)
+        else:
+            self.S_xx.addmm_(X.T, X)
+        self.S_xy.addmm_(X.T, Y)
+        self.s_x += X.sum(dim=0)
+        self.s_y += Y.sum(dim=0)
+        self.n += X.shape[0]
+
+    def centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Covariance-scale sums around the data means, and the means: ``(C_xx, C_xy, mean_x, mean_y)``."""
+        n = self.n
+        S_xx = torch.triu(self.S_xx) + torch.triu(self.S_xx, diagonal=1).T if self._cpu_blas else self.S_xx
+        C_xx = (S_xx - torch.outer(self.s_x, self.s_x) / n) / n
+        C_xy = (self.S_xy - torch.outer(self.s_x, self.s_y) / n) / n
+        return C_xx, C_xy, self.shift_x + self.s_x / n, self.shift_y + self.s_y / n
+
+
+def _solve_normal_equations(C_xx: Tensor, C_xy: Tensor, ridge: float) -> tuple[Tensor, str]:
+    """Solve ``(C_xx + ridge I) W = C_xy`` by Cholesky; minimum-norm pseudo-inverse if singular."""
+    d = C_xx.shape[0]
+    A = C_xx + ridge * torch.eye(d, dtype=C_xx.dtype, device=C_xx.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    scale = float(torch.diagonal(A).abs().max())
+    if int(info) == 0 and scale > 0:
+        pivots = torch.diagonal(L) ** 2
+        if float(pivots.min()) > d * torch.finfo(torch.float64).eps * scale:
+            return torch.cholesky_solve(C_xy, L), "cholesky"
+    warnings.warn(
+        f"the feature covariance is singular or nearly so (ridge={ridge}): using the minimum-norm "
+        "least-squares solution; pass a ridge > 0 (e.g. 1e-4 times the feature variance) for a stable fit",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    eigvals, eigvecs = torch.linalg.eigh(A)
+    keep = eigvals > d * torch.finfo(torch.float64).eps * max(float(eigvals.max()), 0.0)
+    inv = torch.where(keep, 1.0 / torch.where(keep, eigvals, torch.ones_like(eigvals)), torch.zeros_like(eigvals))
+    return eigvecs @ (inv[:, None] * (eigvecs.T @ C_xy)), "min-norm pseudo-inverse (singular covariance)"
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting
+
+
+def fit_exact(
+    chunks: Iterable[tuple[Tensor, Tensor]],
+    *,
+    ridge: float = 0.0,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    total_rows: int | None = None,
+) -> Aligner:
+    """Least-squares aligner from ``(X_chunk, Y_chunk)`` pairs, streamed; solved once in float64.
+
+    Minimises ``mean_i ||x_i W + b - y_i||^2 + ridge * ||W||_F^2`` (the bias is not penalised), so
+    ``ridge`` is on the scale of the feature variance and independent of the number of rows.
+    Chunks can come from a generator reading a file, so the pairs never need to fit in memory.
+    ``total_rows`` only sizes the progress bar.
+    """
+    if ridge < 0 or not math.isfinite(ridge):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
+    dev = resolve_device(device)
+    started = time.perf_counter()
+    moments: _Moments | None = None
+    with _progress(progress, "accumulating X^T X, X^T Y", total_rows) as advance:
+        for X, Y in chunks:
+            X, Y = torch.as_tensor(X), torch.as_tensor(Y)
+            _check_pairs(X, Y)
+            if X.shape[0] == 0:
+                continue
+            if moments is None:
+                moments = _Moments(X.shape[1], Y.shape[1], dev)
+            elif (X.shape[1], Y.shape[1]) != (moments.S_xy.shape[0], moments.S_xy.shape[1]):
+                raise ValueError(
+                    f"chunk widths changed from {tuple(moments.S_xy.shape)} to {(X.shape[1], Y.shape[1])}: "
+                    "every chunk must hold features of the same two models"
+                )
+            moments.add(X, Y)
+            advance(X.shape[0])
+    if moments is None or moments.n < 2:
+        raise ValueError(f"chunks held {0 if moments is None else moments.n} pairs: fitting needs at least 2")
+    C_xx, C_xy, mean_x, mean_y = moments.centred()
+    W, solver = _solve_normal_equations(C_xx, C_xy, ridge)
+    b = mean_y - mean_x @ W
+    n, d_in = moments.n, mean_x.shape[0]
+    # Pooled element variance: average per-dimension variance plus the spread of the per-dimension means.
+    feature_variance = float((torch.diagonal(C_xx).sum() + ((mean_x - mean_x.mean()) ** 2).sum()) / d_in)
+    return Aligner(
+        W=W,
+        b=b,
+        feature_mean=mean_x,
+        feature_variance=feature_variance,
+        n_train=n,
+        method="exact",
+        fit_info={
+            "ridge": ridge,
+            "solver": solver,
+            "device": str(dev),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+def fit_sgd(
+    X: Tensor,
+    Y: Tensor,
+    *,
+    epochs: int = 6,
+    batch_size: int = 100,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    t_max: int = 200,
+    target_variance: float = 4.5,
+    scale_targets: bool = True,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Aligner:
+    """The paper's recipe (Appendix D): SGD on MSE after rescaling, then the scaling undone.
+
+    Features are multiplied by one scalar ``s_x`` so the variance over all their elements is
+    ``target_variance``; with ``scale_targets`` (what the authors' code does) the CLIP targets get
+    their own ``s_y`` likewise. A layer ``y' = x' W' + b'`` trained on ``x' = s_x x``,
+    ``y' = s_y y`` gives, in the original spaces, ``W = W' s_x / s_y`` and ``b = b' / s_y``. (The
+    authors' code multiplies the bias by ``s_x / s_y`` too, which is wrong whenever ``s_x != 1``.)
+    SGD(lr, momentum, weight_decay), CosineAnnealingLR(T_max) stepped once per epoch, shuffled
+    batches (the last one partial), seeded: the same inputs and seed give the same aligner.
+    """
+    X, Y = torch.as_tensor(X), torch.as_tensor(Y)
+    _check_pairs(X, Y)
+    n, d_in = X.shape
+    d_out = Y.shape[1]
+    if n < 2:
+        raise ValueError(f"X holds {n} pairs: fitting needs at least 2")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("t_max", t_max)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not target_variance > 0:
+        raise ValueError(f"target_variance must be > 0, got {target_variance}")
+    dev = resolve_device(device)
+    started = time.perf_counter()
+    feature_variance = element_variance(X)
+    if not feature_variance > 0:
+        raise ValueError("X has zero variance over its elements: nothing to fit")
+    s_x = math.sqrt(target_variance / feature_variance)
+    s_y = math.sqrt(target_variance / element_variance(Y)) if scale_targets else 1.0
+    if not math.isfinite(s_y):
+        raise ValueError("Y has zero variance over its elements: nothing to fit")
+
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(d_in)  # torch.nn.Linear's default initialisation
+    W_s = ((torch.rand((d_in, d_out), generator=generator) * 2 - 1) * bound).to(dev).requires_grad_()
+    b_s = ((torch.rand(d_out, generator=generator) * 2 - 1) * bound).to(dev).requires_grad_()
+    optimizer = torch.optim.SGD([W_s, b_s], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
+    epoch_losses: list[float] = []
+    n_batches = math.ceil(n / batch_size)
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        with _progress(progress, f"SGD epoch {epoch + 1}/{epochs}", n_batches) as advance:
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                xb = X[idx].to(dev, torch.float32) * s_x
+                yb = Y[idx].to(dev, torch.float32) * s_y
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.mse_loss(torch.addmm(b_s, xb, W_s), yb)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+                advance(1)
+        scheduler.step()
+        epoch_losses.append(float(loss_sum) / n_batches)
+
+    W = W_s.detach().to(torch.float64) * (s_x / s_y)
+    b = b_s.detach().to(torch.float64) / s_y
+    return Aligner(
+        W=W,
+        b=b,
+        feature_mean=_column_mean(X),
+        feature_variance=feature_variance,
+        n_train=n,
+        method="sgd",
+        fit_info={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "t_max": t_max,
+            "target_variance": target_variance,
+            "scale_targets": scale_targets,
+            "scale_x": s_x,
+            "scale_y": s_y,
+            "seed": seed,
+            "epoch_losses_scaled": epoch_losses,
+            "device": str(dev),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+def iter_chunks(X: Tensor, Y: Tensor, chunk_rows: int = 8192) -> Iterator[tuple[Tensor, Tensor]]:
+    """Split in-memory pairs into ``fit_exact`` chunks."""
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    for start in range(0, X.shape[0], chunk_rows):
+        yield X[start : start + chunk_rows], Y[start : start + chunk_rows]
+
+
+def _check_pairs(X: Tensor, Y: Tensor) -> None:
+    if X.ndim != 2 or Y.ndim != 2:
+        raise ValueError(f"X and Y must be 2-d, got shapes {tuple(X.shape)} and {tuple(Y.shape)}")
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must have one row per image each, got {X.shape[0]} and {Y.shape[0]} rows")
+    if not (X.is_floating_point() and Y.is_floating_point()):
+        raise ValueError(f"X and Y must be floating point, got {X.dtype} and {Y.dtype}")
+
+
+def _column_mean(X: Tensor, chunk_rows: int = 65536) -> Tensor:
+    total = torch.zeros(X.shape[1], dtype=torch.float64)
+    for start in range(0, X.shape[0], chunk_rows):
+        total += X[start : start + chunk_rows].to("cpu", torch.float64).sum(dim=0)
+    return total / X.shape[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True)
+class AlignmentMetrics:
+    """How well an aligner predicts CLIP embeddings on held-out pairs.
+
+    ``r2``: 1 - SSE/SST pooled over all output dimensions, SST around each dimension's mean (the
+    paper's coefficient of determination). ``cosine``: mean cosine between aligned and true CLIP
+    embeddings. With labels and class text vectors: ``aligned_accuracy`` (zero-shot accuracy of
+    aligned features), ``clip_accuracy`` (of the true CLIP embeddings) and ``retained_accuracy`` =
+    aligned / CLIP accuracy (the paper's definition: relative to the *target* model, Appendix A).
+    ``source_accuracy`` (the source model's own classifier accuracy, when given) and
+    ``accuracy_vs_source`` = aligned / source accuracy are reported alongside, not instead.
+    """
+
+    n: int
+    r2: float
+    cosine: float
+    aligned_accuracy: float | None = None
+    clip_accuracy: float | None = None
+    retained_accuracy: float | None = None
+    source_accuracy: float | None = None
+    accuracy_vs_source: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(
+    aligner: Aligner,
+    X: Tensor,
+    Y: Tensor,
+    *,
+    labels: Tensor | None = None,
+    class_vectors: Tensor | None = None,
+    source_accuracy: float | None = None,
+    chunk_rows: int = 65536,
+) -> AlignmentMetrics:
+    """Score ``aligner`` on held-out pairs ``(X, Y)``; zero-shot figures need labels and class vectors."""
+    from t2c_monitor.scoring import zero_shot_accuracy
+
+    X, Y = torch.as_tensor(X), torch.as_tensor(Y)
+    _check_pairs(X, Y)
+    if X.shape[0] < 2:
+        raise ValueError(f"X holds {X.shape[0]} pairs: R² needs at least 2")
+    if Y.shape[1] != aligner.d_out:
+        raise SpaceMismatchError(
+            f"Y has width {Y.shape[1]} but the aligner outputs {aligner.d_out}-d vectors of CLIP model "
+            f"{_describe(aligner.clip)}: embed with that CLIP model, or {REFIT_HINT}"
+        )
+    if (labels is None) != (class_vectors is None):
+        raise ValueError("labels and class_vectors go together: pass both for zero-shot accuracy, or neither")
+    if source_accuracy is not None and not 0.0 <= source_accuracy <= 1.0:
+        raise ValueError(f"source_accuracy must be a fraction in [0, 1], got {source_accuracy}")
+
+    n = X.shape[0]
+    sse = 0.0
+    cos_sum = 0.0
+    y_sum = torch.zeros(Y.shape[1], dtype=torch.float64)
+    y_sq = torch.zeros(Y.shape[1], dtype=torch.float64)
+    aligned_parts = []
+    for start in range(0, n, chunk_rows):
+        pred = aligner.transform(X[start : start + chunk_rows].cpu())
+        true = Y[start : start + chunk_rows].to("cpu", torch.float32)
+        sse += float(((pred.double() - true.double()) ** 2).sum())
+        cos_sum += float(F.cosine_similarity(pred, true, dim=1).double().sum())
+        y_sum += true.double().sum(dim=0)
+        y_sq += (true.double() ** 2).sum(dim=0)
+        if labels is not None:
+            aligned_parts.append(pred)
+    sst = float((y_sq - y_sum**2 / n).sum())
+    r2 = 1.0 - sse / sst if sst > 0 else float("nan")
+
+    aligned_acc = clip_acc = retained = vs_source = None
+    if labels is not None and class_vectors is not None:
+        class_vectors = torch.as_tensor(class_vectors)
+        if class_vectors.ndim != 2 or class_vectors.shape[1] != aligner.d_out:
+            raise SpaceMismatchError(
+                f"class_vectors have shape {tuple(class_vectors.shape)} but the aligner outputs {aligner.d_out}-d "
+                f"vectors of CLIP model {_describe(aligner.clip)}: encode the class texts with that CLIP model"
+            )
+        aligned_acc = zero_shot_accuracy(torch.cat(aligned_parts), class_vectors, labels)
+        clip_acc = zero_shot_accuracy(Y.to(torch.float32), class_vectors, labels)
+        retained = aligned_acc / clip_acc if clip_acc > 0 else None
+        if source_accuracy is not None and source_accuracy > 0:
+            vs_source = aligned_acc / source_accuracy
+    return AlignmentMetrics(
+        n=n,
+        r2=r2,
+        cosine=cos_sum / n,
+        aligned_accuracy=aligned_acc,
+        clip_accuracy=clip_acc,
+        retained_accuracy=retained,
+        source_accuracy=source_accuracy,
+        accuracy_vs_source=vs_source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Paired feature files (what `t2c aligner fit --features` reads)
+
+
+@dataclass
+class PairedFeatures:
+    """Paired source features ``X`` and CLIP embeddings ``Y`` from a ``.safetensors`` or ``.npz`` file.
+
+    Optional entries: ``labels`` (n,) and ``class_vectors`` (k, d_out) for zero-shot metrics, and
+    the ``source`` / ``clip`` identities (JSON in the safetensors header, or string arrays in npz).
+    A ``.safetensors`` file is read lazily, slice by slice, so it may exceed memory.
+    """
+
+    path: Path
+    n: int
+    d_in: int
+    d_out: int
+    source: dict | None
+    clip: dict | None
+    _arrays: dict = field(repr=False, default_factory=dict)
+
+    def rows(self, key: str, start: int, stop: int) -> Tensor:
+        """Rows ``[start, stop)`` of entry ``X``, ``Y`` or ``labels`` as a tensor."""
+        if self.path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as handle:
+                return handle.get_slice(key)[start:stop]
+        return torch.from_numpy(np.ascontiguousarray(self._arrays[key][start:stop]))
+
+    def get(self, key: str) -> Tensor | None:
+        """A whole optional entry (``labels``, ``class_vectors``), or None when the file has none."""
+        if key not in self._keys():
+            return None
+        if self.path.suffix == ".safetensors":
+            return _read_safetensors(self.path, (key,))[key]
+        return torch.from_numpy(np.ascontiguousarray(self._arrays[key]))
+
+    def _keys(self) -> set[str]:
+        if self.path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as handle:
+                return set(handle.keys())
+        return set(self._arrays)
+
+
+def open_feature_file(path: str | Path) -> PairedFeatures:
+    """Open a paired feature file, checking that it holds ``X`` (n, d_in) and ``Y`` (n, d_out)."""
+    path = Path(path)
+    if not path.is_file():
+        raise T2CError(f"feature file {path} does not exist: pass a .safetensors or .npz file holding X and Y")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                keys = set(handle.keys())
+                shapes = {k: handle.get_slice(k).get_shape() for k in keys}
+                header = handle.metadata() or {}
+        except (SafetensorError, OSError) as exc:
+            raise T2CError(f"feature file {path} is not a readable safetensors file ({exc}): rewrite it") from exc
+        arrays: dict = {}
+        identities = {k: _parse_identity(header.get(k), path, k) for k in ("source", "clip")}
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (ValueError, OSError) as exc:
+            raise T2CError(f"feature file {path} is not a readable .npz file ({exc}): rewrite it") from exc
+        keys = set(arrays)
+        shapes = {k: list(v.shape) for k, v in arrays.items()}
+        identities = {
+            k: _parse_identity(str(arrays.pop(k)) if k in arrays else None, path, k) for k in ("source", "clip")
+        }
+    else:
+        raise T2CError(f"feature file {path} has suffix {path.suffix!r}: use .safetensors or .npz holding X and Y")
+    missing = {"X", "Y"} - keys
+    if missing:
+        raise T2CError(f"feature file {path} lacks {sorted(missing)}: it must hold X (n, d_in) and Y (n, d_out)")
+    sx, sy = shapes["X"], shapes["Y"]
+    if len(sx) != 2 or len(sy) != 2 or sx[0] != sy[0]:
+        raise T2CError(f"feature file {path}: X {sx} and Y {sy} must be 2-d with the same number of rows")
+    if "labels" in keys and list(shapes["labels"]) != [sx[0]]:
+        raise T2CError(f"feature file {path}: labels {shapes['labels']} must have one entry per row ({sx[0]})")
+    return PairedFeatures(path, sx[0], sx[1], sy[1], identities["source"], identities["clip"], arrays)
+
+
+def save_feature_file(
+    path: str | Path,
+    X: Tensor,
+    Y: Tensor,
+    *,
+    labels: Tensor | None = None,
+    class_vectors: Tensor | None = None,
+    source: dict | None = None,
+    clip: dict | None = None,
+) -> None:
+    """Write paired features as ``.safetensors`` (identities as JSON in the header) or ``.npz``."""
+    path = Path(path)
+    _check_pairs(torch.as_tensor(X), torch.as_tensor(Y))
+    tensors = {"X": torch.as_tensor(X).to(torch.float32), "Y": torch.as_tensor(Y).to(torch.float32)}
+    if labels is not None:
+        tensors["labels"] = torch.as_tensor(labels).to(torch.int64)
+    if class_vectors is not None:
+        tensors["class_vectors"] = torch.as_tensor(class_vectors).to(torch.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    identities = {k: json.dumps(v, sort_keys=True) for k, v in (("source", source), ("clip", clip)) if v is not None}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=identities or None)
+    elif path.suffix == ".npz":
+        np.savez(path, **{k: v.numpy() for k, v in tensors.items()}, **{k: np.array(v) for k, v in identities.items()})
+    else:
+        raise ValueError(f"path must end in .safetensors or .npz, got {str(path)!r}")
+
+
+def _parse_identity(raw: str | None, path: Path, key: str) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise T2CError(f"feature file {path}: '{key}' identity is not valid JSON ({exc}): rewrite the file") from exc
+    if not isinstance(value, dict):
+        raise T2CError(f"feature file {path}: '{key}' identity must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries whose behaviour an aligner depends on (None when not installed)."""
+    versions: dict[str, str | None] = {}
+    for key, dist in (("torch", "torch"), ("timm", "timm"), ("open_clip", "open_clip_torch"), ("t2c_monitor", "t2c-monitor")):
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = None
+    if versions["t2c_monitor"] is None:
+        from t2c_monitor import __version__
+
+        versions["t2c_monitor"] = __version__
+    return versions
+
+
+def _read_safetensors(path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({exc}): {REFIT_HINT}") from exc
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise ModelLoadError(f"{path} lacks tensors {missing}: {REFIT_HINT}")
+    return {k: tensors[k] for k in keys}
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in aligner metadata")
+
+
+class _progress:
+    """A rich progress bar on stderr (or nothing): ``with _progress(on, label, total) as advance:``."""
+
+    def __init__(self, enabled: bool, label: str, total: int | None) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+        self._bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda _n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._bar is not None:
+            self._bar.stop()
