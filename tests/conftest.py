@@ -19,15 +19,19 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test gets its own T2C_HOME and no external database unless it sets one."""
+def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test gets its own T2C_HOME and no external database unless it sets one; embedded
+    servers outlive their commands by design, so any a test started under tmp_path is stopped."""
     from t2c_monitor.settings import reset_settings_cache
+    from t2c_monitor.store.embedded import stop_embedded
 
-    monkeypatch.setenv("T2C_HOME", str(tmp_path_factory.mktemp("t2c-home")))
+    monkeypatch.setenv("T2C_HOME", str(tmp_path / "t2c-home"))
     monkeypatch.delenv("T2C_DATABASE_URL", raising=False)
     reset_settings_cache()
     yield
     reset_settings_cache()
+    for pid_file in tmp_path.glob("**/postmaster.pid"):
+        stop_embedded(pid_file.parent)
 
 
 @pytest.fixture(scope="session")

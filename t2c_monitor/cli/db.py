@@ -42,6 +42,16 @@ def downgrade(revision: str = typer.Argument("-1", help="Target revision: -1 for
 
 
 @db_app.command()
+def revision(message: str = typer.Option(..., "-m", "--message", help="What the change does.")) -> None:
+    """Generate a migration from changes to t2c_monitor/store/models.py (then write its docstring's why)."""
+    from t2c_monitor.store import migrate
+
+    with user_errors():
+        path = migrate.new_revision(_engine().engine, message)
+    console.print(f"wrote {path}: review it and say in its docstring why the change is needed")
+
+
+@db_app.command()
 def status(as_json: bool = JsonOption) -> None:
     """Show the database URL (password masked), its schema revision and pgvector version."""
     from sqlalchemy import text
@@ -70,6 +80,22 @@ def status(as_json: bool = JsonOption) -> None:
         console.print(f"{key:>15}: {value}")
     if not state.at_head:
         console.print("[yellow]schema is not at head: run `t2c db upgrade`[/]")
+
+
+@db_app.command()
+def stop() -> None:
+    """Stop the embedded PostgreSQL (the next t2c command starts it again)."""
+    from t2c_monitor.settings import get_settings
+    from t2c_monitor.store.embedded import stop_embedded
+
+    settings = get_settings()
+    with user_errors():
+        if settings.database_url is not None:
+            console.print("T2C_DATABASE_URL is set: the external server is not ours to stop.")
+        elif stop_embedded(settings.pgdata):
+            console.print(f"stopped the embedded PostgreSQL in {settings.pgdata}")
+        else:
+            console.print(f"no embedded PostgreSQL is running in {settings.pgdata}")
 
 
 @db_app.command()

@@ -1,39 +1,71 @@
 """The embedded PostgreSQL (with pgvector) that runs when no external database is configured.
 
-It lives in ``<home>/pgdata`` and is reused across runs. pgserver serialises start-up with an
-inter-process lock and counts the processes using a data directory, so a second ``t2c`` process
-joins the running server instead of starting another on the same files; the server stops when the
-last process using it exits.
+It lives in ``<home>/pgdata``, keeps running after the command that started it (so the URL that
+``t2c demo`` prints works in psql or Grafana afterwards) and is reused by every later run;
+``t2c db stop`` stops it. pgserver serialises start-up with an inter-process lock, so a second
+``t2c`` process joins the running server instead of starting another on the same files.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import warnings
 from pathlib import Path
 
 from t2c_monitor.errors import DatabaseUnavailableError
 
 
-def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
-    """Start (or join) the embedded server on ``pgdata`` and return its connection URL."""
+def _pgserver():
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # pgserver keeps its lock in the runtime dir
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver
+    logging.getLogger("pgserver").setLevel(logging.CRITICAL)
+    return pgserver
 
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+
+def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
+    """Start (or join) the embedded server on ``pgdata`` and return its connection URL.
+
+    ``delete_on_exit`` (for throwaway servers) stops the server and deletes ``pgdata`` when the
+    last process using it exits; otherwise the server outlives this process.
+    """
+    pgserver = _pgserver()
     pgdata = Path(pgdata).expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
+        server = pgserver.get_server(pgdata, cleanup_mode="delete" if delete_on_exit else None)
     except Exception as exc:
         log = pgdata / "log"
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no server log)"
         raise DatabaseUnavailableError(
-            f"Could not start the embedded PostgreSQL in {pgdata}: {exc}. Server log tail:\n{tail}\n"
+            f"Could not start the embedded PostgreSQL in {pgdata} ({exc})\nServer log tail:\n{tail}\n"
             "If the directory is damaged, move it away and run again to start fresh, "
             "or set T2C_DATABASE_URL to use an external PostgreSQL."
         ) from exc
     return server.get_uri()
+
+
+def running_pid(pgdata: Path) -> int | None:
+    """The postmaster pid of a server running on ``pgdata``, or None."""
+    from pgserver.utils import PostmasterInfo
+
+    _pgserver()
+    info = PostmasterInfo.read_from_pgdata(Path(pgdata).expanduser().resolve())
+    return info.pid if info is not None and info.is_running() else None
+
+
+def stop_embedded(pgdata: Path) -> bool:
+    """Stop the server running on ``pgdata``; return whether one was running."""
+    pgdata = Path(pgdata).expanduser().resolve()
+    if running_pid(pgdata) is None:
+        return False
+    pgserver = _pgserver()
+    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs PostgreSQL as this user under root
+    try:
+        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise DatabaseUnavailableError(f"Could not stop the embedded PostgreSQL in {pgdata}: {exc}") from exc
+    return True

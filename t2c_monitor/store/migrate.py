@@ -71,6 +71,14 @@ def downgrade(engine: Engine, revision: str) -> None:
         conn.commit()
 
 
+def new_revision(engine: Engine, message: str) -> str:
+    """Autogenerate a revision from the difference between the models and a database at head."""
+    upgrade(engine)
+    with _locked(engine) as conn:
+        script = command.revision(alembic_config(conn), message=message, autogenerate=True)
+    return str(script.path)  # type: ignore[union-attr]
+
+
 def heads() -> list[str]:
     return list(ScriptDirectory.from_config(alembic_config()).get_heads())
 
