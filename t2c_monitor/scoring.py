@@ -4,15 +4,24 @@ Everything here works on plain tensors: embeddings are aligned image vectors (or
 vectors) of shape ``(n, d)``, bank or class vectors are text vectors ``(k, d)``. Both sides are
 normalised here, so callers may pass raw aligner outputs. Checking that both sides live in the
 same CLIP space is the caller's job (``t2c_monitor.concepts.check_same_space``).
+
+``zero_shot_folder`` runs the paper's zero-shot test on a labelled image folder: an encoder plus
+its aligner against CLIP's own image tower, with the same class prompts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.device import resolve_device
+from t2c_monitor.errors import ConfigError, SpaceMismatchError
 
 
 def _check_pair(embeddings: Tensor, vectors: Tensor, vectors_name: str) -> None:
@@ -70,3 +79,122 @@ def zero_shot_accuracy(embeddings: Tensor, class_vectors: Tensor, labels: Tensor
         raise ValueError("embeddings is empty: accuracy of zero images is undefined")
     predictions = zero_shot_predict(embeddings, class_vectors)
     return float((predictions == labels.to(torch.long)).float().mean().item())
+
+
+# ----------------------------------------------------------------------------------------------
+# zero-shot classification of a labelled image folder
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class ZeroShotReport:
+    """Zero-shot accuracy of an aligned encoder next to CLIP's own, on the same images."""
+
+    root: str
+    classes: list[str]
+    prompts_for: list[str]
+    n_images: int
+    accuracy: float
+    clip_accuracy: float
+    per_class: dict[str, dict[str, float]]
+    failed: list[dict[str, str]] = field(default_factory=list)
+    encoder: dict | None = None
+    clip: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_labelled_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Images of ``root/<class_name>/*.png|jpg|jpeg``: (paths, label indices, sorted class names)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"Image folder {str(root)!r} does not exist: give a folder laid out as ROOT/<class_name>/*.png.")
+    paths, labels, classes = [], [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            continue
+        classes.append(class_dir.name)
+        paths.extend(files)
+        labels.extend([len(classes) - 1] * len(files))
+    if len(classes) < 2:
+        raise ConfigError(f"Image folder {str(root)!r} has {len(classes)} class folder(s) with images: zero-shot "
+                          "classification needs at least two, laid out as ROOT/<class_name>/*.png|jpg.")
+    return paths, labels, classes
+
+
+def class_prompt(class_name: str) -> str:
+    """The phrase a class folder stands for: underscores become spaces (``red_car`` -> ``red car``)."""
+    return class_name.replace("_", " ").strip()
+
+
+def _check_aligner_spaces(aligner: Any, encoder: Any, clip: Any) -> None:
+    from t2c_monitor.concepts import check_same_space
+
+    check_same_space(clip.identity, aligner.clip, what="aligner outputs")
+    source = aligner.source
+    if not source or any(source.get(k) != encoder.identity.to_dict()[k] for k in ("kind", "weights_sha256", "dim")):
+        raise SpaceMismatchError(
+            f"The aligner was fitted on features of {source or '(unrecorded encoder)'}, but the encoder in use is "
+            f"{encoder.identity}: fit an aligner for this encoder (`t2c aligner fit`).")
+
+
+def zero_shot_folder(
+    root: str | Path,
+    encoder: Any,
+    aligner: Any,
+    clip: Any,
+    *,
+    templates: str | Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> ZeroShotReport:
+    """Classify every image under ``root`` by its nearest class text vector, twice: through
+    ``encoder`` + ``aligner`` and through ``clip``'s own image tower.
+
+    ``encoder`` is a ``SourceEncoder``, ``clip`` a ``ClipModel`` and ``aligner`` an ``Aligner``
+    joining their spaces (checked: a mismatch raises ``SpaceMismatchError``). Class vectors are
+    the class names in ``templates`` (the paper's 7 by default), averaged as concept banks are.
+    Images that cannot be decoded are listed in ``failed`` and left out of both accuracies.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from t2c_monitor.concepts import encode_texts_as_concepts
+    from t2c_monitor.encoders import _batches
+    from t2c_monitor.templates import resolve_templates
+
+    _check_aligner_spaces(aligner, encoder, clip)
+    paths, labels, classes = list_labelled_images(root)
+    template_list = resolve_templates(templates)
+    phrases = [class_prompt(c) for c in classes]
+    class_vectors = encode_texts_as_concepts(clip, [[t.format(p) for t in template_list] for p in phrases])
+    aligned, clip_embeddings, kept, failed = [], [], [], []
+    for start in _batches(len(paths), batch_size, "zero-shot: encoding images", progress):
+        images = []
+        for index in range(start, min(start + batch_size, len(paths))):
+            try:
+                with Image.open(paths[index]) as im:
+                    images.append(im.convert("RGB"))
+                kept.append(index)
+            except (UnidentifiedImageError, OSError) as exc:
+                failed.append({"path": str(paths[index]), "reason": f"{type(exc).__name__}: {exc}"})
+        if images:
+            aligned.append(aligner.transform(encoder.encode_images(images, batch_size=batch_size)))
+            clip_embeddings.append(clip.encode_images(images, batch_size=batch_size))
+    if not kept:
+        raise ConfigError(f"No image under {str(root)!r} could be decoded ({len(failed)} failed): check the files.")
+    y = torch.tensor([labels[i] for i in kept], dtype=torch.long)
+    pred = zero_shot_predict(torch.cat(aligned), class_vectors)
+    clip_pred = zero_shot_predict(torch.cat(clip_embeddings), class_vectors)
+    per_class = {
+        name: {"n": int((y == c).sum()), "accuracy": float((pred[y == c] == c).float().mean()),
+               "clip_accuracy": float((clip_pred[y == c] == c).float().mean())}
+        for c, name in enumerate(classes) if bool((y == c).any())
+    }
+    return ZeroShotReport(
+        root=str(root), classes=classes, prompts_for=phrases, n_images=len(kept),
+        accuracy=float((pred == y).float().mean()), clip_accuracy=float((clip_pred == y).float().mean()),
+        per_class=per_class, failed=failed, encoder=encoder.identity.to_dict(), clip=clip.identity.to_dict(),
+    )

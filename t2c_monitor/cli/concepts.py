@@ -1,0 +1,48 @@
+"""``t2c concepts``: turn a concept bank file into unit vectors with a CLIP text encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+
+concepts_app = typer.Typer(help="Concept banks: encode text concepts into a CLIP space.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(concepts_app, name="concepts")
+
+
+@concepts_app.command()
+def encode(
+    bankfile: Path = typer.Argument(..., help="Bank file: plain text (one concept per line, 'a | b' phrasings) or YAML."),
+    clip: str = typer.Option(..., "--clip", help="CLIP model spec, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k or open_clip:cfg.json@ckpt.pt."),
+    out: Path = typer.Option(..., "--out", help="Directory to write bank.json and vectors.safetensors to."),
+    templates: list[str] = typer.Option(
+        None, "--template", help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable. "
+        "Default: the file's templates, else the paper's 7."),
+    name: str = typer.Option(None, help="Bank name (default: the file's name)."),
+    version: int = typer.Option(None, help="Bank version (default: the file's version, else 1)."),
+    device: str = typer.Option(None, help="Torch device (default: T2C_DEVICE, auto)."),
+    batch_size: int = typer.Option(256, help="Texts per text-encoder batch."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Encode BANKFILE with a CLIP model's text tower and save the bank with its vectors."""
+    from t2c_monitor.concepts import encode_bank, load_bank_definition
+    from t2c_monitor.encoders import create_clip_model
+
+    with user_errors():
+        chosen = None if not templates else (templates[0] if len(templates) == 1 else templates)
+        definition = load_bank_definition(bankfile, name=name, version=version, templates=chosen)
+        model = create_clip_model(clip, device=device)
+        bank = encode_bank(definition, model, batch_size=batch_size, progress=not as_json)
+        bank.save(out)
+    payload = {"out": str(out), "name": bank.name, "version": bank.version, "k": bank.k, "dim": bank.dim,
+               "templates": len(bank.templates), "classes": len(bank.classes), "clip": bank.clip}
+    if as_json:
+        emit_json(payload)
+        return
+    console.print(f"bank [bold]{bank.name}[/] v{bank.version}: {bank.k} concepts x {bank.dim} dims "
+                  f"({len(bank.templates)} templates) encoded with {model.identity}, saved to {out}")

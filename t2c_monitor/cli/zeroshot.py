@@ -1,0 +1,52 @@
+"""``t2c zeroshot``: zero-shot accuracy of an aligned encoder on a labelled image folder, next to CLIP's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("zeroshot")(zeroshot)
+
+
+def zeroshot(
+    folder: Path = typer.Argument(..., help="Labelled images: FOLDER/<class_name>/*.png|jpg ('_' in names reads as a space)."),
+    encoder: str = typer.Option(..., "--encoder", help="Source encoder spec, e.g. timm:resnet50.a1_in1k or timm:resnet10t@w.safetensors."),
+    aligner: Path = typer.Option(..., "--aligner", help="Aligner directory written by `t2c aligner fit`."),
+    clip: str = typer.Option(..., "--clip", help="CLIP model spec the aligner maps into."),
+    templates: list[str] = typer.Option(
+        None, "--template", help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable."),
+    device: str = typer.Option(None, help="Torch device (default: T2C_DEVICE, auto)."),
+    batch_size: int = typer.Option(64, help="Images per batch."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Classify FOLDER's images by class-name prompts, through ENCODER + ALIGNER and through CLIP itself."""
+    from t2c_monitor.aligner import Aligner
+    from t2c_monitor.encoders import create_clip_model, create_source_encoder
+    from t2c_monitor.scoring import zero_shot_folder
+
+    with user_errors():
+        source = create_source_encoder(encoder, device=device)
+        clip_model = create_clip_model(clip, device=device)
+        fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(), expect_clip=clip_model.identity.to_dict())
+        chosen = None if not templates else (templates[0] if len(templates) == 1 else templates)
+        report = zero_shot_folder(folder, source, fitted, clip_model, templates=chosen, batch_size=batch_size,
+                                  progress=not as_json)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    from rich.table import Table
+
+    table = Table(title=f"zero-shot on {folder} ({report.n_images} images, {len(report.classes)} classes)")
+    for column in ("class", "n", "aligned encoder", "CLIP"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in report.per_class.items():
+        table.add_row(name, str(row["n"]), f"{row['accuracy']:.3f}", f"{row['clip_accuracy']:.3f}")
+    table.add_row("[bold]all[/]", str(report.n_images), f"[bold]{report.accuracy:.3f}[/]", f"[bold]{report.clip_accuracy:.3f}[/]")
+    console.print(table)
+    for failure in report.failed:
+        console.print(f"[yellow]skipped[/] {failure['path']}: {failure['reason']}")

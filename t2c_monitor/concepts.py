@@ -1,0 +1,388 @@
+"""Concept banks: named, versioned sets of text concepts turned into unit vectors in one CLIP space.
+
+A bank is defined in a plain text file or in YAML, then encoded with a CLIP model:
+
+Text file (one concept per line; ``#`` starts a comment; ``|`` separates phrasings of one
+concept, the first phrasing names it)::
+
+    red
+    at night | a night scene | in the dark
+
+YAML::
+
+    name: shapes-world
+    version: 2
+    templates: paper            # paper (default), imagenet80, plain, or a list of '{}' strings
+    classes: [circle, square]   # optional: class-conditioned concepts (paper, section 4.1)
+    concepts:
+      - red
+      - at night | in the dark
+      - name: snow
+        phrasings: [in the snow, covered in snow]
+
+Each concept vector is the normalised mean over all its prompts -- every phrasing in every
+template (and, for class-conditioned banks, ``template.format(f"{class} {phrasing}")`` for every
+class) -- of the prompts' *normalised* text embeddings, as open_clip's zero-shot classifier does.
+A bank records the identity of the CLIP model that encoded it; ``check_same_space`` refuses to
+compare its vectors with vectors of another CLIP space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
+from t2c_monitor.templates import resolve_templates
+
+if TYPE_CHECKING:
+    from t2c_monitor.encoders import ClipModel, ModelIdentity
+
+VECTORS_FILE = "vectors.safetensors"
+METADATA_FILE = "bank.json"
+FORMAT = "t2c-concept-bank"
+FORMAT_VERSION = 1
+
+
+class ConceptTruncatedWarning(UserWarning):
+    """A concept's prompt has more tokens than the CLIP tokenizer's context length and was cut."""
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept: its name and the phrasings whose embeddings are averaged into its vector."""
+
+    name: str
+    phrasings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BankDefinition:
+    """What a bank file says, before encoding: concepts, templates, optional classes."""
+
+    name: str
+    version: int
+    concepts: tuple[Concept, ...]
+    templates: tuple[str, ...]
+    classes: tuple[str, ...] = ()
+
+    def prompts(self, concept: Concept) -> list[str]:
+        """Every text encoded for ``concept``: phrasings x templates (x classes)."""
+        subjects = [f"{c} {p}" for c in self.classes for p in concept.phrasings] if self.classes else list(concept.phrasings)
+        return [template.format(subject) for subject in subjects for template in self.templates]
+
+
+# ----------------------------------------------------------------------------------------------
+# reading bank definitions
+
+
+def _normalise_key(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip()).lower()
+
+
+def _make_concept(raw: Any, where: str) -> Concept:
+    """One concept from a line (``a | b``), a string, or a mapping ``{name, phrasings}``."""
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"name", "phrasings"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)} in concept; use 'name' and 'phrasings'.")
+        phrasings = raw.get("phrasings") or ([raw["name"]] if raw.get("name") else [])
+        if isinstance(phrasings, str):
+            phrasings = phrasings.split("|")
+        name = raw.get("name")
+    elif isinstance(raw, str):
+        phrasings, name = raw.split("|"), None
+    else:
+        raise ConfigError(f"{where}: a concept must be a string or a mapping with 'name' and 'phrasings', got {raw!r}.")
+    cleaned = [re.sub(r"\s+", " ", str(p)).strip() for p in phrasings]
+    if not cleaned or any(not p for p in cleaned):
+        raise ConfigError(f"{where}: empty concept text in {raw!r}; write a phrase on each side of every '|'.")
+    keys = [_normalise_key(p) for p in cleaned]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{where}: concept {raw!r} repeats a phrasing; list each phrasing once.")
+    name = re.sub(r"\s+", " ", str(name)).strip() if name is not None else cleaned[0]
+    if not name:
+        raise ConfigError(f"{where}: concept {raw!r} has an empty name.")
+    return Concept(name=name, phrasings=tuple(cleaned))
+
+
+def _check_unique(concepts: Sequence[Concept], wheres: Sequence[str]) -> None:
+    seen: dict[str, str] = {}
+    for concept, where in zip(concepts, wheres, strict=True):
+        key = _normalise_key(concept.name)
+        if key in seen:
+            raise ConfigError(f"Duplicate concept {concept.name!r} at {where} (first at {seen[key]}): "
+                              "remove one, or merge them as phrasings of one concept with '|'.")
+        seen[key] = where
+
+
+def parse_bank_text(
+    text: str,
+    *,
+    name: str,
+    version: int = 1,
+    templates: str | Sequence[str] | None = None,
+    classes: Sequence[str] = (),
+    source: str = "<text>",
+) -> BankDefinition:
+    """A bank from plain text: one concept per line, ``#`` comments, ``a | b`` phrasings."""
+    concepts, wheres = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        if not content:
+            continue
+        where = f"{source}:{number}"
+        concepts.append(_make_concept(content, where))
+        wheres.append(where)
+    return _definition(name, version, concepts, wheres, templates, classes, source)
+
+
+def parse_bank_yaml(
+    text: str,
+    *,
+    name: str | None = None,
+    version: int | None = None,
+    templates: str | Sequence[str] | None = None,
+    source: str = "<yaml>",
+) -> BankDefinition:
+    """A bank from YAML (name, version, templates, classes, concepts); arguments override the file."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("concepts"), list):
+        raise ConfigError(f"{source}: a YAML bank must be a mapping with a 'concepts' list.")
+    unknown = set(doc) - {"name", "version", "templates", "classes", "concepts"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; use name, version, templates, classes, concepts.")
+    wheres = [f"{source}: concepts[{i}]" for i in range(len(doc["concepts"]))]
+    concepts = [_make_concept(raw, where) for raw, where in zip(doc["concepts"], wheres, strict=True)]
+    bank_name = name or doc.get("name") or Path(source).stem
+    return _definition(bank_name, version if version is not None else doc.get("version", 1), concepts, wheres,
+                       templates if templates is not None else doc.get("templates"), doc.get("classes") or (), source)
+
+
+def _definition(name: str, version: Any, concepts: list[Concept], wheres: list[str],
+                templates: str | Sequence[str] | None, classes: Sequence[str], source: str) -> BankDefinition:
+    if not concepts:
+        raise ConfigError(f"{source} defines no concepts: write one concept per line (or a 'concepts' list).")
+    _check_unique(concepts, wheres)
+    try:
+        version = int(version)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: bank version must be an integer, got {version!r}.") from exc
+    if not str(name).strip():
+        raise ConfigError(f"{source}: the bank needs a name.")
+    class_names = tuple(re.sub(r"\s+", " ", str(c)).strip() for c in classes)
+    if any(not c for c in class_names) or len({_normalise_key(c) for c in class_names}) != len(class_names):
+        raise ConfigError(f"{source}: class names must be non-empty and distinct, got {list(classes)!r}.")
+    return BankDefinition(str(name).strip(), version, tuple(concepts), resolve_templates(templates), class_names)
+
+
+def load_bank_definition(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    version: int | None = None,
+    templates: str | Sequence[str] | None = None,
+) -> BankDefinition:
+    """Read a bank file: ``.yaml``/``.yml`` as YAML, anything else as plain text (named after the file)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read concept bank file {str(path)!r}: {exc}.") from exc
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        return parse_bank_yaml(text, name=name, version=version, templates=templates, source=str(path))
+    return parse_bank_text(text, name=name or path.stem, version=1 if version is None else version,
+                           templates=templates, source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# the encoded bank
+
+
+def _identity_dict(identity: ModelIdentity | dict | None) -> dict | None:
+    return identity.to_dict() if hasattr(identity, "to_dict") else identity
+
+
+def _describe(identity: dict | None) -> str:
+    if not identity:
+        return "(unrecorded CLIP model)"
+    return (f"{identity.get('kind')}:{identity.get('name')} (weights {identity.get('weights')}, "
+            f"sha256 {str(identity.get('weights_sha256', ''))[:12]}, dim {identity.get('dim')})")
+
+
+def check_same_space(bank_clip: ModelIdentity | dict | None, other_clip: ModelIdentity | dict | None,
+                     *, what: str = "aligned vectors") -> None:
+    """Refuse to compare a bank's vectors with ``what`` from another CLIP space (or an unknown one).
+
+    Both sides are ``ModelIdentity`` objects or their dicts; they must agree in kind, weights
+    sha256 and dimension.
+    """
+    bank, other = _identity_dict(bank_clip), _identity_dict(other_clip)
+    if not bank or not other:
+        missing = "the bank" if not bank else what
+        raise SpaceMismatchError(
+            f"Cannot check that {what} and the concept bank share a CLIP space: {missing} records no CLIP model "
+            f"(bank: {_describe(bank)}; {what}: {_describe(other)}). Re-create it with its CLIP identity recorded.")
+    if any(bank.get(k) != other.get(k) for k in ("kind", "weights_sha256", "dim")):
+        raise SpaceMismatchError(
+            f"The concept bank was encoded with {_describe(bank)}, but the {what} live in the space of "
+            f"{_describe(other)}: re-encode the bank with that CLIP model (`t2c concepts encode ... --clip SPEC`) "
+            "or use an aligner fitted to the bank's CLIP model.")
+
+
+@dataclass
+class ConceptBank:
+    """Encoded concepts: unit vectors ``(k, d)`` float32 in the space of the CLIP model ``clip``."""
+
+    name: str
+    version: int
+    clip: dict
+    templates: tuple[str, ...]
+    concept_names: tuple[str, ...]
+    phrasings: tuple[tuple[str, ...], ...]
+    vectors: Tensor
+    classes: tuple[str, ...] = ()
+    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.concept_names):
+            raise ValueError(f"vectors must be ({len(self.concept_names)}, d), got {tuple(self.vectors.shape)}")
+        if len(self.phrasings) != len(self.concept_names):
+            raise ValueError("phrasings must hold one tuple per concept name")
+        self.vectors = self.vectors.detach().to("cpu", torch.float32).contiguous()
+
+    @property
+    def k(self) -> int:
+        return len(self.concept_names)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def index(self, concept: str) -> int:
+        """Row of ``concept`` (matched ignoring case and extra spaces)."""
+        keys = [_normalise_key(n) for n in self.concept_names]
+        try:
+            return keys.index(_normalise_key(concept))
+        except ValueError:
+            raise ConfigError(f"Concept {concept!r} is not in bank {self.name} v{self.version}; "
+                              f"it has: {', '.join(self.concept_names)}.") from None
+
+    def check_space(self, clip: ModelIdentity | dict | None, *, what: str = "aligned vectors") -> None:
+        """Raise ``SpaceMismatchError`` unless ``clip`` is the CLIP model this bank was encoded with."""
+        check_same_space(self.clip, clip, what=what)
+
+    def to_metadata(self) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
+            "clip": self.clip, "templates": list(self.templates), "classes": list(self.classes),
+            "concepts": [{"name": n, "phrasings": list(p)} for n, p in zip(self.concept_names, self.phrasings, strict=True)],
+            "k": self.k, "dim": self.dim, "created_at": self.created_at,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank to directory ``path``: ``vectors.safetensors`` and ``bank.json``."""
+        from safetensors.torch import save_file
+
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        vectors_path = directory / VECTORS_FILE
+        save_file({"vectors": self.vectors}, str(vectors_path))
+        meta = self.to_metadata() | {"vectors_sha256": hashlib.sha256(vectors_path.read_bytes()).hexdigest()}
+        (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path, *, expect_clip: ModelIdentity | dict | None = None) -> ConceptBank:
+        """Read a bank written by ``save``; with ``expect_clip``, refuse a bank of another CLIP space."""
+        from safetensors.torch import load_file
+
+        directory = Path(path)
+        meta_path, vectors_path = directory / METADATA_FILE, directory / VECTORS_FILE
+        for needed in (meta_path, vectors_path):
+            if not needed.is_file():
+                raise ModelLoadError(f"Concept bank file {needed} is missing: pass the directory written by "
+                                     "`t2c concepts encode --out` (it holds bank.json and vectors.safetensors).")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"Concept bank metadata {meta_path} is not valid JSON ({exc}): re-encode the bank.") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelLoadError(f"{meta_path} is not concept bank metadata (no 'format': '{FORMAT}').")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ModelLoadError(f"Concept bank {directory} has format version {meta['format_version']}, newer than "
+                                 f"this t2c-monitor reads ({FORMAT_VERSION}): upgrade t2c-monitor.")
+        if meta.get("vectors_sha256") != hashlib.sha256(vectors_path.read_bytes()).hexdigest():
+            raise ModelLoadError(f"Concept vectors {vectors_path} do not match the checksum in {meta_path} "
+                                 "(corrupt or replaced file): re-encode the bank.")
+        concepts = meta["concepts"]
+        bank = cls(
+            name=meta["name"], version=int(meta["version"]), clip=meta["clip"], templates=tuple(meta["templates"]),
+            concept_names=tuple(c["name"] for c in concepts), phrasings=tuple(tuple(c["phrasings"]) for c in concepts),
+            vectors=load_file(str(vectors_path))["vectors"], classes=tuple(meta.get("classes") or ()),
+            created_at=meta.get("created_at", ""),
+        )
+        if expect_clip is not None:
+            bank.check_space(expect_clip, what="CLIP model in use")
+        return bank
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding
+
+
+def _warn_truncated(definition: BankDefinition, clip: ClipModel) -> None:
+    limit = clip.context_length
+    for concept in definition.concepts:
+        longest = max(definition.prompts(concept), key=clip.count_tokens)
+        n = clip.count_tokens(longest)
+        if n > limit:
+            warnings.warn(
+                f"Concept {concept.name!r}: prompt {longest!r} has {n} tokens, more than the context length {limit} "
+                f"of {clip.identity.name}; it is truncated. Shorten the concept text.",
+                ConceptTruncatedWarning, stacklevel=3)
+
+
+def average_prompt_embeddings(embeddings: Tensor, owners: Tensor, k: int) -> Tensor:
+    """Per owner: normalise each prompt embedding, average them, normalise the mean -> ``(k, d)``."""
+    unit = F.normalize(embeddings.float(), dim=1)
+    sums = torch.zeros((k, unit.shape[1]), dtype=torch.float32).index_add_(0, owners, unit)
+    return F.normalize(sums, dim=1)
+
+
+def encode_texts_as_concepts(clip: ClipModel, prompt_lists: Sequence[Sequence[str]], *, batch_size: int = 256,
+                             progress: bool = False) -> Tensor:
+    """Unit vectors ``(k, d)``, one per list of prompts, averaged the way banks are."""
+    prompts = [p for plist in prompt_lists for p in plist]
+    owners = torch.tensor([i for i, plist in enumerate(prompt_lists) for _ in plist], dtype=torch.long)
+    embeddings = clip.encode_text(prompts, batch_size=batch_size, progress=progress)
+    return average_prompt_embeddings(embeddings, owners, len(prompt_lists))
+
+
+def encode_bank(definition: BankDefinition, clip: ClipModel, *, batch_size: int = 256,
+                progress: bool = False) -> ConceptBank:
+    """Encode every concept of ``definition`` with ``clip``'s text tower into a ``ConceptBank``."""
+    _warn_truncated(definition, clip)
+    vectors = encode_texts_as_concepts(clip, [definition.prompts(c) for c in definition.concepts],
+                                       batch_size=batch_size, progress=progress)
+    return ConceptBank(
+        name=definition.name, version=definition.version, clip=clip.identity.to_dict(),
+        templates=definition.templates, concept_names=tuple(c.name for c in definition.concepts),
+        phrasings=tuple(c.phrasings for c in definition.concepts), vectors=vectors, classes=definition.classes,
+    )
