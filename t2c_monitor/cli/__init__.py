@@ -14,6 +14,8 @@ import typer
 COMMAND_MODULES: tuple[str, ...] = (
     "db",
     "demo",
+    "concepts",
+    "zeroshot",
 )
 
 app = typer.Typer(
