@@ -156,7 +156,7 @@ def _is_convnet(module: nn.Module) -> bool:
     return sum(isinstance(m, nn.Conv2d) for m in module.modules()) > 1
 
 
-def _batches(n: int, batch_size: int, description: str, progress: bool) -> Iterator[int]:
+def batch_starts(n: int, batch_size: int, description: str, progress: bool) -> Iterator[int]:
     """Start offsets of batches, with a progress bar on stderr when asked for."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -212,7 +212,7 @@ class _ImageTower:
     ) -> torch.Tensor:
         """PIL images -> embeddings ``(n, dim)``, preprocessed with this model's own transform."""
         out = torch.empty((len(images), self.dim), dtype=torch.float32)
-        for start in _batches(len(images), batch_size, f"encoding images ({self.identity.name})", progress):
+        for start in batch_starts(len(images), batch_size, f"encoding images ({self.identity.name})", progress):
             chunk = images[start : start + batch_size]
             out[start : start + len(chunk)] = self.encode(torch.stack([self.preprocess(im) for im in chunk]))
         return out
@@ -222,7 +222,16 @@ class _ImageTower:
 
 
 class SourceEncoder(_ImageTower):
-    """A timm model used as a feature extractor: pooled pre-logits features."""
+    """A timm model used as a feature extractor: pooled pre-logits features.
+
+    ``data_config`` is the model's resolved timm data config (input size, mean, std, crop),
+    the one ``preprocess`` was built from.
+    """
+
+    def __init__(self, model: nn.Module, identity: ModelIdentity, preprocess: Callable, device: torch.device,
+                 data_config: dict):
+        super().__init__(model, identity, preprocess, device)
+        self.data_config = data_config
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(pixels), pre_logits=True)
@@ -260,7 +269,7 @@ class ClipModel(_ImageTower):
         """Texts -> text embeddings ``(n, dim)`` float32 on CPU, NOT normalised."""
         texts = list(texts)
         out = torch.empty((len(texts), self.dim), dtype=torch.float32)
-        for start in _batches(len(texts), batch_size, f"encoding texts ({self.identity.name})", progress):
+        for start in batch_starts(len(texts), batch_size, f"encoding texts ({self.identity.name})", progress):
             chunk = texts[start : start + batch_size]
             tokens = self.tokenizer(chunk).to(self.device)
             with torch.inference_mode(), autocast(self.device):
@@ -302,6 +311,15 @@ def _local_file(path: str, what: str) -> Path:
         raise ModelLoadError(f"Weights file {path!r} for {what} does not exist: give the path of a "
                              ".safetensors file or a torch checkpoint (or a hub tag).")
     return resolved
+
+
+def _refuse_schema(kind: str, name: str) -> None:
+    """``hf-hub:`` / ``local-dir:`` names fetch configs by themselves; we load only what we can check."""
+    if name.startswith(("hf-hub:", "local-dir:", "hf_hub:")):
+        raise ModelLoadError(
+            f"{kind} model name {name!r} uses a hub/local-dir schema, which is not supported: name the "
+            f"architecture and pass its weights file, e.g. '{kind}:ARCH@/path/weights.safetensors'"
+            + (" (or a model config JSON: 'open_clip:/path/cfg.json@/path/ckpt.pt')." if kind == "open_clip" else "."))
 
 
 def _unknown_name_error(kind: str, name: str, known: Sequence[str], how_to_list: str) -> ModelLoadError:
@@ -347,9 +365,11 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
     import timm
     from timm.models import get_pretrained_cfg, load_state_dict, split_model_name_tag
 
+    _refuse_schema("timm", spec.name)
     arch, tag = split_model_name_tag(spec.name)
     if not timm.is_model(arch):
-        raise _unknown_name_error("timm", arch, timm.list_models(), "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`")
+        raise _unknown_name_error("timm", arch, timm.list_models(),
+                                  "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`")
     known_tags = timm.list_pretrained(f"{arch}.*") if tag else []
     if tag and spec.name not in known_tags:
         tags = [t.split(".", 1)[1] for t in known_tags]
@@ -395,9 +415,7 @@ def create_source_encoder(spec: str | EncoderSpec, device: str | torch.device | 
     preprocess = create_transform(**data_config, is_training=False)
     dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
     identity = ModelIdentity("timm", _timm_identity_name(spec.name, weights), weights, state_dict_sha256(model), dim)
-    encoder = SourceEncoder(model, identity, preprocess, resolve_device(device))
-    encoder.data_config = data_config
-    return encoder
+    return SourceEncoder(model, identity, preprocess, resolve_device(device), data_config)
 
 
 def _timm_identity_name(name: str, weights: str | None) -> str:
@@ -457,6 +475,7 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
     import open_clip
     from open_clip.pretrained import is_pretrained_cfg, list_pretrained_tags_by_model
 
+    _refuse_schema("open_clip", spec.name)
     if spec.name.endswith(".json") or os.path.isfile(os.path.expanduser(spec.name)):
         config_path = Path(spec.name).expanduser().resolve()
         if not config_path.is_file():
@@ -467,10 +486,12 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
         model_name = identity_name = spec.name
         if open_clip.get_model_config(model_name) is None:
             raise _unknown_name_error("open_clip", model_name, open_clip.list_models(),
-                                      "`python -c \"import open_clip; print(open_clip.list_models())\"`, or give the path of a model config JSON")
+                                      "`python -c \"import open_clip; print(open_clip.list_models())\"`, "
+                                      "or give the path of a model config JSON")
     weights: str | None = None
     pretrained: str | None = None
-    if spec.pretrained and is_pretrained_cfg(model_name, spec.pretrained):
+    from_tag = bool(spec.pretrained) and is_pretrained_cfg(model_name, spec.pretrained)
+    if from_tag:
         if hub_offline():
             cached, where = _clip_tag_cached(model_name, spec.pretrained)
             if not cached:
@@ -488,9 +509,9 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, pretrained_text=False, device="cpu")
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"open_clip model {spec} could not be created or its weights loaded ({exc}): "
-                             "check the checkpoint was saved from this architecture, and that hub weights are cached "
-                             "or given as a local file.") from exc
+        fix = ("the weights must be cached, or given as a local file" if from_tag
+               else "check that the checkpoint was saved from this architecture")
+        raise ModelLoadError(f"open_clip model {spec} could not be created or its weights loaded ({exc}): {fix}.") from exc
     return model, preprocess, model_name, identity_name, weights
 
 

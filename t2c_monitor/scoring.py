@@ -162,7 +162,7 @@ def zero_shot_folder(
     from PIL import Image, UnidentifiedImageError
 
     from t2c_monitor.concepts import encode_texts_as_concepts
-    from t2c_monitor.encoders import _batches
+    from t2c_monitor.encoders import batch_starts
     from t2c_monitor.templates import resolve_templates
 
     _check_aligner_spaces(aligner, encoder, clip)
@@ -171,7 +171,7 @@ def zero_shot_folder(
     phrases = [class_prompt(c) for c in classes]
     class_vectors = encode_texts_as_concepts(clip, [[t.format(p) for t in template_list] for p in phrases])
     aligned, clip_embeddings, kept, failed = [], [], [], []
-    for start in _batches(len(paths), batch_size, "zero-shot: encoding images", progress):
+    for start in batch_starts(len(paths), batch_size, "zero-shot: encoding images", progress):
         images = []
         for index in range(start, min(start + batch_size, len(paths))):
             try:

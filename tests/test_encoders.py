@@ -189,6 +189,8 @@ def test_unknown_names_and_tags_say_how_to_fix() -> None:
         create_clip_model("open_clip:ViT-B-33")
     with pytest.raises(ModelLoadError, match=r"Unknown pretrained tag 'nope' for open_clip model ViT-B-32.*laion2b"):
         create_clip_model("open_clip:ViT-B-32@nope")
+    with pytest.raises(ModelLoadError, match="schema, which is not supported"):
+        create_clip_model("open_clip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
 
 
 # ------------------------------------------------------------------------ hub names, offline
@@ -276,6 +278,9 @@ def test_clip_config_errors_say_what_is_wrong(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"embed_dim": 8}))
     with pytest.raises(ModelLoadError, match="needs the keys embed_dim, vision_cfg and text_cfg"):
         create_clip_model(f"open_clip:{bad}")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "unrelated.pt")
+    with pytest.raises(ModelLoadError, match="saved from this architecture"):
+        create_clip_model(f"open_clip:{write_tiny_clip_config(tmp_path)}@{tmp_path / 'unrelated.pt'}")
     clash = tmp_path / "ViT-B-32.json"
     clash.write_text(json.dumps(TINY_CLIP))
     with pytest.raises(ModelLoadError, match="rename"):

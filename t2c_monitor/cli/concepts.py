@@ -17,8 +17,10 @@ def register(app: typer.Typer) -> None:
 
 @concepts_app.command()
 def encode(
-    bankfile: Path = typer.Argument(..., help="Bank file: plain text (one concept per line, 'a | b' phrasings) or YAML."),
-    clip: str = typer.Option(..., "--clip", help="CLIP model spec, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k or open_clip:cfg.json@ckpt.pt."),
+    bankfile: Path = typer.Argument(
+        ..., help="Bank file: plain text (one concept per line, 'a | b' phrasings) or YAML."),
+    clip: str = typer.Option(
+        ..., "--clip", help="CLIP model spec, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k or open_clip:cfg.json@ckpt.pt."),
     out: Path = typer.Option(..., "--out", help="Directory to write bank.json and vectors.safetensors to."),
     templates: list[str] = typer.Option(
         None, "--template", help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable. "

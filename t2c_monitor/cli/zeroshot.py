@@ -14,8 +14,10 @@ def register(app: typer.Typer) -> None:
 
 
 def zeroshot(
-    folder: Path = typer.Argument(..., help="Labelled images: FOLDER/<class_name>/*.png|jpg ('_' in names reads as a space)."),
-    encoder: str = typer.Option(..., "--encoder", help="Source encoder spec, e.g. timm:resnet50.a1_in1k or timm:resnet10t@w.safetensors."),
+    folder: Path = typer.Argument(
+        ..., help="Labelled images: FOLDER/<class_name>/*.png|jpg ('_' in names reads as a space)."),
+    encoder: str = typer.Option(
+        ..., "--encoder", help="Source encoder spec, e.g. timm:resnet50.a1_in1k or timm:resnet10t@w.safetensors."),
     aligner: Path = typer.Option(..., "--aligner", help="Aligner directory written by `t2c aligner fit`."),
     clip: str = typer.Option(..., "--clip", help="CLIP model spec the aligner maps into."),
     templates: list[str] = typer.Option(
@@ -32,7 +34,8 @@ def zeroshot(
     with user_errors():
         source = create_source_encoder(encoder, device=device)
         clip_model = create_clip_model(clip, device=device)
-        fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(), expect_clip=clip_model.identity.to_dict())
+        fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(),
+                              expect_clip=clip_model.identity.to_dict())
         chosen = None if not templates else (templates[0] if len(templates) == 1 else templates)
         report = zero_shot_folder(folder, source, fitted, clip_model, templates=chosen, batch_size=batch_size,
                                   progress=not as_json)
@@ -46,7 +49,8 @@ def zeroshot(
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, row in report.per_class.items():
         table.add_row(name, str(row["n"]), f"{row['accuracy']:.3f}", f"{row['clip_accuracy']:.3f}")
-    table.add_row("[bold]all[/]", str(report.n_images), f"[bold]{report.accuracy:.3f}[/]", f"[bold]{report.clip_accuracy:.3f}[/]")
+    table.add_row("[bold]all[/]", str(report.n_images), f"[bold]{report.accuracy:.3f}[/]",
+                  f"[bold]{report.clip_accuracy:.3f}[/]")
     console.print(table)
     for failure in report.failed:
         console.print(f"[yellow]skipped[/] {failure['path']}: {failure['reason']}")
