@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.device import resolve_device
-from t2c_monitor.errors import ConfigError, SpaceMismatchError
+from t2c_monitor.errors import ConfigError, ImageDecodeError, SpaceMismatchError
 
 
 def _check_pair(embeddings: Tensor, vectors: Tensor, vectors_name: str) -> None:
@@ -157,12 +157,12 @@ def zero_shot_folder(
     ``encoder`` is a ``SourceEncoder``, ``clip`` a ``ClipModel`` and ``aligner`` an ``Aligner``
     joining their spaces (checked: a mismatch raises ``SpaceMismatchError``). Class vectors are
     the class names in ``templates`` (the paper's 7 by default), averaged as concept banks are.
-    Images that cannot be decoded are listed in ``failed`` and left out of both accuracies.
+    Images are decoded as ingest decodes them (``t2c_monitor.images``); those that cannot be are
+    listed in ``failed`` with the reason and left out of both accuracies.
     """
-    from PIL import Image, UnidentifiedImageError
-
     from t2c_monitor.concepts import encode_texts_as_concepts
     from t2c_monitor.encoders import batch_starts
+    from t2c_monitor.images import decode_image
     from t2c_monitor.templates import resolve_templates
 
     _check_aligner_spaces(aligner, encoder, clip)
@@ -175,11 +175,12 @@ def zero_shot_folder(
         images = []
         for index in range(start, min(start + batch_size, len(paths))):
             try:
-                with Image.open(paths[index]) as im:
-                    images.append(im.convert("RGB"))
+                images.append(decode_image(paths[index].read_bytes(), str(paths[index])).image)
                 kept.append(index)
-            except (UnidentifiedImageError, OSError) as exc:
-                failed.append({"path": str(paths[index]), "reason": f"{type(exc).__name__}: {exc}"})
+            except ImageDecodeError as exc:
+                failed.append({"path": str(paths[index]), "reason": str(exc)})
+            except OSError as exc:
+                failed.append({"path": str(paths[index]), "reason": f"unreadable: {exc}"})
         if images:
             aligned.append(aligner.transform(encoder.encode_images(images, batch_size=batch_size)))
             clip_embeddings.append(clip.encode_images(images, batch_size=batch_size))

@@ -107,6 +107,7 @@ def test_undecodable_images_are_listed_and_the_rest_scored(models, folder: Path,
     (broken / "red" / "corrupt.png").write_bytes(b"\x89PNG not really")
     report = zero_shot_folder(broken, encoder, aligner, clip)
     assert report.n_images == 12 and len(report.failed) == 1 and report.failed[0]["path"].endswith("corrupt.png")
+    assert report.failed[0]["reason"].split(":")[0] in {"not an image", "truncated", "corrupt"}
 
 
 def test_an_aligner_of_other_models_is_refused(models, folder: Path, aligner: Aligner) -> None:
