@@ -117,6 +117,8 @@ def _classify(exc: Exception, doing: str) -> str:
     if isinstance(exc, MemoryError):
         return f"too large: out of memory while {doing}"
     text = str(exc).lower()
+    if "too large" in text:  # e.g. a PNG text chunk over PngImagePlugin.MAX_TEXT_CHUNK
+        return f"too large: {_short(exc)} (while {doing})"
     if isinstance(exc, EOFError) or any(w in text for w in ("truncated", "premature end", "incomplete")):
         return f"truncated: {_short(exc)} (while {doing})"
     return f"corrupt: {type(exc).__name__}: {_short(exc)} (while {doing})"

@@ -275,7 +275,7 @@ def _resolve_string(source: str, recursive: bool) -> list[SourceItem]:
             raise ConfigError(f"cannot list source {source}: {bad.split(': ', 1)[1]}")
         fs, path = fsspec.core.url_to_fs(source)
         if suffix in MANIFEST_SUFFIXES and fs.isfile(path):
-            return _items_from_manifest(source)
+            return _items_from_manifest(fs.unstrip_protocol(path))
         listed = _list_remote(fs, path, recursive)
         if listed is None:
             raise ConfigError(f"source {source} does not exist: give an existing prefix, file or glob")
@@ -303,6 +303,8 @@ def resolve_source(source: str | Path | Sequence[str], *, recursive: bool = True
       from column ``uri`` (or ``path``, ``file``), relative paths are resolved against the
       manifest's folder, the other columns become ``meta`` (CSV values stay strings) and
       ``captured_at``/``capture_time`` (ISO 8601 or Unix seconds) becomes ``captured_at``;
+      a row without a URI becomes an item with ``error`` set and the URI
+      ``<manifest>#line=N``; an unparseable capture time sets ``error`` too;
     - one fsspec URI: a prefix (listed like a folder), a glob, a single file or a manifest;
     - a list of URIs or paths: one item each, in the given order, not checked for existence
       (a missing file fails when read, as a failed image of the batch).

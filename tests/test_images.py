@@ -211,6 +211,11 @@ def test_decompression_bomb_header_is_refused_fast(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 0.5
     assert "100000x100000 = 10.0 gigapixels" in failed.reason
     assert "64 megapixels" in failed.reason and "decompression bomb" in failed.reason
+    # a text chunk that inflates past Pillow's safety limit is a bomb too
+    signature_and_header = _bomb_png(4, 4)[:33]
+    text_bomb = signature_and_header + _png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"\x00" * 4_000_000))
+    with pytest.raises(ImageDecodeError, match="^too large: "):
+        decode_image(text_bomb + _bomb_png(4, 4)[33:], "text.png")
     # the limit is a parameter: a small image over a small limit is refused the same way
     with pytest.raises(ImageDecodeError, match=r"^too large: image is 20x20 = 400 pixels"):
         decode_image(_bomb_png(20, 20), "x.png", max_pixels=399)
