@@ -194,18 +194,21 @@ class Aligner:
                 f"(corrupt or replaced file): {REFIT_HINT}"
             )
         tensors = _read_safetensors(weights_path, ("W", "b", "feature_mean"))
-        aligner = cls(
-            W=tensors["W"],
-            b=tensors["b"],
-            feature_mean=tensors["feature_mean"],
-            feature_variance=float(meta["feature_variance"]),
-            n_train=int(meta["n_train"]),
-            method=str(meta["method"]),
-            source=meta.get("source"),
-            clip=meta.get("clip"),
-            metrics=meta.get("metrics") or {},
-            fit_info=meta.get("fit_info") or {},
-        )
+        try:
+            aligner = cls(
+                W=tensors["W"],
+                b=tensors["b"],
+                feature_mean=tensors["feature_mean"],
+                feature_variance=float(meta["feature_variance"]),
+                n_train=int(meta["n_train"]),
+                method=str(meta["method"]),
+                source=meta.get("source"),
+                clip=meta.get("clip"),
+                metrics=meta.get("metrics") or {},
+                fit_info=meta.get("fit_info") or {},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"aligner {directory} is incomplete or inconsistent ({exc!r}): {REFIT_HINT}") from exc
         if (aligner.d_in, aligner.d_out) != (meta.get("d_in"), meta.get("d_out")):
             raise ModelLoadError(
                 f"aligner weights in {weights_path} are {aligner.d_in}->{aligner.d_out} but {meta_path} says "
@@ -656,7 +659,10 @@ class PairedFeatures:
         if key not in self._keys():
             return None
         if self.path.suffix == ".safetensors":
-            return _read_safetensors(self.path, (key,))[key]
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as handle:
+                return handle.get_tensor(key)
         return torch.from_numpy(np.ascontiguousarray(self._arrays[key]))
 
     def _keys(self) -> set[str]:

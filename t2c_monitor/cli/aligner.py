@@ -1,0 +1,248 @@
+"""``t2c aligner fit`` and ``t2c aligner eval``: fit an aligner from paired features or images, and score it."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+
+if TYPE_CHECKING:
+    import torch
+
+    from t2c_monitor.aligner import Aligner, AlignmentMetrics, PairedFeatures
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+aligner_app = typer.Typer(help="Fit and evaluate aligners (source features -> CLIP image space).", no_args_is_help=True)
+
+FeaturesOption = typer.Option(
+    None, "--features", help="Paired features: .safetensors or .npz holding X (n, d_in) and Y (n, d_out)."
+)
+ImagesOption = typer.Option(None, "--images", help="Folder of images to embed with --encoder and --clip.")
+EncoderOption = typer.Option(None, "--encoder", help="Source encoder spec (timm name or model path), with --images.")
+ClipOption = typer.Option(None, "--clip", help="CLIP model spec (open_clip name or config path), with --images.")
+DeviceOption = typer.Option(None, "--device", help="Torch device (default: T2C_DEVICE, 'auto').")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(aligner_app, name="aligner")
+
+
+@aligner_app.command("fit")
+def fit(
+    out: Path = typer.Option(..., "--out", help="Directory to write the aligner to (aligner.json + weights)."),
+    features: Optional[Path] = FeaturesOption,
+    images: Optional[Path] = ImagesOption,
+    encoder: Optional[str] = EncoderOption,
+    clip: Optional[str] = ClipOption,
+    method: str = typer.Option("exact", "--method", help="exact (streamed least squares) or sgd (the paper's recipe)."),
+    ridge: float = typer.Option(0.0, "--ridge", help="Ridge penalty on W (exact only), on the feature-variance scale."),
+    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of pairs held out to measure R², cosine, accuracy."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the holdout split and of SGD."),
+    chunk_rows: int = typer.Option(8192, "--chunk-rows", help="Rows per chunk when streaming a feature file."),
+    save_features: Optional[Path] = typer.Option(
+        None, "--save-features", help="With --images: also write the paired embeddings to this file."
+    ),
+    device: Optional[str] = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Fit an aligner and store it with the identities of both models and its held-out metrics."""
+    if method not in ("exact", "sgd"):
+        raise typer.BadParameter(f"use 'exact' or 'sgd', got {method!r}", param_hint="--method")
+    if not 0.0 <= holdout < 1.0:
+        raise typer.BadParameter(f"must be in [0, 1), got {holdout}", param_hint="--holdout")
+    if method == "sgd" and ridge != 0.0:
+        raise typer.BadParameter("the SGD recipe has its own weight decay; --ridge is for --method exact", param_hint="--ridge")
+    if chunk_rows < 1:
+        raise typer.BadParameter(f"must be >= 1, got {chunk_rows}", param_hint="--chunk-rows")
+    with user_errors(), tempfile.TemporaryDirectory(prefix="t2c-aligner-") as scratch:
+        started = time.perf_counter()
+        paired = _paired_source(features, images, encoder, clip, device, save_features, Path(scratch))
+        aligner, metrics, n_holdout = _fit_and_score(paired, method, ridge, holdout, seed, chunk_rows, device)
+        aligner.metrics = {**metrics.to_dict(), "split": "holdout" if n_holdout else "train"}
+        aligner.save(out)
+        payload = {
+            "path": str(out),
+            "method": aligner.method,
+            "d_in": aligner.d_in,
+            "d_out": aligner.d_out,
+            "n_train": aligner.n_train,
+            "n_holdout": n_holdout,
+            "metrics": aligner.metrics,
+            "source": aligner.source,
+            "clip": aligner.clip,
+            "fit_info": {k: v for k, v in aligner.fit_info.items() if k != "epoch_losses_scaled"},
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    if as_json:
+        emit_json(payload)
+        return
+    console.print(f"[green]aligner written[/] to {out} ({aligner.method}, {aligner.d_in} -> {aligner.d_out})")
+    _print_metrics(aligner.metrics, "held-out" if n_holdout else "training (no holdout)")
+
+
+@aligner_app.command("eval")
+def evaluate_command(
+    aligner_path: Path = typer.Argument(..., metavar="ALIGNER", help="Directory written by `t2c aligner fit`."),
+    features: Optional[Path] = FeaturesOption,
+    images: Optional[Path] = ImagesOption,
+    encoder: Optional[str] = EncoderOption,
+    clip: Optional[str] = ClipOption,
+    source_accuracy: Optional[float] = typer.Option(
+        None, "--source-accuracy", help="The source model's own accuracy, reported next to the aligned accuracy."
+    ),
+    device: Optional[str] = DeviceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score a saved aligner on paired features or images (refused if they come from other models)."""
+    from t2c_monitor.aligner import Aligner, evaluate
+
+    with user_errors(), tempfile.TemporaryDirectory(prefix="t2c-aligner-") as scratch:
+        paired = _paired_source(features, images, encoder, clip, device, None, Path(scratch))
+        aligner = Aligner.load(aligner_path, expect_source=paired.source, expect_clip=paired.clip)
+        X = paired.rows("X", 0, paired.n)
+        Y = paired.rows("Y", 0, paired.n)
+        labels, class_vectors = paired.get("labels"), paired.get("class_vectors")
+        if labels is None or class_vectors is None:
+            labels = class_vectors = None
+        metrics = evaluate(aligner, X, Y, labels=labels, class_vectors=class_vectors, source_accuracy=source_accuracy)
+        payload = {"aligner": str(aligner_path), "method": aligner.method, "metrics": metrics.to_dict()}
+    if as_json:
+        emit_json(payload)
+        return
+    console.print(f"aligner {aligner_path} ({aligner.method}, {aligner.d_in} -> {aligner.d_out}) on {paired.path}")
+    _print_metrics(metrics.to_dict(), "evaluation")
+
+
+def _paired_source(
+    features: Path | None,
+    images: Path | None,
+    encoder: str | None,
+    clip: str | None,
+    device: str | None,
+    save_features: Path | None,
+    scratch: Path,
+) -> PairedFeatures:
+    """The pairs to work on: a feature file as is, or an image folder embedded by both models.
+
+    Embeddings of an image folder go to ``save_features``, or to a file in ``scratch`` otherwise.
+    """
+    from t2c_monitor.aligner import open_feature_file
+
+    if (features is None) == (images is None):
+        raise typer.BadParameter("give exactly one of --features FILE or --images DIR", param_hint="--features/--images")
+    if features is not None:
+        if save_features is not None:
+            raise typer.BadParameter("only with --images", param_hint="--save-features")
+        return open_feature_file(features)
+    if encoder is None or clip is None:
+        raise typer.BadParameter("--images needs both --encoder SPEC and --clip SPEC", param_hint="--encoder/--clip")
+    target = save_features if save_features is not None else scratch / "pairs.safetensors"
+    _embed_folder(images, encoder, clip, device, target)
+    return open_feature_file(target)
+
+
+def _embed_folder(folder: Path, encoder_spec: str, clip_spec: str, device: str | None, target: Path) -> None:
+    """Embed every image under ``folder`` with the source encoder and CLIP; write the pairs to ``target``."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+    from rich.progress import Progress
+
+    from t2c_monitor.aligner import save_feature_file
+    from t2c_monitor.encoders import create_clip_model, create_source_encoder
+    from t2c_monitor.errors import ImageDecodeError, T2CError
+
+    if not folder.is_dir():
+        raise T2CError(f"image folder {folder} does not exist: pass a directory of images with --images")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(paths) < 2:
+        raise T2CError(f"image folder {folder} holds {len(paths)} images ({', '.join(sorted(IMAGE_SUFFIXES))}): need at least 2")
+    with console.status("loading the source encoder and the CLIP model"):
+        source = create_source_encoder(encoder_spec, device=device)
+        clip_model = create_clip_model(clip_spec, device=device)
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    with Progress(console=console) as progress:
+        task = progress.add_task("embedding images", total=len(paths))
+        for start in range(0, len(paths), 256):
+            batch = []
+            for path in paths[start : start + 256]:
+                try:
+                    with Image.open(path) as image:
+                        batch.append(image.convert("RGB"))
+                except (UnidentifiedImageError, OSError) as exc:
+                    raise ImageDecodeError(f"cannot decode image {path} ({exc}): remove or replace it") from exc
+            xs.append(source.encode_images(batch))
+            ys.append(clip_model.encode_images(batch))
+            progress.advance(task, len(batch))
+    save_feature_file(
+        target,
+        torch.cat(xs),
+        torch.cat(ys),
+        source=source.identity.to_dict(),
+        clip=clip_model.identity.to_dict(),
+    )
+
+
+def _fit_and_score(
+    paired: PairedFeatures, method: str, ridge: float, holdout: float, seed: int, chunk_rows: int, device: str | None
+) -> tuple[Aligner, AlignmentMetrics, int]:
+    """Split rows into train / holdout, fit on train (streamed for exact), evaluate on holdout."""
+    import torch
+
+    from t2c_monitor.aligner import evaluate, fit_exact, fit_sgd
+
+    n_holdout = round(holdout * paired.n)
+    if holdout > 0 and n_holdout < 2:
+        raise typer.BadParameter(f"{holdout} of {paired.n} pairs is {n_holdout}: too few to evaluate", param_hint="--holdout")
+    if paired.n - n_holdout < 2:
+        raise typer.BadParameter(f"leaves {paired.n - n_holdout} training pairs of {paired.n}", param_hint="--holdout")
+    is_holdout = torch.zeros(paired.n, dtype=torch.bool)
+    is_holdout[torch.randperm(paired.n, generator=torch.Generator().manual_seed(seed))[:n_holdout]] = True
+    held: dict[str, list[torch.Tensor]] = {"X": [], "Y": [], "labels": []}
+    has_labels = paired.get("class_vectors") is not None and paired.get("labels") is not None
+
+    def train_chunks():
+        for start in range(0, paired.n, chunk_rows):
+            stop = min(start + chunk_rows, paired.n)
+            mask = is_holdout[start:stop]
+            X, Y = paired.rows("X", start, stop), paired.rows("Y", start, stop)
+            held["X"].append(X[mask])
+            held["Y"].append(Y[mask])
+            if has_labels:
+                held["labels"].append(paired.rows("labels", start, stop)[mask])
+            yield X[~mask], Y[~mask]
+
+    if method == "exact":
+        aligner = fit_exact(train_chunks(), ridge=ridge, progress=True, device=device, total_rows=paired.n)
+    else:
+        parts = list(train_chunks())
+        aligner = fit_sgd(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), seed=seed, progress=True, device=device)
+    aligner.source, aligner.clip = paired.source, paired.clip
+    if n_holdout:
+        X_eval, Y_eval = torch.cat(held["X"]), torch.cat(held["Y"])
+        labels = torch.cat(held["labels"]) if has_labels else None
+    else:
+        X_eval, Y_eval = paired.rows("X", 0, paired.n), paired.rows("Y", 0, paired.n)
+        labels = paired.get("labels") if has_labels else None
+    class_vectors = paired.get("class_vectors") if has_labels else None
+    metrics = evaluate(aligner, X_eval, Y_eval, labels=labels, class_vectors=class_vectors)
+    return aligner, metrics, n_holdout
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{title} metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
