@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "concepts",
     "zeroshot",
+    "aligner",
 )
 
 app = typer.Typer(
