@@ -4,6 +4,7 @@ and a fresh database per test that needs one."""
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,12 +36,17 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """URL of the suite's embedded PostgreSQL; it is deleted when the test session ends."""
+def pg_server_url() -> str:
+    """URL of the suite's embedded PostgreSQL; it is deleted when the test session ends.
+
+    Its data lives outside pytest's temp root, which pytest prunes to the newest few sessions:
+    a second pytest run on the machine must not delete this server's files under it.
+    """
     from t2c_monitor.store.embedded import start_embedded
     from t2c_monitor.store.engine import normalise_url
 
-    return normalise_url(start_embedded(tmp_path_factory.mktemp("pg") / "data", delete_on_exit=True))
+    root = Path(tempfile.mkdtemp(prefix="t2c-test-pg-"))
+    return normalise_url(start_embedded(root / "data", delete_on_exit=True))
 
 
 @pytest.fixture

@@ -1,0 +1,198 @@
+"""Storing aligned vectors: the project's binary COPY path against plain ORM inserts and execute_values.
+
+The same rows (512-d unit vectors with concept scores and metadata) go into a fresh database
+through each path, on a throwaway embedded PostgreSQL. The COPY path is the production one
+(`store.images.store_chunk`: staging tables, ON CONFLICT, scores), timed end to end per chunk
+including commits. Also compares the two ways of storing concept scores (one real[] per image vs
+one row per image and concept).
+
+    python bench/store.py [--rows 20000] [--dim 512] [--concepts 100]
+
+The last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from psycopg2.extras import execute_values
+from rich.console import Console
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from t2c_monitor.store import migrate
+from t2c_monitor.store import models as m
+from t2c_monitor.store.copy import copy_into, int_column, real_array_column
+from t2c_monitor.store.embedded import start_embedded
+from t2c_monitor.store.engine import make_engine
+from t2c_monitor.store.images import ImageChunk, store_chunk
+from t2c_monitor.store.vectors import vector_literal
+
+console = Console(stderr=True)
+
+
+def fresh_database(server_url: str, name: str):
+    admin = make_engine(server_url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    engine = make_engine(server_url.replace("/postgres?", f"/{name}?"))
+    migrate.upgrade(engine)
+    with Session(engine) as s, s.begin():
+        enc = m.Encoder(name="resnet50", weights_sha256="a" * 64, feature_dim=2048)
+        clip = m.ClipModel(name="ViT-B-16", weights_sha256="b" * 64, embed_dim=512)
+        s.add_all([enc, clip])
+        s.flush()
+        al = m.Aligner(encoder_id=enc.id, clip_model_id=clip.id, method="exact", d_in=2048, d_out=512)
+        bank = m.ConceptBank(name="bench", version=1, clip_model_id=clip.id, dim=512)
+        s.add_all([al, bank])
+        s.flush()
+        mon = m.Monitor(name="bench", encoder_id=enc.id, clip_model_id=clip.id, aligner_id=al.id, bank_id=bank.id)
+        s.add(mon)
+        s.flush()
+        batch = m.Batch(monitor_id=mon.id, external_id="b", source_uri="bench")
+        s.add(batch)
+        s.flush()
+        ids = {"monitor_id": mon.id, "batch_id": batch.id, "bank_id": bank.id}
+    return engine, ids
+
+
+def make_rows(n: int, dim: int, k: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = rng.uniform(-0.2, 0.4, (n, k)).astype(np.float32)
+    uris = [f"s3://bucket/day-1/img-{i:07d}.jpg" for i in range(n)]
+    sha = [f"{i:064x}" for i in range(n)]
+    meta = [{"camera": i % 7, "prediction": "cat"} for i in range(n)]
+    return vectors, scores, uris, sha, meta
+
+
+def bench_copy(engine, ids, rows, chunk_size: int) -> float:
+    vectors, scores, uris, sha, meta = rows
+    started = time.perf_counter()
+    for lo in range(0, len(uris), chunk_size):
+        hi = lo + chunk_size
+        chunk = ImageChunk(
+            uris=uris[lo:hi], failure_reason=[None] * len(uris[lo:hi]), embeddings=vectors[lo:hi],
+            scores=scores[lo:hi], sha256=sha[lo:hi], meta=meta[lo:hi],
+            width=[224] * len(uris[lo:hi]), height=[224] * len(uris[lo:hi]),
+        )
+        with engine.begin() as conn:
+            store_chunk(conn, chunk=chunk, **ids)
+    return time.perf_counter() - started
+
+
+def bench_orm(engine, ids, rows, chunk_size: int) -> float:
+    vectors, scores, uris, sha, meta = rows
+    started = time.perf_counter()
+    for lo in range(0, len(uris), chunk_size):
+        with Session(engine) as s, s.begin():
+            images = [
+                m.Image(batch_id=ids["batch_id"], monitor_id=ids["monitor_id"], uri=uris[i], sha256=sha[i],
+                        width=224, height=224, meta=meta[i], status="ok", dim=vectors.shape[1], embedding=vectors[i])
+                for i in range(lo, min(lo + chunk_size, len(uris)))
+            ]
+            s.add_all(images)
+            s.flush()
+            s.add_all([m.ImageScore(image_id=img.id, bank_id=ids["bank_id"], scores=scores[lo + j].tolist())
+                       for j, img in enumerate(images)])
+    return time.perf_counter() - started
+
+
+def bench_execute_values(engine, ids, rows, chunk_size: int) -> float:
+    vectors, scores, uris, sha, meta = rows
+    started = time.perf_counter()
+    for lo in range(0, len(uris), chunk_size):
+        hi = min(lo + chunk_size, len(uris))
+        with engine.begin() as conn:
+            cur = conn.connection.dbapi_connection.cursor()
+            returned = execute_values(
+                cur,
+                "INSERT INTO image (batch_id, monitor_id, uri, sha256, width, height, meta, status, dim, embedding) "
+                "VALUES %s RETURNING id",
+                [(ids["batch_id"], ids["monitor_id"], uris[i], sha[i], 224, 224, json.dumps(meta[i]), "ok",
+                  vectors.shape[1], vector_literal(vectors[i])) for i in range(lo, hi)],
+                page_size=1000, fetch=True,
+            )
+            execute_values(
+                cur, "INSERT INTO image_score (image_id, bank_id, scores) VALUES %s",
+                [(r[0], ids["bank_id"], scores[lo + j].tolist()) for j, r in enumerate(returned)], page_size=1000,
+            )
+            cur.close()
+    return time.perf_counter() - started
+
+
+def bench_score_layouts(engine, n: int, k: int) -> dict[str, float]:
+    """One real[] per image against one row per (image, concept), both by binary COPY."""
+    scores = np.random.default_rng(1).random((n, k)).astype(np.float32)
+    out = {}
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_scores_array (image_id bigint PRIMARY KEY, scores real[])"))
+        conn.execute(text("CREATE TABLE bench_scores_long (image_id bigint, concept int, score real, "
+                          "PRIMARY KEY (image_id, concept))"))
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        copy_into(conn, "bench_scores_array",
+                  [int_column("image_id", list(range(n)), bits=64), real_array_column("scores", scores)])
+    out["scores_array_images_per_s"] = n / (time.perf_counter() - started)
+    image_ids = np.repeat(np.arange(n), k)
+    concepts = np.tile(np.arange(k), n)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        cur = conn.connection.dbapi_connection.cursor()
+        import io
+
+        buf = io.StringIO()
+        np.savetxt(buf, np.column_stack([image_ids, concepts, scores.ravel()]), fmt=["%d", "%d", "%.7g"], delimiter="\t")
+        buf.seek(0)
+        cur.copy_expert("COPY bench_scores_long FROM STDIN", buf)
+        cur.close()
+    out["scores_long_images_per_s"] = n / (time.perf_counter() - started)
+    with engine.connect() as conn:
+        out["scores_array_bytes"] = conn.execute(text("SELECT pg_total_relation_size('bench_scores_array')")).scalar()
+        out["scores_long_bytes"] = conn.execute(text("SELECT pg_total_relation_size('bench_scores_long')")).scalar()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--concepts", type=int, default=100)
+    parser.add_argument("--chunk", type=int, default=2_000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="t2c-bench-store-") as tmp:
+        server = start_embedded(Path(tmp) / "pgdata", delete_on_exit=True)
+        rows = make_rows(args.rows, args.dim, args.concepts)
+        results = {"rows": args.rows, "dim": args.dim, "concepts": args.concepts, "chunk": args.chunk}
+        for name, fn in [("copy", bench_copy), ("orm", bench_orm), ("execute_values", bench_execute_values)]:
+            engine, ids = fresh_database(server, f"bench_{name}")
+            with console.status(f"storing {args.rows} rows by {name}"):
+                seconds = fn(engine, ids, rows, args.chunk)
+            with engine.connect() as conn:
+                stored = conn.execute(text("SELECT count(*) FROM image")).scalar()
+                scored = conn.execute(text("SELECT count(*) FROM image_score")).scalar()
+            if stored != args.rows or scored != args.rows:
+                sys.exit(f"{name} stored {stored} images and {scored} score rows, expected {args.rows}")
+            results[f"{name}_seconds"] = round(seconds, 3)
+            results[f"{name}_rows_per_s"] = round(args.rows / seconds, 1)
+            console.print(f"{name:>15}: {args.rows / seconds:10.0f} rows/s ({seconds:.2f} s)")
+            if name == "copy":
+                results.update({k: round(v, 1) for k, v in bench_score_layouts(engine, args.rows, args.concepts).items()})
+            engine.dispose()
+        results["copy_vs_orm"] = round(results["copy_rows_per_s"] / results["orm_rows_per_s"], 1)
+        results["copy_vs_execute_values"] = round(results["copy_rows_per_s"] / results["execute_values_rows_per_s"], 1)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""PostgreSQL binary COPY, built column by column with numpy.
+
+Per-row Python string formatting is what makes the slow insert paths slow (DESIGN.md section 7).
+Here each column becomes one array of bytes per row: fixed-width numbers, pgvector vectors and
+``real[]`` arrays are packed for all rows at once by numpy; only text and JSON columns need a
+per-row encode. Rows are then joined once.
+
+Wire formats (PostgreSQL ``COPY ... WITH (FORMAT BINARY)``): an 11-byte signature, flags and
+header-extension length, then per row an int16 field count and per field an int32 length (-1 for
+NULL) and the value in the type's binary ``send`` format; an int16 -1 ends the data.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import psycopg2
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_TRAILER = b"\xff\xff"
+_NULL = b"\xff\xff\xff\xff"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_FLOAT4_OID = 700
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a COPY: its name and the encoded field (length prefix + value) of each row."""
+
+    name: str
+    fields: Sequence[bytes]
+
+
+def _fixed(values: np.ndarray, dtype: str) -> list[bytes]:
+    """Big-endian fixed-width values with their int32 length prefix, all rows at once."""
+    width = np.dtype(dtype).itemsize
+    packed = np.empty(len(values), dtype=[("len", ">i4"), ("val", dtype)])
+    packed["len"] = width
+    packed["val"] = values
+    raw = packed.tobytes()
+    step = 4 + width
+    return [raw[i : i + step] for i in range(0, len(raw), step)]
+
+
+def int_column(name: str, values: Sequence[int | None], *, bits: int = 32) -> Column:
+    dtype = ">i4" if bits == 32 else ">i8"
+    if not any(v is None for v in values):
+        return Column(name, _fixed(np.asarray(values, dtype=np.int64), dtype))
+    filled = _fixed(np.asarray([0 if v is None else v for v in values], dtype=np.int64), dtype)
+    return Column(name, [_NULL if v is None else f for v, f in zip(values, filled)])
+
+
+def _varlen(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big", signed=True) + data
+
+
+def text_column(name: str, values: Sequence[str | None]) -> Column:
+    return Column(name, [_NULL if v is None else _varlen(v.encode("utf-8")) for v in values])
+
+
+def jsonb_column(name: str, values: Sequence[Any]) -> Column:
+    """jsonb's binary format is a version byte (1) followed by the JSON text."""
+    return Column(
+        name,
+        [_NULL if v is None else _varlen(b"\x01" + json.dumps(v, default=str).encode("utf-8")) for v in values],
+    )
+
+
+def timestamptz_column(name: str, values: Sequence[datetime | None]) -> Column:
+    """timestamptz is int64 microseconds since 2000-01-01 UTC; naive datetimes are taken as UTC."""
+
+    def micros(value: datetime) -> int:
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+        delta = aware - _PG_EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+    return int_column(name, [None if v is None else micros(v) for v in values], bits=64)
+
+
+def vector_column(name: str, vectors: np.ndarray, present: np.ndarray | None = None) -> Column:
+    """pgvector ``vector``: int16 dim, int16 unused, dim big-endian float4. Rows where ``present``
+    is False are NULL (``vectors`` holds one row per present row only)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    record = np.empty(n, dtype=[("len", ">i4"), ("dim", ">i2"), ("unused", ">i2"), ("val", ">f4", (dim,))])
+    record["len"] = 4 + 4 * dim
+    record["dim"] = dim
+    record["unused"] = 0
+    record["val"] = vectors
+    return Column(name, _expand(_split(record), present))
+
+
+def real_array_column(name: str, arrays: np.ndarray, present: np.ndarray | None = None) -> Column:
+    """``real[]`` (one dimension): ndim, has-null flag, element type oid, length, lower bound 1,
+    then per element an int32 length 4 and the float4. Rows where ``present`` is False are NULL."""
+    arrays = np.ascontiguousarray(arrays, dtype=np.float32)
+    n, k = arrays.shape
+    record = np.empty(
+        n,
+        dtype=[("len", ">i4"), ("ndim", ">i4"), ("hasnull", ">i4"), ("oid", ">i4"), ("size", ">i4"),
+               ("lbound", ">i4"), ("elems", [("elen", ">i4"), ("val", ">f4")], (k,))],
+    )
+    record["len"] = 20 + 8 * k
+    record["ndim"] = 1
+    record["hasnull"] = 0
+    record["oid"] = _FLOAT4_OID
+    record["size"] = k
+    record["lbound"] = 1
+    record["elems"]["elen"] = 4
+    record["elems"]["val"] = arrays
+    return Column(name, _expand(_split(record), present))
+
+
+def _split(record: np.ndarray) -> list[bytes]:
+    raw = record.tobytes()
+    step = record.dtype.itemsize
+    return [raw[i : i + step] for i in range(0, len(raw), step)]
+
+
+def _expand(fields: list[bytes], present: np.ndarray | None) -> list[bytes]:
+    if present is None:
+        return fields
+    present = np.asarray(present, dtype=bool)
+    if int(present.sum()) != len(fields):
+        raise ValueError(f"present marks {int(present.sum())} rows but {len(fields)} values were given")
+    it = iter(fields)
+    return [next(it) if p else _NULL for p in present]
+
+
+def encode(columns: Sequence[Column]) -> bytes:
+    """The whole COPY stream for ``columns`` (all of the same length)."""
+    lengths = {len(c.fields) for c in columns}
+    if len(lengths) > 1:
+        raise ValueError(f"columns have different lengths: { {c.name: len(c.fields) for c in columns} }")
+    count = len(columns).to_bytes(2, "big")
+    body = b"".join(count + b"".join(row) for row in zip(*(c.fields for c in columns)))
+    return _SIGNATURE + body + _TRAILER
+
+
+def copy_into(conn: Connection, table: str, columns: Sequence[Column]) -> int:
+    """COPY the rows of ``columns`` into ``table`` on ``conn``'s transaction; returns the row count."""
+    if not columns:
+        raise ValueError("columns must not be empty")
+    n = len(columns[0].fields)
+    if n == 0:
+        return 0
+    names = ", ".join(f'"{c.name}"' for c in columns)
+    statement = f"COPY {table} ({names}) FROM STDIN WITH (FORMAT BINARY)"
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(statement, io.BytesIO(encode(columns)))
+    except psycopg2.Error as exc:  # raise what every other store call raises
+        raise DBAPIError.instance(statement, None, exc, psycopg2.Error) from None
+    finally:
+        cursor.close()
+    return n

@@ -1,0 +1,198 @@
+"""Binary COPY encodes every column type exactly, and storing a batch twice stores nothing twice."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from t2c_monitor.store import copy
+from t2c_monitor.store import models as m
+from t2c_monitor.store.images import ImageChunk, store_chunk
+
+
+def test_every_column_type_round_trips(engine):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3, 7)).astype(np.float32)
+    arrays = rng.standard_normal((2, 5)).astype(np.float32)
+    when = [datetime(2026, 11, 22, 9, 30, 15, 123456, tzinfo=timezone.utc), None,
+            datetime(1999, 12, 31, 23, 59, 59)]  # naive: taken as UTC; before the PG epoch
+    with engine.begin() as conn:
+        conn.execute(text(
+            "CREATE TEMP TABLE t (i int, b bigint, s text, j jsonb, ts timestamptz, v vector, r real[])"
+        ))
+        copy.copy_into(conn, "t", [
+            copy.int_column("i", [1, None, -7]),
+            copy.int_column("b", [2**40, 0, None], bits=64),
+            copy.text_column("s", ["plain", None, "ünïcödé ✓"]),
+            copy.jsonb_column("j", [{"a": [1, 2]}, None, {"k": "ü"}]),
+            copy.timestamptz_column("ts", when),
+            copy.vector_column("v", vectors),
+            copy.real_array_column("r", arrays, present=np.array([True, False, True])),
+        ])
+        rows = conn.execute(text("SELECT i, b, s, j, ts, v::text AS v, r FROM t")).all()
+    assert [r.i for r in rows] == [1, None, -7]
+    assert [r.b for r in rows] == [2**40, 0, None]
+    assert [r.s for r in rows] == ["plain", None, "ünïcödé ✓"]
+    assert [r.j for r in rows] == [{"a": [1, 2]}, None, {"k": "ü"}]
+    assert rows[0].ts == when[0] and rows[1].ts is None
+    assert rows[2].ts == when[2].replace(tzinfo=timezone.utc)
+    back = np.array([[float(x) for x in r.v.strip("[]").split(",")] for r in rows], dtype=np.float32)
+    np.testing.assert_array_equal(back, vectors)
+    np.testing.assert_array_equal(np.array(rows[0].r, dtype=np.float32), arrays[0])
+    assert rows[1].r is None
+    np.testing.assert_array_equal(np.array(rows[2].r, dtype=np.float32), arrays[1])
+
+
+def test_mismatched_columns_are_refused():
+    with pytest.raises(ValueError, match="different lengths"):
+        copy.encode([copy.int_column("a", [1, 2]), copy.int_column("b", [1])])
+    with pytest.raises(ValueError, match="present marks"):
+        copy.vector_column("v", np.zeros((1, 3)), present=np.array([True, True]))
+
+
+@pytest.fixture
+def monitor(engine) -> dict[str, int]:
+    with Session(engine) as s, s.begin():
+        enc = m.Encoder(name="resnet10t", weights_sha256="a" * 64, feature_dim=512)
+        clip = m.ClipModel(name="c", weights_sha256="b" * 64, embed_dim=16)
+        s.add_all([enc, clip])
+        s.flush()
+        al = m.Aligner(encoder_id=enc.id, clip_model_id=clip.id, method="exact", d_in=512, d_out=16)
+        bank = m.ConceptBank(name="b", version=1, clip_model_id=clip.id, dim=16)
+        s.add_all([al, bank])
+        s.flush()
+        mon = m.Monitor(name="m", encoder_id=enc.id, clip_model_id=clip.id, aligner_id=al.id, bank_id=bank.id)
+        s.add(mon)
+        s.flush()
+        batch = m.Batch(monitor_id=mon.id, external_id="day-1", source_uri="/inbox")
+        s.add(batch)
+        s.flush()
+        return {"monitor_id": mon.id, "batch_id": batch.id, "bank_id": bank.id}
+
+
+def _chunk(n: int, fail_every: int = 4, seed: int = 0) -> ImageChunk:
+    rng = np.random.default_rng(seed)
+    reasons = [f"truncated: image {i} cut short" if i % fail_every == 3 else None for i in range(n)]
+    n_ok = sum(r is None for r in reasons)
+    emb = rng.standard_normal((n_ok, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return ImageChunk(
+        uris=[f"/inbox/img-{i:04d}.png" for i in range(n)],
+        failure_reason=reasons,
+        embeddings=emb,
+        scores=rng.random((n_ok, 5)).astype(np.float32),
+        sha256=[f"{i:064x}" for i in range(n)],
+        width=[64] * n, height=[48] * n, n_bytes=[1000 + i for i in range(n)],
+        meta=[{"camera": i % 3} for i in range(n)],
+        captured_at=[datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(minutes=i) for i in range(n)],
+    )
+
+
+def _counts(engine) -> tuple[int, int, int]:
+    with engine.connect() as conn:
+        return tuple(conn.execute(text(
+            "SELECT (SELECT count(*) FROM image WHERE status='ok'), (SELECT count(*) FROM image WHERE status='failed'),"
+            " (SELECT count(*) FROM image_score)"
+        )).one())
+
+
+def test_store_chunk_stores_vectors_scores_and_failures(engine, monitor):
+    chunk = _chunk(40)
+    with engine.begin() as conn:
+        counts = store_chunk(conn, chunk=chunk, **monitor)
+    assert (counts.ok, counts.failed, counts.skipped, counts.scores) == (30, 10, 0, 30)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT i.uri, i.embedding::text AS v, s.scores, i.meta, i.failure_reason, i.width "
+            "FROM image i LEFT JOIN image_score s ON s.image_id = i.id ORDER BY i.uri"
+        )).all()
+    ok_rows = [r for r in rows if r.failure_reason is None]
+    stored = np.array([[float(x) for x in r.v.strip("[]").split(",")] for r in ok_rows], dtype=np.float32)
+    np.testing.assert_array_equal(stored, chunk.embeddings)
+    np.testing.assert_array_equal(np.array([r.scores for r in ok_rows], dtype=np.float32), chunk.scores)
+    assert rows[3].failure_reason.startswith("truncated:") and rows[3].scores is None
+    assert rows[5].meta == {"camera": 2} and rows[5].width == 64
+
+
+def test_rerun_and_resume_store_nothing_twice(engine, monitor):
+    full = _chunk(40)
+    first_half = ImageChunk(
+        uris=full.uris[:20], failure_reason=full.failure_reason[:20],
+        embeddings=full.embeddings[: sum(r is None for r in full.failure_reason[:20])],
+        scores=full.scores[: sum(r is None for r in full.failure_reason[:20])], sha256=full.sha256[:20],
+    )
+    with engine.begin() as conn:  # a run killed half way got this far
+        store_chunk(conn, chunk=first_half, **monitor)
+    assert _counts(engine) == (15, 5, 15)
+    with engine.begin() as conn:  # the rerun completes it
+        counts = store_chunk(conn, chunk=full, **monitor)
+    assert (counts.ok, counts.failed, counts.skipped) == (15, 5, 20)
+    assert _counts(engine) == (30, 10, 30)
+    with engine.begin() as conn:  # and a third run changes nothing
+        counts = store_chunk(conn, chunk=full, **monitor)
+    assert (counts.ok, counts.failed, counts.skipped, counts.scores) == (0, 0, 40, 0)
+    assert _counts(engine) == (30, 10, 30)
+
+
+def test_a_failed_chunk_leaves_nothing_behind(engine, monitor):
+    chunk = _chunk(8)
+    with pytest.raises(Exception):
+        with engine.begin() as conn:
+            store_chunk(conn, chunk=chunk, **monitor)
+            raise RuntimeError("killed mid-chunk")
+    assert _counts(engine) == (0, 0, 0)
+    with engine.begin() as conn:  # the staging tables are clean for the next chunk on this connection
+        counts = store_chunk(conn, chunk=chunk, **monitor)
+    assert counts.ok == 6 and counts.skipped == 0
+
+
+def test_duplicate_content_is_recorded_as_failed_within_and_across_chunks(engine, monitor):
+    first = _chunk(4, fail_every=99)
+    with engine.begin() as conn:
+        store_chunk(conn, chunk=first, **monitor)
+    # a later chunk repeats image 1's content under a new name, and repeats itself
+    rng = np.random.default_rng(5)
+    later = ImageChunk(
+        uris=["/inbox/copy-of-1.png", "/inbox/new.png", "/inbox/new-again.png"],
+        failure_reason=[None, None, None],
+        embeddings=rng.standard_normal((3, 16)).astype(np.float32),
+        scores=rng.random((3, 5)).astype(np.float32),
+        sha256=[first.sha256[1], "f" * 64, "f" * 64],
+    )
+    with engine.begin() as conn:
+        counts = store_chunk(conn, chunk=later, **monitor)
+    assert (counts.ok, counts.failed, counts.skipped, counts.scores) == (1, 2, 0, 1)
+    with engine.connect() as conn:
+        reasons = dict(conn.execute(text("SELECT uri, failure_reason FROM image WHERE failure_reason LIKE 'duplicate:%'")).all())
+    assert reasons == {
+        "/inbox/copy-of-1.png": "duplicate: same content as /inbox/img-0001.png",
+        "/inbox/new-again.png": "duplicate: same content as /inbox/new.png",
+    }
+
+
+def test_two_racing_runs_of_one_batch_store_each_image_once(engine, monitor):
+    import threading
+
+    chunk = _chunk(200)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with engine.begin() as conn:
+                barrier.wait()
+                store_chunk(conn, chunk=chunk, **monitor)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert _counts(engine) == (150, 50, 150)
