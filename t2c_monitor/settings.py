@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     )
     connect_timeout_s: int = Field(default=5, ge=1, description="Seconds before an unreachable database fails.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_image_pixels: int = Field(
+        default=64_000_000, ge=1, description="Images with more pixels are refused (decompression-bomb guard)."
+    )
+    max_image_bytes: int = Field(default=64 * 1024**2, ge=1, description="Image files larger than this are refused.")
 
     @field_validator("home")
     @classmethod

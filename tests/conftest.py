@@ -78,3 +78,110 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# a tiny but real monitor: timm encoder weights on disk, a custom open_clip model, a fitted aligner,
+# a concept bank and a monitors.yaml, built once per session
+
+TINY_CLIP = {  # a tiny open_clip architecture (ViT width 64, 2 layers, 32 px; text width 64, 2 layers)
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+TINY_BANK = """\
+name: tiny
+version: 1
+templates: plain
+concepts:
+  - red
+  - green
+  - blue
+  - at night | a dark picture
+  - a bright picture
+"""
+
+
+def write_png(path: Path, color: tuple[int, int, int], size: int = 32, seed: int = 0) -> Path:
+    """A real PNG: a coloured square on noise, so every file has different bytes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = color
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    colors = rng.integers(0, 256, (n, 3))
+    return [write_png(folder / f"img-{i:04d}.png", tuple(int(c) for c in colors[i]), seed=seed * 100_000 + i)
+            for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("clip-config") / "t2c_test_tiny_clip.json"
+    path.write_text(__import__("json").dumps(TINY_CLIP))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_monitor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_config: Path) -> Path:
+    """Models for a monitor named ``tiny``, saved the way users save theirs, plus ``monitors.yaml``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from t2c_monitor.aligner import fit_exact, iter_chunks
+    from t2c_monitor.encoders import create_clip_model, create_source_encoder
+
+    root = tmp_path_factory.mktemp("tiny-monitor")
+    encoder = create_source_encoder("timm:test_vit", device="cpu")
+    save_file({k: v.contiguous() for k, v in encoder.model.state_dict().items()}, str(root / "encoder.safetensors"))
+    clip = create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")
+    torch.save(clip.model.state_dict(), root / "clip.pt")
+
+    encoder = create_source_encoder(f"timm:test_vit@{root / 'encoder.safetensors'}", device="cpu")
+    clip = create_clip_model(f"open_clip:{tiny_clip_config}@{root / 'clip.pt'}", device="cpu")
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in write_images(root / "train", 96, seed=1)]
+    X, Y = encoder.encode_images(images), clip.encode_images(images)
+    aligner = fit_exact(iter_chunks(X, Y), ridge=1e-3)
+    aligner.source, aligner.clip = encoder.identity.to_dict(), clip.identity.to_dict()
+    aligner.save(root / "aligner")
+    (root / "bank.yaml").write_text(TINY_BANK)
+    (root / "monitors.yaml").write_text(
+        "monitors:\n"
+        "  - name: tiny\n"
+        "    encoder: timm:test_vit@encoder.safetensors\n"
+        f"    clip: open_clip:{tiny_clip_config}@clip.pt\n"
+        "    aligner: aligner\n"
+        "    bank: bank.yaml\n"
+        "    ingest: {batch_size: 8, chunk_size: 16, decode_threads: 2}\n"
+    )
+    return root
+
+
+@pytest.fixture
+def applied_monitor(database_url: str, tiny_monitor_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A database (fresh, at head) in which the tiny monitor has been applied; yields the Database."""
+    from t2c_monitor.monitors import load_models, load_monitor_file
+    from t2c_monitor.settings import reset_settings_cache
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.monitors import record_monitor
+
+    monkeypatch.setenv("T2C_DATABASE_URL", database_url)
+    reset_settings_cache()
+    db = open_database()
+    (config,) = load_monitor_file(tiny_monitor_dir / "monitors.yaml")
+    with db.session() as session:
+        record_monitor(session, load_models(config, device="cpu"))
+    yield db
+    db.engine.dispose()

@@ -1,0 +1,310 @@
+"""Ingest: embed a batch of images with the deployed encoder, align them into CLIP space, score
+them against the monitor's concept bank, and store vectors and scores.
+
+A batch runs in three steps that the Prefect flow composes (and ``ingest`` composes locally):
+``plan_batch`` opens the batch row (its id is given, or derived from the content) and leaves out
+what an earlier run of the same batch already stored; ``ingest_items`` embeds and stores a list
+of items (the whole batch, or one shard of it on a Dask worker); ``finish_batch`` recounts the
+batch from its rows and marks it ``stored`` or ``failed``.
+
+Inside ``ingest_items`` the stages overlap: worker threads read, decode and preprocess images
+ahead of the encoder (bounded prefetch, in order), the encoder and aligner run on the device in
+batches, and one writer thread stores each finished chunk by binary COPY while the next one is
+embedded. Bad images never stop the batch: each is stored as a failed row with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from t2c_monitor.errors import SpaceMismatchError
+from t2c_monitor.images import DecodedImage, FailedImage, load_image
+from t2c_monitor.sources import SourceItem, content_batch_id, resolve_source
+from t2c_monitor.store import Database
+from t2c_monitor.store import batches as batch_store
+from t2c_monitor.store.images import ImageChunk, store_chunk
+from t2c_monitor.store.monitors import MonitorRecord, get_monitor
+
+STAGES = ("decode", "encode", "align_score", "store")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    batch_size: int = 64
+    chunk_size: int = 512
+    decode_threads: int = 2
+    max_image_pixels: int = 64_000_000
+    max_image_bytes: int | None = 64 * 1024**2
+    progress: bool = False
+
+    @classmethod
+    def for_monitor(cls, record: MonitorRecord, *, progress: bool = False, **overrides: Any) -> IngestOptions:
+        """Options from the monitor's ``ingest`` config and the settings' image limits."""
+        from t2c_monitor.settings import get_settings
+
+        settings = get_settings()
+        ingest = record.config.get("ingest", {})
+        values = {
+            "batch_size": ingest.get("batch_size", cls.batch_size),
+            "chunk_size": ingest.get("chunk_size", cls.chunk_size),
+            "decode_threads": ingest.get("decode_threads", cls.decode_threads),
+            "max_image_pixels": settings.max_image_pixels,
+            "max_image_bytes": settings.max_image_bytes,
+            "progress": progress,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class MonitorRuntime:
+    """A recorded monitor with its encoder and aligner loaded and checked against the record."""
+
+    record: MonitorRecord
+    encoder: Any  # SourceEncoder
+    aligner: Any  # Aligner
+    bank: torch.Tensor  # (k, d) unit concept vectors, rows in score-column order
+
+    def align_and_score(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Source features -> (unit aligned vectors (n, d), concept scores (n, k))."""
+        aligned = F.normalize(self.aligner.transform(features), dim=1)
+        return aligned.numpy(), (aligned @ self.bank.T).numpy()
+
+    def embed(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed pixels -> (unit aligned vectors (n, d), concept scores (n, k))."""
+        return self.align_and_score(self.encoder.encode(pixels))
+
+
+def load_runtime(db: Database, monitor: str, *, device: str | None = None) -> MonitorRuntime:
+    """Load a monitor's encoder and aligner; refuse, before any image is read, models that no
+    longer match what was recorded by ``t2c monitor apply``."""
+    from t2c_monitor.aligner import Aligner
+    from t2c_monitor.encoders import ModelIdentity, create_source_encoder
+
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    encoder = create_source_encoder(record.config["encoder"], device=device)
+    if not encoder.identity.same_model(ModelIdentity.from_dict(record.encoder)):
+        raise SpaceMismatchError(
+            f"Monitor {record.name}: the encoder {record.config['encoder']} now has weights "
+            f"{encoder.identity.weights_sha256[:12]} ({encoder.identity.dim}-d), but the monitor was applied with "
+            f"{record.encoder['weights_sha256'][:12]} ({record.encoder['dim']}-d). Its aligner and baseline belong to "
+            "the old weights: fit an aligner for the new encoder and run `t2c monitor apply` again."
+        )
+    aligner = Aligner.load(record.aligner_path, expect_source=encoder.identity.to_dict(), expect_clip=record.clip)
+    if aligner.d_out != record.concept_vectors.shape[1]:
+        raise SpaceMismatchError(
+            f"Monitor {record.name}: the aligner maps into {aligner.d_out}-d space but bank {record.bank_name} "
+            f"v{record.bank_version} holds {record.concept_vectors.shape[1]}-d vectors: encode the bank with the "
+            "aligner's CLIP model and run `t2c monitor apply` again."
+        )
+    bank = F.normalize(torch.from_numpy(record.concept_vectors), dim=1)
+    return MonitorRuntime(record=record, encoder=encoder, aligner=aligner, bank=bank)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch_id: int
+    external_id: str
+    items: list[SourceItem]  # what is left to store
+    n_source: int  # items the source listed
+    n_repeated: int  # repeated URIs in the source, ingested once
+
+
+def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem], *, source_uri: str,
+               batch_id: str | None = None) -> BatchPlan:
+    """Open (or reopen) the batch row, mark it ``embedding``, and list the items still to store."""
+    unique: dict[str, SourceItem] = {}
+    for item in items:
+        unique.setdefault(item.uri, item)
+    external_id = batch_id or content_batch_id(list(unique.values()))
+    with db.engine.begin() as conn:
+        row_id, _ = batch_store.open_batch(conn, monitor_id=record.id, external_id=external_id, source_uri=source_uri)
+        batch_store.set_status(conn, row_id, "embedding")
+        done = batch_store.stored_uris(conn, row_id)
+    todo = [item for uri, item in unique.items() if uri not in done]
+    return BatchPlan(batch_id=row_id, external_id=external_id, items=todo, n_source=len(items),
+                     n_repeated=len(items) - len(unique))
+
+
+@dataclass
+class _Chunk:
+    """Rows collected for one store transaction; ok rows carry their vector and scores."""
+
+    uris: list[str] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    sha256: list[str | None] = field(default_factory=list)
+    width: list[int | None] = field(default_factory=list)
+    height: list[int | None] = field(default_factory=list)
+    n_bytes: list[int | None] = field(default_factory=list)
+    meta: list[dict[str, Any]] = field(default_factory=list)
+    captured_at: list[Any] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, item: SourceItem, result: DecodedImage | FailedImage, reason: str | None) -> None:
+        self.uris.append(item.uri)
+        self.reasons.append(reason)
+        self.sha256.append(result.sha256)
+        self.n_bytes.append(result.n_bytes)
+        self.width.append(getattr(result, "width", None))
+        self.height.append(getattr(result, "height", None))
+        self.meta.append(dict(item.meta))
+        self.captured_at.append(item.captured_at)
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def freeze(self, dim: int, k: int) -> ImageChunk:
+        return ImageChunk(
+            uris=self.uris, failure_reason=self.reasons,
+            embeddings=np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32),
+            scores=np.concatenate(self.scores) if self.scores else np.zeros((0, k), np.float32),
+            sha256=self.sha256, width=self.width, height=self.height, n_bytes=self.n_bytes, meta=self.meta,
+            captured_at=self.captured_at,
+        )
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, depth: int) -> Iterator:
+    """``map(fn, items)`` on ``pool`` in order, with at most ``depth`` calls in flight."""
+    pending: deque[Future] = deque()
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= depth:
+            break
+    while pending:
+        yield pending.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(fn, nxt))
+
+
+def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Sequence[SourceItem],
+                 options: IngestOptions, *, log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Embed, score and store ``items`` into batch ``batch_id``; returns seconds spent per stage."""
+    timings = dict.fromkeys(STAGES, 0.0)
+    record = runtime.record
+    dim, k = runtime.aligner.d_out, runtime.bank.shape[0]
+    preprocess = runtime.encoder.preprocess
+
+    def decode(item: SourceItem):
+        started = time.perf_counter()
+        result = load_image(item, max_pixels=options.max_image_pixels, max_bytes=options.max_image_bytes)
+        pixels = preprocess(result.image) if isinstance(result, DecodedImage) else None
+        return result, pixels, time.perf_counter() - started
+
+    def store(chunk: ImageChunk) -> None:
+        started = time.perf_counter()
+        with db.engine.begin() as conn:
+            store_chunk(conn, batch_id=batch_id, monitor_id=record.id, bank_id=record.bank_id, chunk=chunk)
+        timings["store"] += time.perf_counter() - started
+
+    chunk, waiting, seen = _Chunk(), [], {}
+    writing: Future | None = None
+
+    def embed_waiting() -> None:
+        if not waiting:
+            return
+        started = time.perf_counter()
+        features = runtime.encoder.encode(torch.stack([p for _, _, p in waiting]))
+        encoded = time.perf_counter()
+        vectors, scores = runtime.align_and_score(features)
+        timings["encode"] += encoded - started
+        timings["align_score"] += time.perf_counter() - encoded
+        for (item, result, _), v, s in zip(waiting, vectors, scores):
+            chunk.add(item, result, None)
+            chunk.vectors.append(v[None])
+            chunk.scores.append(s[None])
+        waiting.clear()
+
+    progress = _progress(len(items), options.progress, f"ingesting into {record.name}")
+    with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="t2c-decode") as readers, \
+            ThreadPoolExecutor(1, thread_name_prefix="t2c-store") as writer, progress as advance:
+        depth = max(2 * options.batch_size, 4 * options.decode_threads)
+        for item, (result, pixels, seconds) in zip(items, _prefetch(readers, decode, items, depth)):
+            timings["decode"] += seconds
+            if isinstance(result, FailedImage):
+                chunk.add(item, result, result.reason)
+            elif result.sha256 in seen:
+                chunk.add(item, result, f"duplicate: same content as {seen[result.sha256]}")
+            else:
+                seen[result.sha256] = item.uri
+                waiting.append((item, result, pixels))
+                if len(waiting) >= options.batch_size:
+                    embed_waiting()
+            if len(chunk) >= options.chunk_size:
+                if writing is not None:
+                    writing.result()  # at most one chunk waits for the database
+                writing = writer.submit(store, chunk.freeze(dim, k))
+                chunk = _Chunk()
+                if log:
+                    log(f"{record.name}: {len(seen)} images embedded")
+            advance(1)
+        embed_waiting()
+        if writing is not None:
+            writing.result()
+        if len(chunk):
+            writer.submit(store, chunk.freeze(dim, k)).result()
+    return timings
+
+
+class _progress:
+    """A rich progress bar over images when asked for; otherwise a no-op counter."""
+
+    def __init__(self, total: int, enabled: bool, label: str) -> None:
+        self.total, self.enabled, self.label = total, enabled, label
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        from t2c_monitor.cli.common import console
+
+        self._bar = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                             console=console, transient=False)
+        self._bar.__enter__()
+        task = self._bar.add_task(self.label, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._bar.__exit__(*exc)
+
+
+def finish_batch(db: Database, batch_id: int, timings: dict[str, float]) -> batch_store.BatchSummary:
+    with db.engine.begin() as conn:
+        return batch_store.finish_batch(conn, batch_id, timings={k: round(v, 4) for k, v in timings.items()})
+
+
+def fail_batch(db: Database, batch_id: int, error: BaseException) -> None:
+    """Record why a run stopped; a rerun of the batch completes it without duplicates."""
+    with db.engine.begin() as conn:
+        batch_store.set_status(conn, batch_id, "failed", error=f"run stopped: {type(error).__name__}: {error}"[:2000])
+
+
+def ingest(db: Database, monitor: str, source: Any, *, batch_id: str | None = None,
+           runtime: MonitorRuntime | None = None, progress: bool = False, **overrides: Any) -> batch_store.BatchSummary:
+    """Ingest one batch locally, in this process: the library path under the CLI and the flow."""
+    started = time.perf_counter()
+    runtime = runtime or load_runtime(db, monitor)
+    items = resolve_source(source)
+    options = IngestOptions.for_monitor(runtime.record, progress=progress, **overrides)
+    plan = plan_batch(db, runtime.record, items, source_uri=str(source), batch_id=batch_id)
+    try:
+        timings = ingest_items(db, runtime, plan.batch_id, plan.items, options)
+    except BaseException as exc:
+        fail_batch(db, plan.batch_id, exc)
+        raise
+    timings["total"] = time.perf_counter() - started
+    return finish_batch(db, plan.batch_id, timings)
