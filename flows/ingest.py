@@ -1,0 +1,122 @@
+"""The ``ingest`` flow: embed, align, score and store one batch of images for a monitor.
+
+    list the source (retried on I/O) -> plan the batch (exactly once) -> embed and store the
+    items, in one task or in shards on a Dask cluster -> recount the batch and mark it done.
+
+With ``workers`` > 1 the items are split into that many shards, run by ``DaskTaskRunner`` on a
+LocalCluster (or the scheduler at ``dask_address``); each shard loads the monitor's models in its
+worker process and writes its own rows, so the result equals a one-worker run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel, Field
+
+from flows.common import retry_on_io_error
+
+
+class IngestParams(BaseModel):
+    source: str = Field(description="folder, glob, fsspec URI/prefix, or manifest (.jsonl/.csv)")
+    monitor: str
+    batch_id: str | None = Field(None, description="given batch id; default derived from the content")
+    workers: int | None = Field(None, ge=1, description="Dask shards; default the monitor's ingest.workers")
+    dask_address: str | None = None
+
+
+@task(retries=3, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
+def list_source(source: str) -> list:
+    from t2c_monitor.sources import resolve_source
+
+    return resolve_source(source)
+
+
+@task
+def plan(monitor: str, items: list, source: str, batch_id: str | None) -> dict[str, Any]:
+    from t2c_monitor.ingest import plan_batch
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.monitors import get_monitor
+
+    db = open_database()
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    batch = plan_batch(db, record, items, source_uri=source, batch_id=batch_id)
+    return {"batch_id": batch.batch_id, "external_id": batch.external_id, "items": batch.items,
+            "workers": record.config.get("ingest", {}).get("workers", 1),
+            "dask_address": record.config.get("ingest", {}).get("dask_address")}
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
+def ingest_shard(monitor: str, batch_id: int, items: list) -> dict[str, float]:
+    """Embed and store one shard; safe to retry, since stored images are skipped."""
+    from t2c_monitor.ingest import IngestOptions, ingest_items, load_runtime
+    from t2c_monitor.store import open_database
+
+    db = open_database(migrate_to_head=False)
+    runtime = load_runtime(db, monitor)
+    logger = get_run_logger()
+    options = IngestOptions.for_monitor(runtime.record)
+    return ingest_items(db, runtime, batch_id, items, options, log=logger.info)
+
+
+@task
+def finish(batch_id: int, timings: dict[str, float]) -> dict[str, Any]:
+    from t2c_monitor.ingest import finish_batch
+    from t2c_monitor.store import open_database
+
+    return finish_batch(open_database(migrate_to_head=False), batch_id, timings).to_dict()
+
+
+def shards(items: list, n: int) -> list[list]:
+    """``n`` shards of about equal size, each a contiguous run of the items (keeps files close together)."""
+    n = max(1, min(n, len(items)))
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(items[start:stop])
+        start = stop
+    return out
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(params: IngestParams) -> dict[str, Any]:
+    started = time.perf_counter()
+    items = list_source(params.source)
+    batch = plan(params.monitor, items, params.source, params.batch_id)
+    workers = params.workers or batch["workers"]
+    if workers > 1 and len(batch["items"]) > 1:
+        timings = run_sharded(params.monitor, batch["batch_id"], batch["items"], workers,
+                              params.dask_address or batch["dask_address"])
+    else:
+        timings = ingest_shard(params.monitor, batch["batch_id"], batch["items"])
+    timings["total"] = time.perf_counter() - started
+    summary = finish(batch["batch_id"], timings)
+    get_run_logger().info(
+        f"batch {summary['external_id'][:16]}: {summary['status']}, {summary['n_ok']} ok, {summary['n_failed']} failed"
+    )
+    return summary
+
+
+def run_sharded(monitor: str, batch_id: int, items: list, workers: int, address: str | None) -> dict[str, float]:
+    """Run the shards in a subflow on Dask; stage timings are summed over shards."""
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None},
+    )
+
+    @flow(name="ingest-shards", task_runner=runner)
+    def ingest_shards() -> list[dict[str, float]]:
+        futures = [ingest_shard.submit(monitor, batch_id, shard) for shard in shards(items, workers)]
+        return [f.result() for f in futures]
+
+    totals: dict[str, float] = {}
+    for timing in ingest_shards():
+        for stage, seconds in timing.items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return totals
