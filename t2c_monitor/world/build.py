@@ -1,0 +1,260 @@
+"""``t2c world build``: train the world's three models once and cache them.
+
+The cache lives in ``get_settings().models_dir / "world-<key>"``; the key hashes the world code
+version, the seed and the quick flag, so a world is rebuilt only when one of those changes. A
+build trains into a temporary sibling directory and renames it into place at the end, under a
+file lock: an interrupted build leaves no half-written world, and two processes never train the
+same world twice.
+
+Layout of a built world::
+
+    world.json                        what was built, recipe, timings, training metrics
+    clip/t2c-world-clip[-quick].json  open_clip model config
+    clip/open_clip_model.safetensors  CLIP weights
+    source/model.safetensors          timm t2c_world_resnet weights (shape classifier)
+    source/source.json                architecture, classes, how to load
+    caption_lm/                       GPT-2 + tokenizer (save_pretrained) and prefix.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from t2c_monitor.errors import NotFittedError
+from t2c_monitor.world.factors import EFFECTS, FACTORS
+
+# Bump whenever the generator, the captions or the training recipe change: it is part of the
+# cache key, so every cached world built by older code is rebuilt.
+WORLD_CODE_VERSION = "1"
+WORLD_FILE = "world.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How much data and training each model gets."""
+
+    clip_images: int
+    clip_steps: int
+    clip_batch: int
+    source_images: int
+    source_steps: int
+    lm_captions: int
+    lm_steps: int
+
+
+FULL = Recipe(clip_images=16000, clip_steps=300, clip_batch=256, source_images=6000, source_steps=150,
+              lm_captions=16000, lm_steps=300)
+QUICK = Recipe(clip_images=2000, clip_steps=40, clip_batch=128, source_images=1500, source_steps=30,
+               lm_captions=2000, lm_steps=40)
+
+
+def recipe_for(quick: bool) -> Recipe:
+    return QUICK if quick else FULL
+
+
+def world_key(seed: int, quick: bool) -> str:
+    """Cache key of a world: hash of the code version, seed and quick flag."""
+    text = f"world-code={WORLD_CODE_VERSION}|seed={int(seed)}|quick={bool(quick)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def world_dir(seed: int = 0, quick: bool = False, models_dir: str | Path | None = None) -> Path:
+    """Where the world of ``(seed, quick)`` is (or will be) cached."""
+    if models_dir is None:
+        from t2c_monitor.settings import get_settings
+
+        models_dir = get_settings().models_dir
+    return Path(models_dir) / f"world-{world_key(seed, quick)}"
+
+
+@dataclass(frozen=True)
+class World:
+    """A built world on disk: paths of its models and the specs the production loaders take."""
+
+    root: Path
+    metadata: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return int(self.metadata["seed"])
+
+    @property
+    def quick(self) -> bool:
+        return bool(self.metadata["quick"])
+
+    @property
+    def clip_config(self) -> Path:
+        return self.root / self.metadata["files"]["clip_config"]
+
+    @property
+    def clip_weights(self) -> Path:
+        return self.root / self.metadata["files"]["clip_weights"]
+
+    @property
+    def source_weights(self) -> Path:
+        return self.root / self.metadata["files"]["source_weights"]
+
+    @property
+    def source_config(self) -> Path:
+        return self.root / self.metadata["files"]["source_config"]
+
+    @property
+    def caption_lm_dir(self) -> Path:
+        return self.root / self.metadata["files"]["caption_lm"]
+
+    @property
+    def clip_spec(self) -> str:
+        """Spec for ``t2c_monitor.encoders.create_clip_model``."""
+        return f"open_clip:{self.clip_config}@{self.clip_weights}"
+
+    @property
+    def source_spec(self) -> str:
+        """Spec for ``create_source_encoder`` (import ``t2c_monitor.world.source_model`` first)."""
+        from t2c_monitor.world.source_model import SOURCE_ARCH
+
+        return f"timm:{SOURCE_ARCH}@{self.source_weights}"
+
+    def clip_model(self, device=None):
+        """The world CLIP through the production loader (``create_clip_model``)."""
+        from t2c_monitor.encoders import create_clip_model
+
+        return create_clip_model(self.clip_spec, device=device)
+
+    def source_encoder(self, device=None):
+        """The shape-only source encoder through the production loader (``create_source_encoder``)."""
+        import t2c_monitor.world.source_model  # noqa: F401  (registers the timm architecture)
+        from t2c_monitor.encoders import create_source_encoder
+
+        return create_source_encoder(self.source_spec, device=device)
+
+    def caption_lm(self):
+        """``(model, tokenizer)`` of the caption LM through the transformers Auto classes."""
+        from t2c_monitor.world.caption_lm import load_caption_lm
+
+        return load_caption_lm(self.caption_lm_dir)
+
+
+def load_world(seed: int = 0, quick: bool = False, models_dir: str | Path | None = None) -> World:
+    """The cached world of ``(seed, quick)``; ``NotFittedError`` if it was never built."""
+    root = world_dir(seed, quick, models_dir)
+    meta_path = root / WORLD_FILE
+    if not meta_path.is_file():
+        flag = " --quick" if quick else ""
+        raise NotFittedError(f"No shapes world built for seed {seed}{' (quick)' if quick else ''} in {root.parent}: "
+                             f"run `t2c world build --seed {seed}{flag}` first.")
+    return World(root=root, metadata=json.loads(meta_path.read_text()))
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build_world(seed: int = 0, quick: bool = False, models_dir: str | Path | None = None, *,
+                force: bool = False, progress: bool = True, threads: int | None = None) -> World:
+    """Train (or reuse) the world of ``(seed, quick)`` and return it.
+
+    Training uses ``threads`` torch threads (default: every core). On a machine shared with
+    other busy processes, fewer threads than cores can be several times faster.
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    from filelock import FileLock
+
+    root = world_dir(seed, quick, models_dir)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if (root / WORLD_FILE).is_file() and not force:
+            return load_world(seed, quick, models_dir)
+        staging = root.parent / f".{root.name}.building-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with _torch_threads(threads):
+                _train_into(staging, seed, quick, progress)
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return load_world(seed, quick, models_dir)
+
+
+def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from t2c_monitor.world.caption_lm import LmTraining, save_caption_lm, train_caption_lm
+    from t2c_monitor.world.clip_train import (CLIP_MODEL_NAME, ClipTraining, clip_model_config, save_clip,
+                                              train_clip)
+    from t2c_monitor.world.generate import generate
+    from t2c_monitor.world.source_model import SourceTraining, save_source, train_source
+
+    recipe = recipe_for(quick)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        def tracker(description: str, total: int):
+            task = bar.add_task(description, total=total, loss=float("nan"))
+            return lambda step, loss: bar.update(task, completed=step + 1, loss=loss)
+
+        t0 = time.perf_counter()
+        data = generate(recipe.clip_images, seed=seed * 7 + 1)
+        timings["generate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        model_config = clip_model_config(quick)
+        clip, clip_losses = train_clip(
+            model_config, data.images, data.captions,
+            ClipTraining(steps=recipe.clip_steps, batch_size=recipe.clip_batch), seed=seed,
+            progress=tracker("CLIP (images + captions)", recipe.clip_steps))
+        name = CLIP_MODEL_NAME + ("-quick" if quick else "")
+        clip_config, clip_weights = save_clip(clip, model_config, out / "clip", name)
+        timings["clip"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        n = recipe.source_images
+        source, source_losses = train_source(
+            data.images[:n], data.labels("shape")[:n], SourceTraining(steps=recipe.source_steps), seed=seed,
+            progress=tracker("source encoder (shape labels only)", recipe.source_steps))
+        source_weights, source_config = save_source(source, out / "source",
+                                                    {"final_loss": float(np.mean(source_losses[-10:]))})
+        timings["source"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        lm, tokenizer, lm_losses = train_caption_lm(
+            data.captions[: recipe.lm_captions], LmTraining(steps=recipe.lm_steps), seed=seed,
+            progress=tracker("caption LM", recipe.lm_steps))
+        lm_dir = save_caption_lm(lm, tokenizer, out / "caption_lm", clip_dim=model_config["embed_dim"])
+        timings["caption_lm"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    metadata = {
+        "world_code_version": WORLD_CODE_VERSION, "key": world_key(seed, quick), "seed": seed, "quick": quick,
+        "factors": {k: list(v) for k, v in FACTORS.items()}, "effects": list(EFFECTS),
+        "recipe": asdict(recipe), "build_seconds": timings,
+        "final_losses": {"clip": float(np.mean(clip_losses[-10:])), "source": float(np.mean(source_losses[-10:])),
+                         "caption_lm": float(np.mean(lm_losses[-10:]))},
+        "files": {"clip_config": str(clip_config.relative_to(out)), "clip_weights": str(clip_weights.relative_to(out)),
+                  "source_weights": str(source_weights.relative_to(out)),
+                  "source_config": str(source_config.relative_to(out)), "caption_lm": str(lm_dir.relative_to(out))},
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / WORLD_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
