@@ -265,22 +265,27 @@ def element_variance(values: Tensor, chunk_rows: int = 65536) -> float:
 
 
 class _Moments:
-    """Shifted sums for least squares: ``S_xx``, ``S_xy``, ``s_x``, ``s_y``, ``n`` in float64.
+    """Shifted sums for least squares: ``S_xx``, ``S_xy``, ``s_x``, ``s_y``, ``n``, accumulated in float64.
 
     Rows are shifted by the first chunk's means before accumulating, so a large common offset in
     the features does not cancel catastrophically when the sums are centred. On CPU the Gram
-    matrix uses BLAS ``dsyrk`` (one triangle: half the work of a full matmul).
+    matrix uses BLAS ``syrk`` (one triangle: half the work of a full matmul). ``precision``:
+    ``float64`` computes each chunk's products in float64 too; ``mixed`` computes them in float32
+    (about twice as fast on CPU) and adds them to the float64 totals.
     """
 
-    def __init__(self, d_in: int, d_out: int, device: torch.device) -> None:
+    def __init__(self, d_in: int, d_out: int, device: torch.device, precision: str) -> None:
         self.device = device
         self.n = 0
         self.shift_x = self.shift_y = None
+        self.chunk_dtype = torch.float64 if precision == "float64" else torch.float32
         f64 = dict(dtype=torch.float64, device=device)
         self._cpu_blas = device.type == "cpu"
-        if self._cpu_blas:  # dsyrk fills the upper triangle of a Fortran-ordered array in place
+        if self._cpu_blas:  # syrk fills the upper triangle of a Fortran-ordered array
             self._S_xx_np = np.zeros((d_in, d_in), dtype=np.float64, order="F")
             self.S_xx = torch.from_numpy(self._S_xx_np)
+            if self.chunk_dtype == torch.float32:
+                self._chunk_gram = np.zeros((d_in, d_in), dtype=np.float32, order="F")
         else:
             self.S_xx = torch.zeros((d_in, d_in), **f64)
         self.S_xy = torch.zeros((d_in, d_out), **f64)
@@ -288,22 +293,26 @@ class _Moments:
         self.s_y = torch.zeros(d_out, **f64)
 
     def add(self, X: Tensor, Y: Tensor) -> None:
-        X = X.to(self.device, torch.float64)
-        Y = Y.to(self.device, torch.float64)
         if self.shift_x is None:
-            self.shift_x, self.shift_y = X.mean(dim=0), Y.mean(dim=0)
-        X = X - self.shift_x
-        Y = Y - self.shift_y
-        if self._cpu_blas:
+            self.shift_x = X.to(self.device, torch.float64).mean(dim=0)
+            self.shift_y = Y.to(self.device, torch.float64).mean(dim=0)
+        X = X.to(self.device, self.chunk_dtype) - self.shift_x.to(self.chunk_dtype)
+        Y = Y.to(self.device, self.chunk_dtype) - self.shift_y.to(self.chunk_dtype)
+        if not self._cpu_blas:
+            self.S_xx += (X.T @ X).to(torch.float64)
+        elif self.chunk_dtype == torch.float64:
             from scipy.linalg.blas import dsyrk
 
             # X.T of a C-ordered (n, d) array is a Fortran-ordered (d, n) array: A A^T = X^T X, no copy.
             dsyrk(1.0, X.numpy().T, beta=1.0, c=self._S_xx_np, trans=0, lower=0, overwrite_c=1)
         else:
-            self.S_xx.addmm_(X.T, X)
-        self.S_xy.addmm_(X.T, Y)
-        self.s_x += X.sum(dim=0)
-        self.s_y += Y.sum(dim=0)
+            from scipy.linalg.blas import ssyrk
+
+            ssyrk(1.0, X.numpy().T, beta=0.0, c=self._chunk_gram, trans=0, lower=0, overwrite_c=1)
+            np.add(self._S_xx_np, self._chunk_gram, out=self._S_xx_np)
+        self.S_xy += (X.T @ Y).to(torch.float64)
+        self.s_x += X.sum(dim=0, dtype=torch.float64)
+        self.s_y += Y.sum(dim=0, dtype=torch.float64)
         self.n += X.shape[0]
 
     def centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -348,16 +357,21 @@ def fit_exact(
     progress: bool = False,
     device: str | torch.device | None = None,
     total_rows: int | None = None,
+    precision: str = "float64",
 ) -> Aligner:
     """Least-squares aligner from ``(X_chunk, Y_chunk)`` pairs, streamed; solved once in float64.
 
     Minimises ``mean_i ||x_i W + b - y_i||^2 + ridge * ||W||_F^2`` (the bias is not penalised), so
     ``ridge`` is on the scale of the feature variance and independent of the number of rows.
     Chunks can come from a generator reading a file, so the pairs never need to fit in memory.
-    ``total_rows`` only sizes the progress bar.
+    ``total_rows`` only sizes the progress bar. ``precision="mixed"`` computes each chunk's products
+    in float32 (on shifted rows) before adding them to the float64 totals: about twice as fast on
+    CPU, at a relative error near 1e-6 in the sums.
     """
     if ridge < 0 or not math.isfinite(ridge):
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
+    if precision not in ("float64", "mixed"):
+        raise ValueError(f"precision must be 'float64' or 'mixed', got {precision!r}")
     dev = resolve_device(device)
     started = time.perf_counter()
     moments: _Moments | None = None
@@ -368,7 +382,7 @@ def fit_exact(
             if X.shape[0] == 0:
                 continue
             if moments is None:
-                moments = _Moments(X.shape[1], Y.shape[1], dev)
+                moments = _Moments(X.shape[1], Y.shape[1], dev, precision)
             elif (X.shape[1], Y.shape[1]) != (moments.S_xy.shape[0], moments.S_xy.shape[1]):
                 raise ValueError(
                     f"chunk widths changed from {tuple(moments.S_xy.shape)} to {(X.shape[1], Y.shape[1])}: "
@@ -393,6 +407,7 @@ def fit_exact(
         method="exact",
         fit_info={
             "ridge": ridge,
+            "precision": precision,
             "solver": solver,
             "device": str(dev),
             "seconds": round(time.perf_counter() - started, 3),

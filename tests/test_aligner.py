@@ -62,6 +62,17 @@ def test_chunked_fit_equals_one_shot_fit():
     torch.testing.assert_close(one_shot.b, solution[-1].float(), atol=1e-3, rtol=1e-4)
 
 
+def test_mixed_precision_products_agree_with_float64():
+    X, Y, _, _ = planted(3000, noise=0.5)
+    exact = fit_exact(iter_chunks(X, Y, 500), device="cpu")
+    mixed = fit_exact(iter_chunks(X, Y, 500), device="cpu", precision="mixed")
+    assert mixed.fit_info["precision"] == "mixed"
+    torch.testing.assert_close(mixed.W, exact.W, atol=1e-3, rtol=1e-3)
+    assert abs(evaluate(mixed, X, Y).r2 - evaluate(exact, X, Y).r2) < 1e-6
+    with pytest.raises(ValueError, match="precision"):
+        fit_exact([(X, Y)], precision="float16")
+
+
 def test_ridge_shrinks_weights_but_not_the_bias():
     X, Y, _, _ = planted(1000, noise=0.5)
     norms = [float(fit_exact([(X, Y)], ridge=r, device="cpu").W.norm()) for r in (0.0, 0.1, 10.0)]

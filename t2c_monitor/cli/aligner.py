@@ -45,6 +45,9 @@ def fit(
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of pairs held out to measure R², cosine, accuracy."),
     seed: int = typer.Option(0, "--seed", help="Seed of the holdout split and of SGD."),
     chunk_rows: int = typer.Option(8192, "--chunk-rows", help="Rows per chunk when streaming a feature file."),
+    precision: str = typer.Option(
+        "float64", "--precision", help="exact only: float64 chunk products, or mixed (float32 products, float64 sums)."
+    ),
     save_features: Optional[Path] = typer.Option(
         None, "--save-features", help="With --images: also write the paired embeddings to this file."
     ),
@@ -60,10 +63,14 @@ def fit(
         raise typer.BadParameter("the SGD recipe has its own weight decay; --ridge is for --method exact", param_hint="--ridge")
     if chunk_rows < 1:
         raise typer.BadParameter(f"must be >= 1, got {chunk_rows}", param_hint="--chunk-rows")
+    if precision not in ("float64", "mixed"):
+        raise typer.BadParameter(f"use 'float64' or 'mixed', got {precision!r}", param_hint="--precision")
     with user_errors(), tempfile.TemporaryDirectory(prefix="t2c-aligner-") as scratch:
         started = time.perf_counter()
         paired = _paired_source(features, images, encoder, clip, device, save_features, Path(scratch))
-        aligner, metrics, n_holdout = _fit_and_score(paired, method, ridge, holdout, seed, chunk_rows, device)
+        aligner, metrics, n_holdout = _fit_and_score(
+            paired, method, ridge, holdout, seed, chunk_rows, device, precision
+        )
         aligner.metrics = {**metrics.to_dict(), "split": "holdout" if n_holdout else "train"}
         aligner.save(out)
         payload = {
@@ -190,7 +197,14 @@ def _embed_folder(folder: Path, encoder_spec: str, clip_spec: str, device: str |
 
 
 def _fit_and_score(
-    paired: PairedFeatures, method: str, ridge: float, holdout: float, seed: int, chunk_rows: int, device: str | None
+    paired: PairedFeatures,
+    method: str,
+    ridge: float,
+    holdout: float,
+    seed: int,
+    chunk_rows: int,
+    device: str | None,
+    precision: str,
 ) -> tuple[Aligner, AlignmentMetrics, int]:
     """Split rows into train / holdout, fit on train (streamed for exact), evaluate on holdout."""
     import torch
@@ -219,7 +233,9 @@ def _fit_and_score(
             yield X[~mask], Y[~mask]
 
     if method == "exact":
-        aligner = fit_exact(train_chunks(), ridge=ridge, progress=True, device=device, total_rows=paired.n)
+        aligner = fit_exact(
+            train_chunks(), ridge=ridge, progress=True, device=device, total_rows=paired.n, precision=precision
+        )
     else:
         parts = list(train_chunks())
         aligner = fit_sgd(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), seed=seed, progress=True, device=device)
