@@ -17,6 +17,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "concepts",
     "zeroshot",
     "aligner",
+    "monitor",
+    "ingest",
+    "world",
 )
 
 app = typer.Typer(

@@ -1,0 +1,59 @@
+"""`t2c monitor apply/list` and `t2c ingest` as a user runs them: real processes, real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_images
+
+T2C = Path(sys.executable).parent / "t2c"
+
+
+def run_t2c(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([T2C, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def test_apply_list_and_ingest_from_the_command_line(database_url, tiny_monitor_dir, tmp_path):
+    env = {"T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home"), "T2C_DEVICE": "cpu"}
+    check = run_t2c("monitor", "apply", str(tiny_monitor_dir / "monitors.yaml"), "--check", "--json", env=env)
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["checked_only"] is True
+    assert json.loads(run_t2c("monitor", "list", "--json", env=env).stdout)["monitors"] == []
+
+    applied = run_t2c("monitor", "apply", str(tiny_monitor_dir / "monitors.yaml"), "--json", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert json.loads(applied.stdout)["monitors"][0] == {
+        "name": "tiny", "bank": "tiny", "bank_version": 1, "concepts": 5, "dim": 32,
+    }
+    listed = json.loads(run_t2c("monitor", "list", "--json", env=env).stdout)["monitors"]
+    assert [m["name"] for m in listed] == ["tiny"]
+
+    write_images(tmp_path / "inbox", 9, seed=4)
+    (tmp_path / "inbox" / "zero.png").write_bytes(b"")
+    result = run_t2c("ingest", str(tmp_path / "inbox"), "--monitor", "tiny", "--json", env=env)  # the Prefect flow
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["status"], summary["n_ok"], summary["n_failed"]) == ("stored", 9, 1)
+    assert summary["failures"] == {"empty file": 1}
+    assert (tmp_path / "home" / "prefect").is_dir(), "Prefect's local state belongs under T2C_HOME"
+
+    rerun = run_t2c("ingest", str(tmp_path / "inbox"), "--monitor", "tiny", "--no-flow", "--json", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["n_images"] == 10 and json.loads(rerun.stdout)["id"] == summary["id"]
+
+
+def test_bad_monitor_file_and_unknown_monitor_are_messages(database_url, tmp_path):
+    env = {"T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home")}
+    bad = tmp_path / "monitors.yaml"
+    bad.write_text("monitors:\n  - name: m\n    encoder: timm:x\n    clip: c\n    aligner: a\n    bank: b\n    schedule: daily\n")
+    result = run_t2c("monitor", "apply", str(bad), env=env)
+    assert result.returncode == 2 and "monitors[0].schedule: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "in").mkdir()
+    write_images(tmp_path / "in", 1)
+    missing = run_t2c("ingest", str(tmp_path / "in"), "--monitor", "ghost", "--no-flow", env=env)
+    assert missing.returncode == 2 and "No monitor named 'ghost'" in missing.stderr
