@@ -53,8 +53,8 @@ class Recipe:
 
 FULL = Recipe(clip_images=16000, clip_steps=300, clip_batch=256, source_images=6000, source_steps=150,
               lm_captions=16000, lm_steps=300)
-QUICK = Recipe(clip_images=2000, clip_steps=40, clip_batch=128, source_images=1500, source_steps=30,
-               lm_captions=2000, lm_steps=40)
+QUICK = Recipe(clip_images=2000, clip_steps=60, clip_batch=96, source_images=1500, source_steps=20,
+               lm_captions=2000, lm_steps=30)
 
 
 def recipe_for(quick: bool) -> Recipe:

@@ -43,7 +43,7 @@ class ClipTraining:
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
-    warmup: int = 25
+    warmup: int = 25  # at most; never more than an eighth of the steps
 
 
 def pixels_from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -57,9 +57,10 @@ def pixels_from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def _lr_at(step: int, cfg: ClipTraining) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    warmup = max(1, min(cfg.warmup, cfg.steps // 8))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -1,0 +1,102 @@
+"""Benchmark: does text-to-concept work in the shapes world?
+
+Builds (or loads) the world, generates held-out images, fits an exact aligner from the shape-only
+source encoder to the world CLIP, and measures against the generator's ground truth: aligner R²,
+zero-shot accuracy per factor in CLIP space and aligned space (class vectors from the default
+concept bank), and per effect the AUROC of its concept score in both spaces.
+
+    python bench/world.py [--seed 0] [--quick] [--rebuild] [--threads N]
+
+Progress goes to stderr; the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+TARGETS = {
+    "r2": 0.75,
+    "clip_zero_shot": {"color": 0.9, "background": 0.9, "size": 0.9, "shape": 0.8},
+    "effect_auroc_clip": 0.95,
+    "aligned_over_clip": {"color": 0.85, "background": 0.85, "size": 0.85},
+}
+
+
+def targets_met(result: dict) -> dict[str, bool]:
+    met = {"r2": result["r2"] >= TARGETS["r2"]}
+    for factor, target in TARGETS["clip_zero_shot"].items():
+        met[f"clip_{factor}"] = result["zero_shot"][factor]["clip"] >= target
+    for effect, scores in result["effect_auroc"].items():
+        met[f"auroc_{effect}"] = scores["clip"] >= TARGETS["effect_auroc_clip"]
+    for factor, ratio in TARGETS["aligned_over_clip"].items():
+        zs = result["zero_shot"][factor]
+        met[f"aligned_{factor}"] = zs["aligned"] >= ratio * zs["clip"]
+    return met
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="the small test world instead of the full one")
+    parser.add_argument("--rebuild", action="store_true", help="retrain even if the world is cached")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for training (default: all cores)")
+    parser.add_argument("--models-dir", default=None)
+    parser.add_argument("--n-fit", type=int, default=4000)
+    parser.add_argument("--n-test", type=int, default=2000)
+    args = parser.parse_args()
+
+    import torch
+
+    from t2c_monitor.world.build import build_world, world_dir
+    from t2c_monitor.world.evaluate import evaluate_world
+
+    cached = (world_dir(args.seed, args.quick, args.models_dir) / "world.json").is_file() and not args.rebuild
+    print(f"{'loading' if cached else 'building'} the shapes world (seed {args.seed}"
+          f"{', quick' if args.quick else ''})", file=sys.stderr, flush=True)
+    world = build_world(seed=args.seed, quick=args.quick, models_dir=args.models_dir, force=args.rebuild,
+                        threads=args.threads)
+    build_seconds = world.metadata["build_seconds"]
+    print(f"world at {world.root}; its build took {build_seconds['total']:.0f} s "
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in build_seconds.items() if k != 'total')})",
+          file=sys.stderr, flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    result = evaluate_world(world, n_fit=args.n_fit, n_test=args.n_test, device="cpu", progress=True)
+    eval_seconds = time.perf_counter() - started
+
+    print(f"aligner R² {result['r2']:.3f} (cosine {result['cosine']:.3f})", file=sys.stderr)
+    print(f"{'factor':<12}{'CLIP':>8}{'aligned':>9}{'chance':>8}", file=sys.stderr)
+    for factor, zs in result["zero_shot"].items():
+        print(f"{factor:<12}{zs['clip']:>8.3f}{zs['aligned']:>9.3f}{zs['chance']:>8.3f}", file=sys.stderr)
+    print(f"{'effect AUROC':<12}{'CLIP':>8}{'aligned':>9}", file=sys.stderr)
+    for effect, scores in result["effect_auroc"].items():
+        print(f"{effect:<12}{scores['clip']:>8.3f}{scores['aligned']:>9.3f}", file=sys.stderr)
+    met = targets_met(result)
+    missed = [k for k, ok in met.items() if not ok]
+    print("all targets met" if not missed else f"targets missed: {', '.join(missed)}", file=sys.stderr)
+
+    summary = {
+        "r2": round(result["r2"], 4),
+        "cosine": round(result["cosine"], 4),
+        "zero_shot_clip": {f: round(z["clip"], 4) for f, z in result["zero_shot"].items()},
+        "zero_shot_aligned": {f: round(z["aligned"], 4) for f, z in result["zero_shot"].items()},
+        "effect_auroc_clip": {e: round(s["clip"], 4) for e, s in result["effect_auroc"].items()},
+        "effect_auroc_aligned": {e: round(s["aligned"], 4) for e, s in result["effect_auroc"].items()},
+        "build_seconds": round(build_seconds["total"], 1),
+        "build_stage_seconds": {k: round(v, 1) for k, v in build_seconds.items() if k != "total"},
+        "build_cached": cached,
+        "eval_seconds": round(eval_seconds, 1),
+        "n_fit": args.n_fit, "n_test": args.n_test, "seed": args.seed, "quick": args.quick,
+        "world_key": world.metadata["key"],
+        "targets_met": all(met.values()),
+        "targets_missed": missed,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
