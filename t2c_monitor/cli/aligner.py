@@ -234,7 +234,7 @@ def _fit_and_score(
 
     if method == "exact":
         aligner = fit_exact(
-            train_chunks(), ridge=ridge, progress=True, device=device, total_rows=paired.n, precision=precision
+            train_chunks(), ridge=ridge, progress=True, device=device, total_rows=paired.n - n_holdout, precision=precision
         )
     else:
         parts = list(train_chunks())
