@@ -779,7 +779,10 @@ def _parse_identity(raw: str | None, path: Path, key: str) -> dict | None:
 def library_versions() -> dict[str, str | None]:
     """Versions of the libraries whose behaviour an aligner depends on (None when not installed)."""
     versions: dict[str, str | None] = {}
-    for key, dist in (("torch", "torch"), ("timm", "timm"), ("open_clip", "open_clip_torch"), ("t2c_monitor", "t2c-monitor")):
+    distributions = (
+        ("torch", "torch"), ("timm", "timm"), ("open_clip", "open_clip_torch"), ("t2c_monitor", "t2c-monitor")
+    )
+    for key, dist in distributions:
         try:
             versions[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:

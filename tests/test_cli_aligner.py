@@ -52,7 +52,8 @@ def test_fit_then_eval_from_a_feature_file(cli, tmp_path):
     features = tmp_path / "pairs.safetensors"
     X, Y = write_pairs(features, source=SOURCE, clip=CLIP)
     out = tmp_path / "aligner"
-    fitted = run_json(cli, ["aligner", "fit", "--features", str(features), "--holdout", "0.2", "--out", str(out), "--json"])
+    args = ["aligner", "fit", "--features", str(features), "--holdout", "0.2", "--out", str(out), "--json"]
+    fitted = run_json(cli, args)
     assert (fitted["method"], fitted["d_in"], fitted["d_out"]) == ("exact", 12, 5)
     assert (fitted["n_train"], fitted["n_holdout"]) == (320, 80)
     assert fitted["metrics"]["split"] == "holdout"
@@ -73,7 +74,8 @@ def test_fit_with_the_sgd_recipe_from_npz(cli, tmp_path):
     features = tmp_path / "pairs.npz"
     write_pairs(features, n=300)
     out = tmp_path / "sgd"
-    fitted = run_json(cli, ["aligner", "fit", "--features", str(features), "--method", "sgd", "--out", str(out), "--json"])
+    args = ["aligner", "fit", "--features", str(features), "--method", "sgd", "--out", str(out), "--json"]
+    fitted = run_json(cli, args)
     assert fitted["method"] == "sgd" and fitted["n_holdout"] == 30
     assert fitted["fit_info"]["epochs"] == 6 and fitted["fit_info"]["batch_size"] == 100
     assert fitted["metrics"]["r2"] > 0.5  # 18 SGD steps on 270 pairs: the recipe, not converged

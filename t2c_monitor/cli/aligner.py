@@ -42,7 +42,7 @@ def fit(
     clip: Optional[str] = ClipOption,
     method: str = typer.Option("exact", "--method", help="exact (streamed least squares) or sgd (the paper's recipe)."),
     ridge: float = typer.Option(0.0, "--ridge", help="Ridge penalty on W (exact only), on the feature-variance scale."),
-    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of pairs held out to measure R², cosine, accuracy."),
+    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of pairs held out for R², cosine, accuracy."),
     seed: int = typer.Option(0, "--seed", help="Seed of the holdout split and of SGD."),
     chunk_rows: int = typer.Option(8192, "--chunk-rows", help="Rows per chunk when streaming a feature file."),
     precision: str = typer.Option(
@@ -60,7 +60,9 @@ def fit(
     if not 0.0 <= holdout < 1.0:
         raise typer.BadParameter(f"must be in [0, 1), got {holdout}", param_hint="--holdout")
     if method == "sgd" and ridge != 0.0:
-        raise typer.BadParameter("the SGD recipe has its own weight decay; --ridge is for --method exact", param_hint="--ridge")
+        raise typer.BadParameter(
+            "the SGD recipe has its own weight decay; --ridge is for --method exact", param_hint="--ridge"
+        )
     if chunk_rows < 1:
         raise typer.BadParameter(f"must be >= 1, got {chunk_rows}", param_hint="--chunk-rows")
     if precision not in ("float64", "mixed"):
@@ -142,7 +144,9 @@ def _paired_source(
     from t2c_monitor.aligner import open_feature_file
 
     if (features is None) == (images is None):
-        raise typer.BadParameter("give exactly one of --features FILE or --images DIR", param_hint="--features/--images")
+        raise typer.BadParameter(
+            "give exactly one of --features FILE or --images DIR", param_hint="--features/--images"
+        )
     if features is not None:
         if save_features is not None:
             raise typer.BadParameter("only with --images", param_hint="--save-features")
@@ -168,7 +172,8 @@ def _embed_folder(folder: Path, encoder_spec: str, clip_spec: str, device: str |
         raise T2CError(f"image folder {folder} does not exist: pass a directory of images with --images")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(paths) < 2:
-        raise T2CError(f"image folder {folder} holds {len(paths)} images ({', '.join(sorted(IMAGE_SUFFIXES))}): need at least 2")
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise T2CError(f"image folder {folder} holds {len(paths)} images ({kinds}): need at least 2")
     with console.status("loading the source encoder and the CLIP model"):
         source = create_source_encoder(encoder_spec, device=device)
         clip_model = create_clip_model(clip_spec, device=device)
@@ -213,7 +218,9 @@ def _fit_and_score(
 
     n_holdout = round(holdout * paired.n)
     if holdout > 0 and n_holdout < 2:
-        raise typer.BadParameter(f"{holdout} of {paired.n} pairs is {n_holdout}: too few to evaluate", param_hint="--holdout")
+        raise typer.BadParameter(
+            f"{holdout} of {paired.n} pairs is {n_holdout}: too few to evaluate", param_hint="--holdout"
+        )
     if paired.n - n_holdout < 2:
         raise typer.BadParameter(f"leaves {paired.n - n_holdout} training pairs of {paired.n}", param_hint="--holdout")
     is_holdout = torch.zeros(paired.n, dtype=torch.bool)
@@ -234,11 +241,17 @@ def _fit_and_score(
 
     if method == "exact":
         aligner = fit_exact(
-            train_chunks(), ridge=ridge, progress=True, device=device, total_rows=paired.n - n_holdout, precision=precision
+            train_chunks(),
+            ridge=ridge,
+            progress=True,
+            device=device,
+            total_rows=paired.n - n_holdout,
+            precision=precision,
         )
     else:
         parts = list(train_chunks())
-        aligner = fit_sgd(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), seed=seed, progress=True, device=device)
+        X_train, Y_train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        aligner = fit_sgd(X_train, Y_train, seed=seed, progress=True, device=device)
     aligner.source, aligner.clip = paired.source, paired.clip
     if n_holdout:
         X_eval, Y_eval = torch.cat(held["X"]), torch.cat(held["Y"])
