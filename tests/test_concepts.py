@@ -23,18 +23,11 @@ from t2c_monitor.encoders import create_clip_model
 from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
 from t2c_monitor.templates import PAPER_TEMPLATES, resolve_templates
 
-TINY_CLIP = {  # the same tiny architecture as tests/test_encoders.py (same file name, same content)
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory):
-    config = tmp_path_factory.mktemp("clip") / "t2c_test_tiny_clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    return create_clip_model(f"open_clip:{config}", device="cpu")
+def tiny_clip(tiny_clip_config):
+    return create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")
 
 
 def hand_vector(clip, texts: list[str]) -> torch.Tensor:

@@ -19,24 +19,9 @@ from t2c_monitor.encoders import (
 )
 from t2c_monitor.errors import ConfigError, ModelLoadError
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+from conftest import TINY_CLIP
+
 TIMM_SPECS = ["timm:test_vit", "timm:test_resnet", "timm:resnet10t"]
-
-
-def write_tiny_clip_config(directory: Path) -> Path:
-    """A tiny open_clip architecture (ViT width 64, 2 layers, 32 px; text width 64, 2 layers)."""
-    path = directory / "t2c_test_tiny_clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_clip_config(tmp_path_factory.mktemp("clip-config"))
 
 
 @pytest.fixture(scope="module")
@@ -273,14 +258,14 @@ def test_clip_local_checkpoints_round_trip(tiny_clip, tiny_clip_config: Path, tm
         torch.testing.assert_close(model.encode_text(["snow"]), tiny_clip.encode_text(["snow"]))
 
 
-def test_clip_config_errors_say_what_is_wrong(tmp_path: Path) -> None:
+def test_clip_config_errors_say_what_is_wrong(tmp_path: Path, tiny_clip_config: Path) -> None:
     bad = tmp_path / "not_a_clip.json"
     bad.write_text(json.dumps({"embed_dim": 8}))
     with pytest.raises(ModelLoadError, match="needs the keys embed_dim, vision_cfg and text_cfg"):
         create_clip_model(f"open_clip:{bad}")
     torch.save({"weight": torch.zeros(3)}, tmp_path / "unrelated.pt")
     with pytest.raises(ModelLoadError, match="saved from this architecture"):
-        create_clip_model(f"open_clip:{write_tiny_clip_config(tmp_path)}@{tmp_path / 'unrelated.pt'}")
+        create_clip_model(f"open_clip:{tiny_clip_config}@{tmp_path / 'unrelated.pt'}")
     clash = tmp_path / "ViT-B-32.json"
     clash.write_text(json.dumps(TINY_CLIP))
     with pytest.raises(ModelLoadError, match="rename"):

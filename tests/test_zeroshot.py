@@ -20,20 +20,13 @@ from t2c_monitor.errors import ConfigError, SpaceMismatchError
 from t2c_monitor.scoring import list_labelled_images, zero_shot_accuracy, zero_shot_folder
 from t2c_monitor.templates import PAPER_TEMPLATES
 
-TINY_CLIP = {  # the same tiny architecture as tests/test_encoders.py (same file name, same content)
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "dark_blue": (20, 20, 120)}
 PER_CLASS = 4
 
 
 @pytest.fixture(scope="module")
-def clip_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "t2c_test_tiny_clip.json"
-    path.write_text(json.dumps(TINY_CLIP))
-    return path
+def clip_config(tiny_clip_config: Path) -> Path:
+    return tiny_clip_config
 
 
 @pytest.fixture(scope="module")
