@@ -486,6 +486,11 @@ def fit_sgd(
                 advance(1)
         scheduler.step()
         epoch_losses.append(float(loss_sum) / n_batches)
+        if not math.isfinite(epoch_losses[-1]):
+            raise T2CError(
+                f"the SGD recipe diverged (mean loss {epoch_losses[-1]} in epoch {epoch + 1}); features with a large "
+                "common offset do this at lr 0.01: use the exact solver (`--method exact`), or a smaller lr"
+            )
 
     W = W_s.detach().to(torch.float64) * (s_x / s_y)
     b = b_s.detach().to(torch.float64) / s_y

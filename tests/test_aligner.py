@@ -123,6 +123,13 @@ def test_sgd_recipe_undoes_the_scaling_correctly_where_the_reference_formula_fai
     assert evaluate(exact, X, Y).r2 >= evaluate(aligner, X, Y).r2
 
 
+def test_sgd_recipe_reports_divergence_instead_of_returning_nan():
+    X, Y, _, _ = planted(1000, d_in=16, d_out=4, scale=0.05)  # tiny spread, large offset: lr 0.01 diverges
+    with pytest.raises(T2CError, match="diverged"):
+        fit_sgd(X, Y, device="cpu")
+    assert evaluate(fit_exact([(X, Y)], device="cpu"), X, Y).r2 > 0.999
+
+
 def test_sgd_recipe_is_seeded_and_deterministic():
     X, Y, _, _ = planted(600, d_in=8, d_out=3)
     first = fit_sgd(X, Y, epochs=2, seed=3, device="cpu")
