@@ -75,6 +75,31 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
+def insert_monitor_rows(engine: Engine, *, dim: int, batch: str = "day-1") -> dict[str, int]:
+    """The rows a stored image hangs from (encoder, CLIP model, aligner, bank, monitor, batch),
+    for tests of the store that need no real models; returns their ids."""
+    from sqlalchemy.orm import Session
+
+    from t2c_monitor.store import models as m
+
+    with Session(engine) as s, s.begin():
+        enc = m.Encoder(name="resnet10t", weights_sha256="a" * 64, feature_dim=512)
+        clip = m.ClipModel(name="c", weights_sha256="b" * 64, embed_dim=dim)
+        s.add_all([enc, clip])
+        s.flush()
+        aligner = m.Aligner(encoder_id=enc.id, clip_model_id=clip.id, method="exact", d_in=512, d_out=dim)
+        bank = m.ConceptBank(name="b", version=1, clip_model_id=clip.id, dim=dim)
+        s.add_all([aligner, bank])
+        s.flush()
+        monitor = m.Monitor(name="m", encoder_id=enc.id, clip_model_id=clip.id, aligner_id=aligner.id, bank_id=bank.id)
+        s.add(monitor)
+        s.flush()
+        row = m.Batch(monitor_id=monitor.id, external_id=batch, source_uri="/inbox")
+        s.add(row)
+        s.flush()
+        return {"monitor_id": monitor.id, "batch_id": row.id, "bank_id": bank.id}
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]

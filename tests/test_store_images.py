@@ -7,10 +7,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
+from conftest import insert_monitor_rows
 from t2c_monitor.store import copy
-from t2c_monitor.store import models as m
 from t2c_monitor.store.images import ImageChunk, store_chunk
 
 
@@ -56,22 +55,7 @@ def test_mismatched_columns_are_refused():
 
 @pytest.fixture
 def monitor(engine) -> dict[str, int]:
-    with Session(engine) as s, s.begin():
-        enc = m.Encoder(name="resnet10t", weights_sha256="a" * 64, feature_dim=512)
-        clip = m.ClipModel(name="c", weights_sha256="b" * 64, embed_dim=16)
-        s.add_all([enc, clip])
-        s.flush()
-        al = m.Aligner(encoder_id=enc.id, clip_model_id=clip.id, method="exact", d_in=512, d_out=16)
-        bank = m.ConceptBank(name="b", version=1, clip_model_id=clip.id, dim=16)
-        s.add_all([al, bank])
-        s.flush()
-        mon = m.Monitor(name="m", encoder_id=enc.id, clip_model_id=clip.id, aligner_id=al.id, bank_id=bank.id)
-        s.add(mon)
-        s.flush()
-        batch = m.Batch(monitor_id=mon.id, external_id="day-1", source_uri="/inbox")
-        s.add(batch)
-        s.flush()
-        return {"monitor_id": mon.id, "batch_id": batch.id, "bank_id": bank.id}
+    return insert_monitor_rows(engine, dim=16)
 
 
 def _chunk(n: int, fail_every: int = 4, seed: int = 0) -> ImageChunk:

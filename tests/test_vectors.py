@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from conftest import insert_monitor_rows
 from t2c_monitor.store import models as m
 from t2c_monitor.store.vectors import ensure_hnsw_index, nearest_images
 
@@ -16,22 +17,8 @@ DIMS = [32, 512, 768, 1024, 1280, 2000]
 
 @pytest.fixture
 def monitor_batch(engine) -> tuple[int, int]:
-    with Session(engine) as s, s.begin():
-        enc = m.Encoder(name="resnet10t", weights_sha256="a" * 64, feature_dim=512)
-        clip = m.ClipModel(name="c", weights_sha256="b" * 64, embed_dim=512)
-        s.add_all([enc, clip])
-        s.flush()
-        al = m.Aligner(encoder_id=enc.id, clip_model_id=clip.id, method="exact", d_in=512, d_out=512)
-        bank = m.ConceptBank(name="b", version=1, clip_model_id=clip.id, dim=512)
-        s.add_all([al, bank])
-        s.flush()
-        mon = m.Monitor(name="m", encoder_id=enc.id, clip_model_id=clip.id, aligner_id=al.id, bank_id=bank.id)
-        s.add(mon)
-        s.flush()
-        batch = m.Batch(monitor_id=mon.id, external_id="b1", source_uri="mem://")
-        s.add(batch)
-        s.flush()
-        return mon.id, batch.id
+    ids = insert_monitor_rows(engine, dim=512)
+    return ids["monitor_id"], ids["batch_id"]
 
 
 def _store(engine, monitor_id: int, batch_id: int, vectors: np.ndarray, tag: str) -> list[int]:
