@@ -34,7 +34,7 @@ from t2c_monitor.world.factors import EFFECTS, FACTORS
 
 # Bump whenever the generator, the captions or the training recipe change: it is part of the
 # cache key, so every cached world built by older code is rebuilt.
-WORLD_CODE_VERSION = "1"
+WORLD_CODE_VERSION = "2"
 WORLD_FILE = "world.json"
 
 
@@ -51,9 +51,9 @@ class Recipe:
     lm_steps: int
 
 
-FULL = Recipe(clip_images=16000, clip_steps=300, clip_batch=256, source_images=6000, source_steps=150,
-              lm_captions=16000, lm_steps=300)
-QUICK = Recipe(clip_images=2000, clip_steps=60, clip_batch=96, source_images=1500, source_steps=20,
+FULL = Recipe(clip_images=16000, clip_steps=360, clip_batch=256, source_images=8000, source_steps=200,
+              lm_captions=16000, lm_steps=200)
+QUICK = Recipe(clip_images=2000, clip_steps=120, clip_batch=64, source_images=1500, source_steps=30,
                lm_captions=2000, lm_steps=30)
 
 
@@ -218,13 +218,14 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
 
         t0 = time.perf_counter()
         data = generate(recipe.clip_images, seed=seed * 7 + 1)
+        clean = np.array([not scene.effects for scene in data.scenes])
         timings["generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         model_config = clip_model_config(quick)
         clip, clip_losses = train_clip(
             model_config, data.images, data.captions,
-            ClipTraining(steps=recipe.clip_steps, batch_size=recipe.clip_batch), seed=seed,
+            ClipTraining(steps=recipe.clip_steps, batch_size=recipe.clip_batch), seed=seed, clean=clean,
             progress=tracker("CLIP (images + captions)", recipe.clip_steps))
         name = CLIP_MODEL_NAME + ("-quick" if quick else "")
         clip_config, clip_weights = save_clip(clip, model_config, out / "clip", name)
@@ -233,7 +234,8 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
         t0 = time.perf_counter()
         n = recipe.source_images
         source, source_losses = train_source(
-            data.images[:n], data.labels("shape")[:n], SourceTraining(steps=recipe.source_steps), seed=seed,
+            data.images[:n], data.labels("shape")[:n], SourceTraining(steps=recipe.source_steps, lr=3e-3), seed=seed,
+            clean=clean[:n],
             progress=tracker("source encoder (shape labels only)", recipe.source_steps))
         source_weights, source_config = save_source(source, out / "source",
                                                     {"final_loss": float(np.mean(source_losses[-10:]))})

@@ -28,7 +28,7 @@ def clip_model_config(quick: bool) -> dict:
     """The open_clip model config (the JSON ``open_clip.add_model_config`` reads)."""
     return {
         "embed_dim": 128 if not quick else 64,
-        "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 16 if not quick else 8,
+        "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 16,
                        "patch_size": None},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128 if not quick else 64,
                      "heads": 4, "layers": 2},
@@ -44,6 +44,7 @@ class ClipTraining:
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup: int = 25  # at most; never more than an eighth of the steps
+    clean_first: float = 0.35  # share of the steps that see only effect-free images (a curriculum)
 
 
 def pixels_from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -70,11 +71,15 @@ def train_clip(
     captions: list[str],
     training: ClipTraining,
     seed: int,
+    clean: np.ndarray | None = None,
     progress=None,
 ) -> tuple[torch.nn.Module, list[float]]:
     """Train a fresh CLIP of ``model_config`` on (image, caption) pairs; returns the model and losses.
 
-    ``progress`` is an optional ``callable(step, loss)`` called after every step.
+    ``clean`` marks the effect-free images: the first ``clean_first`` share of the steps draws only
+    from them, so shapes and colours are learned before snow, fog and night hide them (effects are
+    plain enough to be learned in the later steps). ``progress`` is an optional
+    ``callable(step, loss)`` called after every step.
     """
     import open_clip
     from open_clip.model import CLIP
@@ -91,16 +96,13 @@ def train_clip(
         lr=training.lr, betas=(0.9, 0.98), eps=1e-6,
     )
     generator = torch.Generator().manual_seed(seed)
-    n = len(captions)
-    order = torch.randperm(n, generator=generator)
-    cursor = 0
+    everything = torch.arange(len(captions))
+    clean_pool = torch.from_numpy(np.flatnonzero(clean)) if clean is not None and np.any(clean) else everything
     losses: list[float] = []
     model.train()
     for step in range(training.steps):
-        if cursor + training.batch_size > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        index = order[cursor : cursor + training.batch_size]
-        cursor += training.batch_size
+        pool = clean_pool if step < training.clean_first * training.steps else everything
+        index = pool[torch.randperm(len(pool), generator=generator)[: training.batch_size]]
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, training)
         image_features = F.normalize(model.encode_image(pixels_from_uint8(pixels_u8[index])), dim=-1)

@@ -38,7 +38,7 @@ def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) 
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def evaluate_world(world, *, n_fit: int = 4000, n_test: int = 2000, seed: int = 424242,
+def evaluate_world(world, *, n_fit: int = 4000, n_test: int = 2000, seed: int = 424242, ridge: float = 0.0,
                    device: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Fit an aligner from the world's source encoder to its CLIP on fresh images and score it.
 
@@ -59,7 +59,7 @@ def evaluate_world(world, *, n_fit: int = 4000, n_test: int = 2000, seed: int = 
     X_fit = source.encode_images(fit_images, batch_size=256, progress=progress)
     Y_test = clip.encode_images(test_images, batch_size=256, progress=progress)
     X_test = source.encode_images(test_images, batch_size=256, progress=progress)
-    aligner = fit_exact([(X_fit, Y_fit)])
+    aligner = fit_exact([(X_fit, Y_fit)], ridge=ridge)
     aligner.source, aligner.clip = source.identity.to_dict(), clip.identity.to_dict()
     aligned = aligner.transform(X_test)
     bank = encode_bank(load_bank_definition(default_bank_path()), clip)

@@ -25,8 +25,8 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
     "white": (248, 248, 248),
     "black": (18, 18, 18),
 }
-RADIUS_RANGE: dict[str, tuple[float, float]] = {"small": (7.0, 10.0), "large": (17.0, 22.0)}
-BLUR_RADIUS = 2.4
+RADIUS_RANGE: dict[str, tuple[float, float]] = {"small": (9.0, 12.0), "large": (18.0, 23.0)}
+BLUR_RADIUS = 2.6
 SNOW_FLAKES = (45, 80)
 FOG_ALPHA = (0.5, 0.62)
 FOG_RGB = np.array([208, 210, 214], dtype=np.float32)
@@ -50,7 +50,7 @@ def background_templates() -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     gray = np.full((s, s, 3), 128.0, np.float32) + 7.0 * _smooth_noise(rng, s, 12)[..., None]
     out["gray"] = gray
-    sand = np.array([214, 190, 140], np.float32) + 14.0 * rng.normal(size=(s, s, 1)).astype(np.float32)
+    sand = np.array([214, 190, 140], np.float32) + 9.0 * rng.normal(size=(s, s, 1)).astype(np.float32)
     out["sand"] = sand + 8.0 * _smooth_noise(rng, s, 8)[..., None]
     t = np.linspace(0.0, 1.0, s, dtype=np.float32)[:, None, None]
     sky = (1 - t) * np.array([110, 165, 230], np.float32) + t * np.array([195, 225, 248], np.float32)
@@ -59,7 +59,7 @@ def background_templates() -> dict[str, np.ndarray]:
     grass = np.broadcast_to(np.array([72, 128, 48], np.float32), (s, s, 3)).copy()
     blades = rng.normal(size=(s // 2, s)).astype(np.float32).repeat(2, axis=0)
     blades = np.roll(blades, rng.integers(0, 2, size=s), axis=0)
-    grass += 22.0 * blades[..., None] * np.array([0.6, 1.0, 0.5], np.float32)
+    grass += 13.0 * blades[..., None] * np.array([0.6, 1.0, 0.5], np.float32)
     out["grass"] = grass
     brick = np.empty((s, s, 3), np.float32)
     bh, bw = 8, 16
@@ -70,8 +70,8 @@ def background_templates() -> dict[str, np.ndarray]:
             tone = np.array([155, 72, 50], np.float32) * rng.uniform(0.85, 1.1)
             brick[row * bh : (row + 1) * bh, max(x0, 0) : max(x0 + bw, 0)] = tone
             if 0 <= x0 < s:
-                brick[row * bh : (row + 1) * bh, x0] = (196, 186, 172)
-        brick[row * bh] = (196, 186, 172)
+                brick[row * bh : (row + 1) * bh, x0] = (182, 164, 150)
+        brick[row * bh] = (182, 164, 150)
     out["brick"] = brick + 5.0 * rng.normal(size=(s, s, 1)).astype(np.float32)
     return {name: np.clip(t, 0, 255).astype(np.float32) for name, t in out.items()}
 
@@ -123,7 +123,10 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, angle: float) -> np.n
 
 
 def render(scenes: Sequence[Scene], rng: np.random.Generator) -> np.ndarray:
-    """Draw ``scenes`` as a ``(n, 64, 64, 3)`` uint8 array; all randomness comes from ``rng``."""
+    """Draw ``scenes`` as a ``(n, 64, 64, 3)`` uint8 array; all randomness comes from ``rng``.
+
+    Order: background, shape and pixel noise, then blur (which smooths the noise too), snow
+    flakes, fog, night."""
     n, s = len(scenes), IMAGE_SIZE
     templates = background_templates()
     images = np.empty((n, s, s, 3), np.float32)
@@ -131,21 +134,24 @@ def render(scenes: Sequence[Scene], rng: np.random.Generator) -> np.ndarray:
         return images.astype(np.uint8)
     radius_u = rng.random(n)
     centre_u = rng.random((n, 2))
-    angles = rng.uniform(-0.45, 0.45, n)
+    angles = rng.uniform(-0.25, 0.25, n)
     offsets = rng.integers(0, _TEMPLATE - s + 1, size=(n, 2))
     bg_gain = rng.uniform(0.9, 1.1, n).astype(np.float32)
     tone = rng.uniform(-14, 14, size=(n, 3)).astype(np.float32)
+    tile = noise_tile()
+    corners = rng.integers(0, tile.shape[0] - s + 1, size=(n, 2))
     for i, scene in enumerate(scenes):
         lo, hi = RADIUS_RANGE[scene.size]
         r = lo + (hi - lo) * radius_u[i]
         margin = r + 2.0
         cx, cy = margin + (s - 2 * margin) * centre_u[i]
         y0, x0 = offsets[i]
+        ny, nx = corners[i]
         background = templates[scene.background][y0 : y0 + s, x0 : x0 + s] * bg_gain[i]
         mask = shape_mask(scene.shape, cx, cy, r, angles[i])[..., None]
         colour = np.asarray(COLOR_RGB[scene.color], np.float32) + tone[i]
-        images[i] = background * (1.0 - mask) + colour * mask
-        if scene.blur:
+        images[i] = background * (1.0 - mask) + colour * mask + tile[ny : ny + s, nx : nx + s]
+        if scene.blur:  # after the noise: a blurred photo is smooth, its grain blurred away too
             blurred = Image.fromarray(np.clip(images[i], 0, 255).astype(np.uint8))
             images[i] = np.asarray(blurred.filter(ImageFilter.GaussianBlur(BLUR_RADIUS)), np.float32)
     _snow(images, np.array([sc.snow for sc in scenes]), rng)
@@ -154,10 +160,6 @@ def render(scenes: Sequence[Scene], rng: np.random.Generator) -> np.ndarray:
     images[fog] = images[fog] * (1.0 - alpha[fog]) + FOG_RGB * alpha[fog]
     night = np.array([sc.night for sc in scenes])
     images[night] = images[night] * NIGHT_GAIN + np.array([0, 0, 6], np.float32)
-    tile = noise_tile()
-    corners = rng.integers(0, tile.shape[0] - s + 1, size=(n, 2))
-    for i, (y0, x0) in enumerate(corners):
-        images[i] += tile[y0 : y0 + s, x0 : x0 + s]
     np.clip(images, 0, 255, out=images)
     return np.rint(images, out=images).astype(np.uint8)
 
