@@ -32,7 +32,13 @@ def test_generation_is_deterministic_under_a_seed():
 
 def test_captions_name_every_factor_and_effect():
     batch = generate(200, seed=3)
-    from t2c_monitor.world.captions import BACKGROUND_PHRASES, COLOR_WORDS, EFFECT_PHRASES, SHAPE_WORDS, SIZE_WORDS
+    from t2c_monitor.world.captions import (
+        BACKGROUND_PHRASES,
+        COLOR_WORDS,
+        EFFECT_PHRASES,
+        SHAPE_WORDS,
+        SIZE_WORDS,
+    )
 
     for scene, text in zip(batch.scenes, batch.captions, strict=True):
         assert any(w in text for w in SHAPE_WORDS[scene.shape])

@@ -7,7 +7,13 @@ Light imports only here (numpy, PIL); training and loading live in ``build`` and
 modules, imported when used.
 """
 
-from t2c_monitor.world.factors import DEFAULT_EFFECT_PROBABILITY, EFFECTS, FACTORS, IMAGE_SIZE, Scene
+from t2c_monitor.world.factors import (
+    DEFAULT_EFFECT_PROBABILITY,
+    EFFECTS,
+    FACTORS,
+    IMAGE_SIZE,
+    Scene,
+)
 from t2c_monitor.world.generate import WorldBatch, generate, write_images
 from t2c_monitor.world.shifts import Shift, parse_shift
 

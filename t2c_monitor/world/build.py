@@ -198,11 +198,26 @@ def build_world(seed: int = 0, quick: bool = False, models_dir: str | Path | Non
 def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
     import numpy as np
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    from t2c_monitor.world.caption_lm import LmTraining, save_caption_lm, train_caption_lm
-    from t2c_monitor.world.clip_train import (CLIP_MODEL_NAME, ClipTraining, clip_model_config, save_clip,
-                                              train_clip)
+    from t2c_monitor.world.caption_lm import (
+        LmTraining,
+        save_caption_lm,
+        train_caption_lm,
+    )
+    from t2c_monitor.world.clip_train import (
+        CLIP_MODEL_NAME,
+        ClipTraining,
+        clip_model_config,
+        save_clip,
+        train_clip,
+    )
     from t2c_monitor.world.generate import generate
     from t2c_monitor.world.source_model import SourceTraining, save_source, train_source
 

@@ -38,7 +38,14 @@ class LmTraining:
 
 def train_tokenizer(captions: Sequence[str], vocab_size: int = 512):
     """A byte-level BPE tokenizer trained on the captions (exact round trip of any text)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())

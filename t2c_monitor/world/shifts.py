@@ -18,7 +18,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from t2c_monitor.errors import ConfigError
-from t2c_monitor.world.factors import DEFAULT_EFFECT_PROBABILITY, EFFECTS, FACTORS, valid_factors_text
+from t2c_monitor.world.factors import (
+    DEFAULT_EFFECT_PROBABILITY,
+    EFFECTS,
+    FACTORS,
+    valid_factors_text,
+)
 
 
 @dataclass(frozen=True)

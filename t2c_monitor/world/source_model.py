@@ -36,13 +36,13 @@ from t2c_monitor.world.factors import FACTORS, IMAGE_SIZE
 SOURCE_ARCH = "t2c_world_resnet"
 SOURCE_WEIGHTS_FILE = "model.safetensors"
 SOURCE_CONFIG_FILE = "source.json"
-ARCH_KWARGS = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 512), stem_width=16,
-                   stem_type="deep_tiered", avg_down=True)
-PRETRAINED_CFG = dict(
-    num_classes=len(FACTORS["shape"]), input_size=(3, IMAGE_SIZE, IMAGE_SIZE), pool_size=(2, 2),
-    crop_pct=1.0, interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-    first_conv="conv1.0", classifier="fc", license="apache-2.0",
-)
+ARCH_KWARGS = {"block": BasicBlock, "layers": (1, 1, 1, 1), "channels": (32, 64, 128, 512), "stem_width": 16,
+               "stem_type": "deep_tiered", "avg_down": True}
+PRETRAINED_CFG = {
+    "num_classes": len(FACTORS["shape"]), "input_size": (3, IMAGE_SIZE, IMAGE_SIZE), "pool_size": (2, 2),
+    "crop_pct": 1.0, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+    "first_conv": "conv1.0", "classifier": "fc", "license": "apache-2.0",
+}
 
 default_cfgs = generate_default_cfgs({SOURCE_ARCH: dict(url="", **PRETRAINED_CFG)})
 
@@ -139,5 +139,5 @@ def load_source(weights: Path) -> torch.nn.Module:
     """Load saved weights through timm's factory (the path a user's model takes)."""
     import timm
 
-    return timm.create_model(SOURCE_ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
+    return timm.create_model(SOURCE_ARCH, pretrained=True, pretrained_cfg_overlay={"file": str(weights)},
                              num_classes=PRETRAINED_CFG["num_classes"]).eval()
