@@ -180,3 +180,22 @@ def test_two_racing_runs_of_one_batch_store_each_image_once(engine, monitor):
         t.join(60)
     assert not errors
     assert _counts(engine) == (150, 50, 150)
+
+
+def test_read_matrix_returns_what_copy_wrote(engine):
+    from t2c_monitor.store.copy import read_matrix
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((50, 24)).astype(np.float32)
+    arrays = rng.standard_normal((50, 7)).astype(np.float32)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE m (i int, v vector, r real[])"))
+        copy.copy_into(conn, "m", [copy.int_column("i", list(range(50))), copy.vector_column("v", vectors),
+                                   copy.real_array_column("r", arrays)])
+        np.testing.assert_array_equal(read_matrix(conn, "SELECT v FROM m ORDER BY i"), vectors)
+        np.testing.assert_array_equal(read_matrix(conn, "SELECT r FROM m WHERE i < %(n)s ORDER BY i", {"n": 10}),
+                                      arrays[:10])
+        assert read_matrix(conn, "SELECT r FROM m WHERE i < 0").shape == (0, 0)
+        conn.execute(text("INSERT INTO m VALUES (99, '[1,2]', '{1,2}')"))
+        with pytest.raises(ValueError, match="different lengths"):
+            read_matrix(conn, "SELECT v FROM m")

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "monitor",
     "ingest",
     "world",
+    "audit",
 )
 
 app = typer.Typer(

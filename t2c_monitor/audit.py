@@ -1,0 +1,165 @@
+"""Baselines and drift audits of a monitor, concept by concept.
+
+``build_baseline`` samples the concept scores of reference batches (a uniform reservoir, so a
+baseline built from many batches weighs every image alike) and the mean aligned vector, and
+stores the sample sorted per concept. ``run_audit`` compares a window of batches with the active
+baseline through ``drift.KSDriftDetector`` (KS per concept, Benjamini-Hochberg across the bank,
+minimum effect sizes), stores every concept's result and the drift direction (window mean minus
+baseline mean of aligned vectors) for concept-to-text, and returns the flagged concepts ranked
+by effect. A baseline belongs to one aligner and one bank version: an audit of a monitor whose
+aligner or bank changed since is refused until a new baseline is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from t2c_monitor.drift import KSDriftDetector, Reservoir, SortedReference, drift_direction
+from t2c_monitor.errors import ConfigError
+from t2c_monitor.store import Database
+from t2c_monitor.store import audits as audit_store
+from t2c_monitor.store.monitors import MonitorRecord, get_monitor
+
+DEFAULT_RESERVOIR = 100_000
+
+
+def batch_scores(db: Database, record: MonitorRecord, batch_id: int) -> np.ndarray:
+    """A batch's concept scores against the monitor's current bank.
+
+    Images ingested before the bank changed have no scores against it: they are scored now from
+    their stored aligned vectors (a matrix product) and the scores stored for the next audit.
+    """
+    with db.engine.connect() as conn:
+        scores = audit_store.batch_scores(conn, batch_id, record.bank_id)
+        image_ids = audit_store.ok_image_ids(conn, batch_id)
+        if scores.shape[0] == len(image_ids):
+            return scores
+        embeddings = audit_store.batch_embeddings(conn, batch_id)
+    bank = record.concept_vectors / np.linalg.norm(record.concept_vectors, axis=1, keepdims=True)
+    scores = (embeddings @ bank.T).astype(np.float32)
+    with db.engine.begin() as conn:
+        audit_store.replace_scores(conn, batch_id, record.bank_id, image_ids, scores)
+    return scores
+
+
+@dataclass(frozen=True)
+class BaselineSummary:
+    id: int
+    monitor: str
+    batches: list[str]
+    n_images: int
+    n_sampled: int
+    concepts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = None, last: int | None = None,
+                   reservoir_size: int = DEFAULT_RESERVOIR, seed: int = 0) -> BaselineSummary:
+    """Build and activate a baseline from the named batches (or the ``last`` K, or all stored ones)."""
+    if reservoir_size < 20:
+        raise ValueError(f"reservoir_size must be at least 20 scores per concept, got {reservoir_size}")
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    with db.engine.connect() as conn:
+        chosen = audit_store.stored_batches(conn, record.id, external_ids=batches, last=last)
+        if not chosen:
+            raise ConfigError(f"Monitor {monitor} has no stored batches to build a baseline from: ingest reference "
+                              "images first (for example a sample of the training set).")
+    reservoir = Reservoir(reservoir_size, seed=seed)
+    vector_sum, n_images = None, 0
+    for batch_id, _ in chosen:
+        scores = batch_scores(db, record, batch_id)
+        if scores.size:
+            reservoir.add(scores)
+        with db.engine.connect() as conn:
+            embeddings = audit_store.batch_embeddings(conn, batch_id)
+        if embeddings.size:
+            total = embeddings.astype(np.float64).sum(axis=0)
+            vector_sum = total if vector_sum is None else vector_sum + total
+            n_images += embeddings.shape[0]
+    if n_images < 20:
+        raise ConfigError(f"The reference batches of {monitor} hold {n_images} stored images; a baseline needs at "
+                          "least 20 (a few thousand give stable audits).")
+    sample = reservoir.sample()
+    sorted_scores = np.sort(sample.T, axis=1)
+    with db.engine.begin() as conn:
+        baseline_id = audit_store.insert_baseline(
+            conn, monitor_id=record.id, aligner_id=record.aligner_id, bank_id=record.bank_id,
+            batch_ids=[b for b, _ in chosen], n_images=n_images, reservoir_size=reservoir_size,
+            mean_vector=(vector_sum / n_images).astype(np.float32), sorted_scores=sorted_scores,
+        )
+    return BaselineSummary(id=baseline_id, monitor=monitor, batches=[e for _, e in chosen], n_images=n_images,
+                           n_sampled=sample.shape[0], concepts=sample.shape[1])
+
+
+@dataclass(frozen=True)
+class AuditSummary:
+    id: int
+    monitor: str
+    baseline_id: int
+    batches: list[str]
+    n_baseline: int
+    n_current: int
+    flagged: list[dict[str, Any]] = field(default_factory=list)  # ranked, largest effect first
+    direction_norm: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _check_not_stale(record: MonitorRecord, baseline: audit_store.StoredBaseline) -> None:
+    if baseline.aligner_id != record.aligner_id or baseline.bank_id != record.bank_id:
+        what = "aligner" if baseline.aligner_id != record.aligner_id else f"concept bank (now {record.bank_name} " \
+               f"v{record.bank_version})"
+        raise ConfigError(
+            f"The baseline of {record.name} (built {baseline.created_at:%Y-%m-%d %H:%M}) belongs to another {what} "
+            f"than the monitor uses now, so its scores are not comparable: build a new baseline with "
+            f"`t2c baseline build --monitor {record.name} --batches ...`."
+        )
+
+
+def run_audit(db: Database, monitor: str, *, last: int | None = 1, batches: list[str] | None = None,
+              since: datetime | None = None, until: datetime | None = None,
+              detector: KSDriftDetector | None = None) -> AuditSummary:
+    """Audit a window of stored batches (the ``last`` K by default, or named ones, or a time range)
+    against the monitor's active baseline; store and return the result."""
+    detector = detector or KSDriftDetector()
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    with db.engine.connect() as conn:
+        baseline = audit_store.active_baseline(conn, record.id, monitor)
+        _check_not_stale(record, baseline)
+        window_last = None if (batches is not None or since or until) else last
+        chosen = [(b, e) for b, e in audit_store.stored_batches(
+            conn, record.id, external_ids=batches, last=window_last, since=since, until=until)
+            if b not in set(baseline.batch_ids)]
+        if not chosen:
+            raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
+                              "ingest new images or widen the window.")
+        embeddings = np.concatenate([audit_store.batch_embeddings(conn, b) for b, _ in chosen])
+    scores = np.concatenate([batch_scores(db, record, b) for b, _ in chosen])
+    reference = SortedReference(sorted_scores=baseline.sorted_scores, mean=baseline.sorted_scores.mean(axis=1,
+                                dtype=np.float64), std=baseline.sorted_scores.std(axis=1, ddof=1, dtype=np.float64))
+    result = detector.detect(reference, scores, record.concept_names)
+    direction, norm = drift_direction(baseline.mean_vector, embeddings)
+    with db.engine.begin() as conn:
+        concept_ids = conn.exec_driver_sql(
+            "SELECT id FROM concept WHERE bank_id = %(b)s ORDER BY position", {"b": record.bank_id}
+        ).scalars().all()
+        audit_id = audit_store.insert_audit(
+            conn, monitor_id=record.id, baseline_id=baseline.id, batch_ids=[b for b, _ in chosen],
+            n_current=int(scores.shape[0]), params=result.params, direction=direction.astype(np.float32),
+            window=(since, until), results=[c.to_dict() for c in result.concepts], concept_ids=list(concept_ids),
+        )
+    flagged = [{k: c.to_dict()[k] for k in ("name", "rank", "direction", "ks_stat", "q_value", "effect",
+                                             "effect_size", "mean_ref", "mean_cur")} for c in result.flagged]
+    return AuditSummary(id=audit_id, monitor=monitor, baseline_id=baseline.id, batches=[e for _, e in chosen],
+                        n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]), flagged=flagged,
+                        direction_norm=float(norm), params=result.params)

@@ -1,0 +1,186 @@
+"""Baselines and audits: which batches they cover, their score samples, and their results.
+
+Baseline score samples are stored sorted per concept (``baseline_concept.scores``), because
+sorting is most of a KS audit's work and a baseline serves many audits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, text
+
+from t2c_monitor.errors import ConfigError
+from t2c_monitor.store.copy import read_matrix
+
+
+def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str] | None = None,
+                   last: int | None = None, since: datetime | None = None,
+                   until: datetime | None = None) -> list[tuple[int, str]]:
+    """(id, external id) of the monitor's stored batches: the named ones, the ``last`` K, or those
+    received in [since, until); oldest first."""
+    sql = "SELECT id, external_id FROM batch WHERE monitor_id = :m AND status = 'stored'"
+    params: dict[str, Any] = {"m": monitor_id}
+    if external_ids is not None:
+        sql += " AND external_id = ANY(:ids)"
+        params["ids"] = list(external_ids)
+    if since is not None:
+        sql += " AND received_at >= :since"
+        params["since"] = since
+    if until is not None:
+        sql += " AND received_at < :until"
+        params["until"] = until
+    sql += " ORDER BY received_at DESC, id DESC"
+    if last is not None:
+        sql += " LIMIT :last"
+        params["last"] = last
+    rows = conn.execute(text(sql), params).all()
+    if external_ids is not None:
+        missing = sorted(set(external_ids) - {r.external_id for r in rows})
+        if missing:
+            raise ConfigError(f"Batches not stored for this monitor: {', '.join(missing)}. "
+                              "`t2c ingest` them first, or check the ids with the batch table.")
+    return [(int(r.id), str(r.external_id)) for r in reversed(rows)]
+
+
+def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
+    """Concept scores ``(n, k)`` of a batch's ok images against one bank."""
+    return read_matrix(
+        conn,
+        "SELECT s.scores FROM image_score s JOIN image i ON i.id = s.image_id "
+        "WHERE i.batch_id = %(b)s AND s.bank_id = %(bank)s ORDER BY i.id",
+        {"b": batch_id, "bank": bank_id},
+    )
+
+
+def ok_image_ids(conn: Connection, batch_id: int) -> list[int]:
+    return conn.execute(
+        text("SELECT id FROM image WHERE batch_id = :b AND status = 'ok' ORDER BY id"), {"b": batch_id}
+    ).scalars().all()
+
+
+def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: list[int], scores: np.ndarray) -> None:
+    """Store a batch's scores against a bank (e.g. a new bank version), replacing any partial set."""
+    from t2c_monitor.store import copy
+
+    conn.execute(
+        text("DELETE FROM image_score s USING image i WHERE i.id = s.image_id AND i.batch_id = :b AND s.bank_id = :bank"),
+        {"b": batch_id, "bank": bank_id},
+    )
+    copy.copy_into(conn, "image_score", [
+        copy.int_column("image_id", image_ids, bits=64),
+        copy.int_column("bank_id", [bank_id] * len(image_ids)),
+        copy.real_array_column("scores", scores),
+    ])
+
+
+def batch_embeddings(conn: Connection, batch_id: int) -> np.ndarray:
+    """Aligned unit vectors ``(n, d)`` of a batch's ok images."""
+    return read_matrix(
+        conn, "SELECT embedding FROM image WHERE batch_id = %(b)s AND status = 'ok' ORDER BY id", {"b": batch_id}
+    )
+
+
+def insert_baseline(conn: Connection, *, monitor_id: int, aligner_id: int, bank_id: int, batch_ids: list[int],
+                    n_images: int, reservoir_size: int, mean_vector: np.ndarray, sorted_scores: np.ndarray) -> int:
+    """Store a baseline (sorted score rows, one per concept in bank order) and make it the active one."""
+    from t2c_monitor.store import copy
+    from t2c_monitor.store.vectors import vector_literal
+
+    conn.execute(text("UPDATE baseline SET active = false WHERE monitor_id = :m AND active"), {"m": monitor_id})
+    baseline_id = conn.execute(
+        text("INSERT INTO baseline (monitor_id, aligner_id, bank_id, active, batch_ids, n_images, reservoir_size, "
+             "dim, mean_vector) VALUES (:m, :a, :b, true, CAST(:batches AS jsonb), :n, :size, :dim, "
+             "CAST(:mean AS vector)) RETURNING id"),
+        {"m": monitor_id, "a": aligner_id, "b": bank_id, "batches": json.dumps(batch_ids), "n": n_images,
+         "size": reservoir_size, "dim": int(mean_vector.shape[0]), "mean": vector_literal(mean_vector)},
+    ).scalar_one()
+    concept_ids = conn.execute(
+        text("SELECT id FROM concept WHERE bank_id = :b ORDER BY position"), {"b": bank_id}
+    ).scalars().all()
+    if len(concept_ids) != sorted_scores.shape[0]:
+        raise ValueError(f"{sorted_scores.shape[0]} score rows for {len(concept_ids)} concepts of bank {bank_id}")
+    copy.copy_into(conn, "baseline_concept", [
+        copy.int_column("baseline_id", [baseline_id] * len(concept_ids)),
+        copy.int_column("concept_id", concept_ids),
+        copy.int_column("n", [n_images] * len(concept_ids)),
+        copy.real_array_column("scores", sorted_scores),
+    ])
+    return int(baseline_id)
+
+
+@dataclass(frozen=True)
+class StoredBaseline:
+    id: int
+    aligner_id: int
+    bank_id: int
+    n_images: int
+    batch_ids: list[int]
+    mean_vector: np.ndarray
+    sorted_scores: np.ndarray  # (k, n) in bank order
+    created_at: datetime
+
+
+def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> StoredBaseline:
+    row = conn.execute(
+        text("SELECT id, aligner_id, bank_id, n_images, batch_ids, mean_vector::text AS mean, created_at "
+             "FROM baseline WHERE monitor_id = :m AND active"), {"m": monitor_id},
+    ).one_or_none()
+    if row is None:
+        raise ConfigError(f"Monitor {monitor_name} has no baseline yet: build one from reference batches with "
+                          f"`t2c baseline build --monitor {monitor_name} --batches ID[,ID...]`.")
+    scores = read_matrix(
+        conn, "SELECT bc.scores FROM baseline_concept bc JOIN concept c ON c.id = bc.concept_id "
+              "WHERE bc.baseline_id = %(b)s ORDER BY c.position", {"b": row.id},
+    )
+    mean = np.array([float(x) for x in row.mean.strip("[]").split(",")], dtype=np.float32)
+    return StoredBaseline(id=row.id, aligner_id=row.aligner_id, bank_id=row.bank_id, n_images=row.n_images,
+                          batch_ids=list(row.batch_ids), mean_vector=mean, sorted_scores=scores,
+                          created_at=row.created_at)
+
+
+def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_ids: list[int], n_current: int,
+                 params: dict[str, Any], direction: np.ndarray, window: tuple[datetime | None, datetime | None],
+                 results: list[dict[str, Any]], concept_ids: list[int]) -> int:
+    """Store an audit and its per-concept results (``results`` in bank order)."""
+    from t2c_monitor.store import copy
+    from t2c_monitor.store.vectors import vector_literal
+
+    n_flagged = sum(1 for r in results if r["flagged"])
+    audit_id = conn.execute(
+        text("INSERT INTO audit (monitor_id, baseline_id, window_start, window_end, batch_ids, n_current, status, "
+             "params, n_flagged, dim, direction, finished_at) VALUES (:m, :b, :ws, :we, CAST(:batches AS jsonb), "
+             ":n, 'done', CAST(:params AS jsonb), :flagged, :dim, CAST(:dir AS vector), now()) RETURNING id"),
+        {"m": monitor_id, "b": baseline_id, "ws": window[0], "we": window[1], "batches": json.dumps(batch_ids),
+         "n": n_current, "params": json.dumps(params), "flagged": n_flagged, "dim": int(direction.shape[0]),
+         "dir": vector_literal(direction) if np.any(direction) else None},
+    ).scalar_one()
+    copy.copy_into(conn, "audit_result", [
+        copy.int_column("audit_id", [audit_id] * len(results)),
+        copy.int_column("concept_id", concept_ids),
+        copy.float_column("ks_stat", [r["ks_stat"] for r in results]),
+        copy.float_column("p_value", [r["p_value"] for r in results]),
+        copy.float_column("q_value", [r["q_value"] for r in results]),
+        copy.float_column("effect", [r["effect"] for r in results]),
+        copy.int_column("direction", [int(r["direction"]) for r in results], bits=16),
+        copy.bool_column("flagged", [bool(r["flagged"]) for r in results]),
+        copy.int_column("rank", [r["rank"] for r in results]),
+    ])
+    return int(audit_id)
+
+
+def concept_history(conn: Connection, monitor_id: int, concept: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    """A concept's KS statistic, effect and flag over the monitor's audits, oldest first."""
+    rows = conn.execute(
+        text("SELECT a.id AS audit_id, a.started_at, a.n_current, r.ks_stat, r.q_value, r.effect, r.direction, "
+             "r.flagged, r.rank FROM audit_result r JOIN audit a ON a.id = r.audit_id "
+             "JOIN concept c ON c.id = r.concept_id WHERE a.monitor_id = :m AND lower(c.name) = lower(:c) "
+             "ORDER BY a.started_at DESC LIMIT :limit"),
+        {"m": monitor_id, "c": concept, "limit": limit},
+    ).mappings().all()
+    return [dict(r) for r in reversed(rows)]
+

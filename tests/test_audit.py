@@ -1,0 +1,151 @@
+"""Baselines and audits on a real monitor and database: results stored per concept, windows
+chosen as asked, stale baselines refused. (Which concept a planted shift flags is proven on the
+shapes world, whose models learned what the concepts mean; the tiny monitor's models are random.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from conftest import write_images, write_png
+from t2c_monitor.audit import build_baseline, run_audit
+from t2c_monitor.drift import KSDriftDetector
+from t2c_monitor.errors import ConfigError
+from t2c_monitor.ingest import ingest
+
+
+@pytest.fixture
+def monitored(applied_monitor, tmp_path):
+    """The tiny monitor with two reference batches, a clean day and a dark day ingested."""
+    db = applied_monitor
+    for name, seed in (("ref-1", 1), ("ref-2", 2), ("clean", 3)):
+        write_images(tmp_path / name, 60, seed=seed)
+        ingest(db, "tiny", tmp_path / name, batch_id=name)
+    rng = np.random.default_rng(4)
+    for i in range(60):  # a night shift: every picture dark
+        write_png(tmp_path / "dark" / f"img-{i:03d}.png", tuple(int(c) for c in rng.integers(0, 25, 3)), seed=900 + i)
+    ingest(db, "tiny", tmp_path / "dark", batch_id="dark")
+    return db
+
+
+def test_no_baseline_is_a_message(applied_monitor):
+    with pytest.raises(ConfigError, match="has no baseline yet: build one"):
+        run_audit(applied_monitor, "tiny")
+
+
+def test_baseline_from_named_batches_and_audits_of_windows(monitored):
+    db = monitored
+    baseline = build_baseline(db, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    assert (baseline.n_images, baseline.n_sampled, baseline.concepts) == (120, 100, 5)
+    with db.engine.connect() as conn:
+        stored = conn.execute(text("SELECT scores FROM baseline_concept ORDER BY concept_id")).scalars().all()
+    assert all(list(s) == sorted(s) and len(s) == 100 for s in stored), "baseline samples are stored sorted"
+
+    dark = run_audit(db, "tiny", batches=["dark"])
+    assert dark.batches == ["dark"] and (dark.n_baseline, dark.n_current) == (100, 60)
+    assert dark.flagged, "a window of all-dark pictures differs from the reference in some concept"
+    assert [f["rank"] for f in dark.flagged] == list(range(1, len(dark.flagged) + 1))
+    assert dark.direction_norm > 0
+    with db.engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT c.name, r.ks_stat, r.q_value, r.flagged, r.rank, r.direction FROM audit_result r "
+            "JOIN concept c ON c.id = r.concept_id WHERE r.audit_id = :a ORDER BY c.position"), {"a": dark.id}).all()
+        audit = conn.execute(text("SELECT n_flagged, n_current, status, vector_dims(direction) FROM audit "
+                                  "WHERE id = :a"), {"a": dark.id}).one()
+    assert [r.name for r in rows] == ["red", "green", "blue", "at night", "a bright picture"]
+    assert {r.name for r in rows if r.flagged} == {f["name"] for f in dark.flagged}
+    assert tuple(audit) == (len(dark.flagged), 60, "done", 32)
+    for row in rows:
+        assert 0 <= row.ks_stat <= 1 and 0 <= row.q_value <= 1 and row.direction in (-1, 1)
+
+    # the default window is the last stored batch; baseline batches never count as the window
+    last = run_audit(db, "tiny")
+    assert last.batches == ["dark"]
+    clean = run_audit(db, "tiny", batches=["clean"], detector=KSDriftDetector(alpha=0.005))
+    assert clean.n_current == 60
+
+
+def test_audit_matches_the_detector_on_the_same_scores(monitored):
+    """The stored audit is the library's KS audit of exactly the window's and baseline's scores."""
+    from t2c_monitor.store.audits import active_baseline, batch_scores
+    from t2c_monitor.store.monitors import get_monitor
+
+    db = monitored
+    build_baseline(db, "tiny", batches=["ref-1", "ref-2"], reservoir_size=1000)  # keeps every score
+    summary = run_audit(db, "tiny", batches=["dark"])
+    with db.session() as s:
+        record = get_monitor(s, "tiny")
+    with db.engine.connect() as conn:
+        base = active_baseline(conn, record.id, "tiny")
+        ids = conn.execute(text("SELECT id FROM batch WHERE external_id IN ('ref-1', 'ref-2') ORDER BY id")).scalars()
+        reference = np.concatenate([batch_scores(conn, b, record.bank_id) for b in ids])
+        dark_id = conn.execute(text("SELECT id FROM batch WHERE external_id = 'dark'")).scalar()
+        current = batch_scores(conn, dark_id, record.bank_id)
+    np.testing.assert_array_equal(base.sorted_scores, np.sort(reference.T, axis=1))
+    expected = KSDriftDetector().detect(reference, current, record.concept_names)
+    assert [f["name"] for f in summary.flagged] == [c.name for c in expected.flagged]
+    np.testing.assert_allclose([f["ks_stat"] for f in summary.flagged], [c.ks_stat for c in expected.flagged])
+
+
+def test_stale_baseline_is_refused_and_history_is_kept(monitored, tiny_monitor_dir, tmp_path):
+    from t2c_monitor.monitors import load_models, load_monitor_file
+    from t2c_monitor.store.audits import concept_history
+    from t2c_monitor.store.monitors import get_monitor, record_monitor
+
+    db = monitored
+    build_baseline(db, "tiny", batches=["ref-1"], reservoir_size=100)
+    run_audit(db, "tiny", batches=["clean"])
+    run_audit(db, "tiny", batches=["dark"])
+    with db.session() as s:
+        record = get_monitor(s, "tiny")
+    with db.engine.connect() as conn:
+        history = concept_history(conn, record.id, "AT NIGHT")
+    assert len(history) == 2 and history[0]["n_current"] == 60
+
+    (config,) = load_monitor_file(tiny_monitor_dir / "monitors.yaml")
+    bank = tmp_path / "bank.yaml"
+    bank.write_text((tiny_monitor_dir / "bank.yaml").read_text() + "  - yellow\n")
+    with db.session() as s:
+        record_monitor(s, load_models(config.model_copy(update={"bank": bank}), device="cpu"))
+    with pytest.raises(ConfigError, match=r"belongs to another concept bank \(now tiny v2\).*t2c baseline build"):
+        run_audit(db, "tiny", batches=["dark"])
+    rebuilt = build_baseline(db, "tiny", batches=["ref-1"], reservoir_size=100)
+    assert rebuilt.concepts == 6  # the next baseline uses the new bank, and audits work again
+    assert run_audit(db, "tiny", batches=["dark"]).n_current == 60
+
+
+def test_empty_windows_and_bad_batches_are_messages(monitored):
+    db = monitored
+    with pytest.raises(ConfigError, match="Batches not stored for this monitor: nope"):
+        build_baseline(db, "tiny", batches=["nope"])
+    build_baseline(db, "tiny", batches=["ref-1"], reservoir_size=100)
+    with pytest.raises(ConfigError, match="No stored batches of tiny in the audit window"):
+        run_audit(db, "tiny", batches=["ref-1"])
+
+
+def test_baseline_and_audit_from_the_command_line(monitored, database_url, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    t2c = Path(sys.executable).parent / "t2c"
+    env = {**os.environ, "T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home")}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([t2c, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    built = run("baseline", "build", "--monitor", "tiny", "--batches", "ref-1,ref-2", "--reservoir", "100", "--json")
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout)["n_images"] == 120
+    audited = run("audit", "--monitor", "tiny", "--batches", "dark", "--json")
+    assert audited.returncode == 0, audited.stderr
+    summary = json.loads(audited.stdout)
+    assert summary["batches"] == ["dark"] and summary["flagged"]
+    history = run("audit", "history", "--monitor", "tiny", "--concept", "at night", "--json")
+    assert history.returncode == 0, history.stderr
+    assert [a["audit_id"] for a in json.loads(history.stdout)["audits"]] == [summary["id"]]
+    unknown = run("audit", "history", "--monitor", "tiny", "--concept", "snow")
+    assert unknown.returncode == 2 and "is not in bank tiny v1" in unknown.stderr
