@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--decode-threads", type=int, default=2)
     parser.add_argument("--device", default=None)
     parser.add_argument("--skip-flow", action="store_true", help="do not time the Prefect flow")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the fastest counts")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -125,25 +126,16 @@ def main() -> None:
         assert isinstance(result, DecodedImage), result
         return runtime.encoder.preprocess(result.image)
 
-    with console.status("decode only"):
-        started = time.perf_counter()
+    def decode_all():
         with ThreadPoolExecutor(opts.decode_threads) as pool:
-            pixels = list(pool.map(decode, items))
-        decode_s = time.perf_counter() - started
+            return list(pool.map(decode, items))
 
-    with console.status("encode only"):
-        started = time.perf_counter()
-        vectors, scores = [], []
-        for lo in range(0, n, opts.batch_size):
-            v, s = runtime.embed(torch.stack(pixels[lo : lo + opts.batch_size]))
-            vectors.append(v)
-            scores.append(s)
-        encode_s = time.perf_counter() - started
-    vectors, scores = np.concatenate(vectors), np.concatenate(scores)
+    def encode_all(pixels):
+        out = [runtime.embed(torch.stack(pixels[lo : lo + opts.batch_size])) for lo in range(0, n, opts.batch_size)]
+        return np.concatenate([v for v, _ in out]), np.concatenate([s for _, s in out])
 
-    with console.status("store only"):
-        plan = plan_batch(db, runtime.record, items, source_uri="store-only", batch_id="store-only")
-        started = time.perf_counter()
+    def store_all(vectors, scores, run):
+        plan = plan_batch(db, runtime.record, items, source_uri="store-only", batch_id=f"store-only-{run}")
         for lo in range(0, n, opts.chunk_size):
             hi = min(lo + opts.chunk_size, n)
             chunk = ImageChunk(uris=[i.uri for i in items[lo:hi]], failure_reason=[None] * (hi - lo),
@@ -152,15 +144,32 @@ def main() -> None:
             with db.engine.begin() as conn:
                 store_chunk(conn, batch_id=plan.batch_id, monitor_id=runtime.record.id,
                             bank_id=runtime.record.bank_id, chunk=chunk)
-        store_s = time.perf_counter() - started
 
-    with console.status("end to end (library pipeline)"):
-        started = time.perf_counter()
-        summary = ingest(db, "bench", tmp / "images", batch_id="end-to-end", runtime=runtime,
+    def end_to_end(run):
+        summary = ingest(db, "bench", tmp / "images", batch_id=f"end-to-end-{run}", runtime=runtime,
                          batch_size=opts.batch_size, chunk_size=opts.chunk_size, decode_threads=opts.decode_threads)
-        end_to_end_s = time.perf_counter() - started
-    if summary.n_ok != n:
-        raise SystemExit(f"end-to-end stored {summary.n_ok} of {n} images: {summary}")
+        if summary.n_ok != n:
+            raise SystemExit(f"end-to-end stored {summary.n_ok} of {n} images: {summary}")
+        return summary
+
+    def timed(fn, *fn_args):
+        started = time.perf_counter()
+        out = fn(*fn_args)
+        return time.perf_counter() - started, out
+
+    # the stages take turns, so a burst of load from elsewhere hits each of them alike; the fastest run counts
+    decode_s = encode_s = store_s = end_to_end_s = float("inf")
+    for run in range(args.repeat):
+        with console.status(f"run {run + 1}/{args.repeat}: decode, encode, store, end to end"):
+            seconds, pixels = timed(decode_all)
+            decode_s = min(decode_s, seconds)
+            seconds, (vectors, scores) = timed(encode_all, pixels)
+            encode_s = min(encode_s, seconds)
+            seconds, _ = timed(store_all, vectors, scores, run)
+            store_s = min(store_s, seconds)
+            seconds, candidate = timed(end_to_end, run)
+            if seconds < end_to_end_s:
+                end_to_end_s, summary = seconds, candidate
 
     rates = {"decode": n / decode_s, "encode": n / encode_s, "store": n / store_s}
     serial_bound = 1.0 / sum(1.0 / r for r in rates.values())
@@ -175,7 +184,7 @@ def main() -> None:
         "end_to_end_vs_serial_bound": round((n / end_to_end_s) / serial_bound, 3),
         "end_to_end_vs_slowest_stage": round((n / end_to_end_s) / min(rates.values()), 3),
         "stage_seconds_in_pipeline": {k: round(v, 2) for k, v in summary.timings.items()},
-        "load_average": round(os.getloadavg()[0], 2),
+        "repeat": args.repeat, "load_average": round(os.getloadavg()[0], 2),
     }
     if not args.skip_flow:
         from flows.ingest import IngestParams, ingest_flow
