@@ -50,6 +50,18 @@ def test_captions_name_every_factor_and_effect():
     assert len(set(batch.captions)) > 150  # wording and order vary
 
 
+def test_contrast_groups_differ_only_in_shape_and_blur():
+    from t2c_monitor.world.generate import GROUP_SIZE, generate_contrast_groups
+
+    batch = generate_contrast_groups(3, seed=2)
+    assert len(batch) == 3 * GROUP_SIZE
+    for g in range(3):
+        group = batch.scenes[g * GROUP_SIZE : (g + 1) * GROUP_SIZE]
+        assert {(s.shape, s.blur) for s in group} == {(shape, b) for shape in FACTORS["shape"] for b in (False, True)}
+        for attribute in ("color", "size", "background", "snow", "night", "fog"):
+            assert len({getattr(s, attribute) for s in group}) == 1
+
+
 def _share(scenes, attribute, value=True):
     return np.mean([getattr(s, attribute) == value for s in scenes])
 
@@ -186,7 +198,10 @@ def test_interrupted_build_leaves_no_cache_dir(tmp_path, monkeypatch):
 def quick_world(tmp_path_factory):
     from t2c_monitor.world.build import build_world
 
-    return build_world(seed=0, quick=True, models_dir=tmp_path_factory.mktemp("world-models"), progress=False)
+    # one thread: when other test processes share the cores, OpenMP's spinning makes two threads
+    # several times slower; alone on 2 cores the quick world builds in about a minute either way
+    return build_world(seed=0, quick=True, models_dir=tmp_path_factory.mktemp("world-models"), progress=False,
+                       threads=1)
 
 
 def test_quick_world_is_cached_and_reused(quick_world):

@@ -45,6 +45,7 @@ class ClipTraining:
     weight_decay: float = 0.1
     warmup: int = 25  # at most; never more than an eighth of the steps
     clean_first: float = 0.35  # share of the steps that see only effect-free images (a curriculum)
+    group_share: float = 0.5  # share of each batch filled with whole contrast groups, when given
 
 
 def pixels_from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -72,14 +73,17 @@ def train_clip(
     training: ClipTraining,
     seed: int,
     clean: np.ndarray | None = None,
+    groups: tuple[np.ndarray, list[str], int] | None = None,
     progress=None,
 ) -> tuple[torch.nn.Module, list[float]]:
     """Train a fresh CLIP of ``model_config`` on (image, caption) pairs; returns the model and losses.
 
     ``clean`` marks the effect-free images: the first ``clean_first`` share of the steps draws only
     from them, so shapes and colours are learned before snow, fog and night hide them (effects are
-    plain enough to be learned in the later steps). ``progress`` is an optional
-    ``callable(step, loss)`` called after every step.
+    plain enough to be learned in the later steps). ``groups`` is ``(images, captions,
+    group_size)`` of contrast groups (``generate_contrast_groups``): each batch then fills
+    ``group_share`` of its rows with whole groups, hard negatives that differ only in shape and
+    blur. ``progress`` is an optional ``callable(step, loss)`` called after every step.
     """
     import open_clip
     from open_clip.model import CLIP
@@ -87,8 +91,16 @@ def train_clip(
     torch.manual_seed(seed)
     model = CLIP(**model_config)
     tokenizer = open_clip.tokenize
-    tokens = tokenizer(captions, context_length=model_config["text_cfg"]["context_length"])
+    context = model_config["text_cfg"]["context_length"]
+    tokens = tokenizer(captions, context_length=context)
     pixels_u8 = torch.from_numpy(images)
+    n_grouped, group_size = 0, 1
+    if groups is not None:
+        group_images, group_captions, group_size = groups
+        group_tokens = tokenizer(group_captions, context_length=context)
+        group_pixels = torch.from_numpy(group_images)
+        n_groups = len(group_captions) // group_size
+        n_grouped = int(training.group_share * training.batch_size) // group_size
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
@@ -102,13 +114,19 @@ def train_clip(
     model.train()
     for step in range(training.steps):
         pool = clean_pool if step < training.clean_first * training.steps else everything
-        index = pool[torch.randperm(len(pool), generator=generator)[: training.batch_size]]
+        index = pool[torch.randperm(len(pool), generator=generator)[: training.batch_size - n_grouped * group_size]]
+        batch_pixels, batch_tokens = pixels_u8[index], tokens[index]
+        if n_grouped:
+            chosen = torch.randperm(n_groups, generator=generator)[:n_grouped]
+            rows = (chosen[:, None] * group_size + torch.arange(group_size)).reshape(-1)
+            batch_pixels = torch.cat([batch_pixels, group_pixels[rows]])
+            batch_tokens = torch.cat([batch_tokens, group_tokens[rows]])
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, training)
-        image_features = F.normalize(model.encode_image(pixels_from_uint8(pixels_u8[index])), dim=-1)
-        text_features = F.normalize(model.encode_text(tokens[index]), dim=-1)
+        image_features = F.normalize(model.encode_image(pixels_from_uint8(batch_pixels)), dim=-1)
+        text_features = F.normalize(model.encode_text(batch_tokens), dim=-1)
         # captions repeat (same wording of the same scene): treat identical captions as positives
-        same = (tokens[index][:, None, :] == tokens[index][None, :, :]).all(dim=-1).float()
+        same = (batch_tokens[:, None, :] == batch_tokens[None, :, :]).all(dim=-1).float()
         targets = same / same.sum(dim=1, keepdim=True)
         logits = model.logit_scale.exp() * image_features @ text_features.T
         loss = 0.5 * (torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,27 @@ def generate(n: int, seed: int = 0, shift: Shift | str | Iterable[str] | None = 
     images = render(scenes, pixel_rng)
     captions = [caption(scene, text_rng) for scene in scenes]
     return WorldBatch(images=images, scenes=scenes, captions=captions)
+
+
+def generate_contrast_groups(n_groups: int, seed: int = 0) -> WorldBatch:
+    """Groups of ``GROUP_SIZE`` consecutive images sharing every factor but shape and blur.
+
+    Each group shows all five shapes, each sharp and blurred, with one colour, size, background
+    and set of other effects. A contrastive batch holding whole groups can only match captions
+    to images by shape and blur -- the two factors a small CLIP is slowest to learn from random
+    batches, where almost any other factor already tells the pairs apart.
+    """
+    if n_groups < 0:
+        raise ValueError(f"n_groups must be >= 0, got {n_groups}")
+    scene_rng, pixel_rng, text_rng = _streams(seed)
+    bases = sample_scenes(n_groups, scene_rng)
+    scenes = [replace(base, shape=shape, blur=blur) for base in bases for shape in FACTORS["shape"]
+              for blur in (False, True)]
+    captions = [caption(scene, text_rng) for scene in scenes]
+    return WorldBatch(images=render(scenes, pixel_rng), scenes=scenes, captions=captions)
+
+
+GROUP_SIZE = 2 * len(FACTORS["shape"])
 
 
 def iter_batches(n: int, seed: int, batch_size: int = 1024, shift: Shift | None = None) -> Iterator[WorldBatch]:
