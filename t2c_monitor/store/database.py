@@ -25,8 +25,8 @@ class Database:
 
     @property
     def url(self) -> str:
-        """The connection URL with the password masked."""
-        return mask_url(self.engine.url.render_as_string(hide_password=False))
+        """The connection URL as libpq tools (psql, Grafana) take it, password masked."""
+        return mask_url(self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
