@@ -367,6 +367,8 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
 
     _refuse_schema("timm", spec.name)
     arch, tag = split_model_name_tag(spec.name)
+    if arch.startswith("t2c_world_"):  # the shapes world's architectures register themselves with timm
+        import t2c_monitor.world.source_model  # noqa: F401
     if not timm.is_model(arch):
         raise _unknown_name_error("timm", arch, timm.list_models(),
                                   "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`")

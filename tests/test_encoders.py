@@ -270,3 +270,15 @@ def test_clip_config_errors_say_what_is_wrong(tmp_path: Path, tiny_clip_config: 
     clash.write_text(json.dumps(TINY_CLIP))
     with pytest.raises(ModelLoadError, match="rename"):
         create_clip_model(f"open_clip:{clash}")
+
+
+def test_world_architectures_load_by_name_in_a_fresh_process() -> None:
+    """A monitor file may name the shapes world's encoder; nothing else has to import it first."""
+    import subprocess
+    import sys
+
+    code = ("from t2c_monitor.encoders import create_source_encoder; "
+            "print(create_source_encoder('timm:t2c_world_resnet', device='cpu').dim)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "512"
