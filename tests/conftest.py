@@ -101,6 +101,18 @@ def insert_monitor_rows(engine: Engine, *, dim: int, batch: str = "day-1") -> di
 
 
 @pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """For tests of tiny matrices: one thread is faster, and two OpenMP threads crawl when the
+    machine is shared. Opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
 

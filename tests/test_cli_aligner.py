@@ -12,13 +12,7 @@ from typer.testing import CliRunner
 from t2c_monitor.aligner import Aligner, evaluate, save_feature_file
 from t2c_monitor.cli import aligner as aligner_cli
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny matrices: one thread is faster, and two OpenMP threads crawl when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SOURCE = {"kind": "timm", "name": "resnet10t", "weights": None, "weights_sha256": "a" * 64, "dim": 12}
