@@ -34,6 +34,7 @@ from torch import Tensor
 
 from t2c_monitor.device import resolve_device
 from t2c_monitor.errors import ModelLoadError, SpaceMismatchError, T2CError
+from t2c_monitor.progress import progress_bar
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "aligner.json"
@@ -375,7 +376,7 @@ def fit_exact(
     dev = resolve_device(device)
     started = time.perf_counter()
     moments: _Moments | None = None
-    with _progress(progress, "accumulating X^T X, X^T Y", total_rows) as advance:
+    with progress_bar("accumulating X^T X, X^T Y", total_rows, progress) as advance:
         for X, Y in chunks:
             X, Y = torch.as_tensor(X), torch.as_tensor(Y)
             _check_pairs(X, Y)
@@ -473,7 +474,7 @@ def fit_sgd(
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        with _progress(progress, f"SGD epoch {epoch + 1}/{epochs}", n_batches) as advance:
+        with progress_bar(f"SGD epoch {epoch + 1}/{epochs}", n_batches, progress) as advance:
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 xb = X[idx].to(dev, torch.float32) * s_x
@@ -830,31 +831,3 @@ def _json_default(value: Any) -> Any:
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in aligner metadata")
 
-
-class _progress:
-    """A rich progress bar on stderr (or nothing): ``with _progress(on, label, total) as advance:``."""
-
-    def __init__(self, enabled: bool, label: str, total: int | None) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
-        self._bar = None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda _n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        self._bar.start()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc_info) -> None:
-        if self._bar is not None:
-            self._bar.stop()

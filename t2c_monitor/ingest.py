@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from t2c_monitor.errors import SpaceMismatchError
 from t2c_monitor.images import DecodedImage, FailedImage, load_image
+from t2c_monitor.progress import progress_bar
 from t2c_monitor.sources import SourceItem, content_batch_id, resolve_source
 from t2c_monitor.store import Database
 from t2c_monitor.store import batches as batch_store
@@ -227,7 +228,7 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
             chunk.scores.append(s[None])
         waiting.clear()
 
-    progress = _progress(len(items), options.progress, f"ingesting into {record.name}")
+    progress = progress_bar(f"ingesting into {record.name}", len(items), options.progress)
     with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="t2c-decode") as readers, \
             ThreadPoolExecutor(1, thread_name_prefix="t2c-store") as writer, progress as advance:
         depth = max(2 * options.batch_size, 4 * options.decode_threads)
@@ -256,30 +257,6 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
         if len(chunk):
             writer.submit(store, chunk.freeze(dim, k)).result()
     return timings
-
-
-class _progress:
-    """A rich progress bar over images when asked for; otherwise a no-op counter."""
-
-    def __init__(self, total: int, enabled: bool, label: str) -> None:
-        self.total, self.enabled, self.label = total, enabled, label
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        from t2c_monitor.cli.common import console
-
-        self._bar = Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                             console=console, transient=False)
-        self._bar.__enter__()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)
 
 
 def finish_batch(db: Database, batch_id: int, timings: dict[str, float]) -> batch_store.BatchSummary:
