@@ -12,15 +12,24 @@ aligner or bank changed since is refused until a new baseline is built.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from t2c_monitor.drift import KSDriftDetector, Reservoir, SortedReference, drift_direction
+from t2c_monitor.drift import (
+    KSDriftDetector,
+    Reservoir,
+    SortedReference,
+    drift_direction,
+)
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.monitors import AuditConfig
 from t2c_monitor.store import Database
+from t2c_monitor.store import alerts as alert_store
 from t2c_monitor.store import audits as audit_store
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
 
@@ -109,9 +118,31 @@ class AuditSummary:
     flagged: list[dict[str, Any]] = field(default_factory=list)  # ranked, largest effect first
     direction_norm: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    since: datetime | None = None
+    until: datetime | None = None
+    report: str | None = None
+
+    def window_text(self) -> str:
+        if self.since or self.until:
+            start = f"{self.since:%Y-%m-%d %H:%M %Z}" if self.since else "the first batch"
+            end = f"{self.until:%Y-%m-%d %H:%M %Z}" if self.until else "now"
+            return f"batches received {start} to {end} ({', '.join(self.batches)})"
+        return f"batch{'es' if len(self.batches) != 1 else ''} {', '.join(self.batches)}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        for key in ("since", "until"):
+            out[key] = out[key].isoformat() if out[key] else None
+        out["flagged"] = [{**f, "effect_size": f["effect_size"] if np.isfinite(f["effect_size"]) else None}
+                          for f in self.flagged]  # a baseline with no spread: strict JSON has no infinity
+        return out
+
+
+def detector_for(config: dict[str, Any]) -> KSDriftDetector:
+    """The drift detector of a monitor's ``audit`` settings (stored with the monitor)."""
+    audit = AuditConfig.model_validate(config.get("audit", {}))
+    return KSDriftDetector(alpha=audit.alpha, correction=audit.correction, min_ks=audit.min_ks,
+                           min_effect_size=audit.min_effect_size)
 
 
 def _check_not_stale(record: MonitorRecord, baseline: audit_store.StoredBaseline) -> None:
@@ -125,14 +156,25 @@ def _check_not_stale(record: MonitorRecord, baseline: audit_store.StoredBaseline
         )
 
 
-def run_audit(db: Database, monitor: str, *, last: int | None = 1, batches: list[str] | None = None,
+def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
               since: datetime | None = None, until: datetime | None = None,
-              detector: KSDriftDetector | None = None) -> AuditSummary:
-    """Audit a window of stored batches (the ``last`` K by default, or named ones, or a time range)
-    against the monitor's active baseline; store and return the result."""
-    detector = detector or KSDriftDetector()
+              detector: KSDriftDetector | None = None, report_dir: Path | None = None) -> AuditSummary:
+    """Audit a window of stored batches against the monitor's active baseline; store and return the result.
+
+    The window is the named ``batches``, or those received in [``since``, ``until``), or the
+    ``last`` K; with none of these, the monitor's ``audit`` settings (``window`` before now, else
+    ``last``). The detector defaults to the monitor's settings too. With ``report_dir`` an HTML
+    report with plots and example images is written there and recorded.
+    """
     with db.session() as session:
         record = get_monitor(session, monitor)
+    config = AuditConfig.model_validate(record.config.get("audit", {}))
+    detector = detector or detector_for(record.config)
+    if batches is None and since is None and until is None and last is None:
+        if config.window is not None:
+            since = datetime.now(UTC) - config.window
+        else:
+            last = config.last
     with db.engine.connect() as conn:
         baseline = audit_store.active_baseline(conn, record.id, monitor)
         _check_not_stale(record, baseline)
@@ -144,6 +186,7 @@ def run_audit(db: Database, monitor: str, *, last: int | None = 1, batches: list
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")
         embeddings = np.concatenate([audit_store.batch_embeddings(conn, b) for b, _ in chosen])
+        image_ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
     scores = np.concatenate([batch_scores(db, record, b) for b, _ in chosen])
     reference = SortedReference(sorted_scores=baseline.sorted_scores, mean=baseline.sorted_scores.mean(axis=1,
                                 dtype=np.float64), std=baseline.sorted_scores.std(axis=1, ddof=1, dtype=np.float64))
@@ -160,6 +203,19 @@ def run_audit(db: Database, monitor: str, *, last: int | None = 1, batches: list
         )
     flagged = [{k: c.to_dict()[k] for k in ("name", "rank", "direction", "ks_stat", "q_value", "effect",
                                              "effect_size", "mean_ref", "mean_cur")} for c in result.flagged]
-    return AuditSummary(id=audit_id, monitor=monitor, baseline_id=baseline.id, batches=[e for _, e in chosen],
-                        n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]), flagged=flagged,
-                        direction_norm=float(norm), params=result.params)
+    summary = AuditSummary(id=audit_id, monitor=monitor, baseline_id=baseline.id, batches=[e for _, e in chosen],
+                           n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]),
+                           flagged=flagged, direction_norm=float(norm), params=result.params, since=since,
+                           until=until)
+    if report_dir is None:
+        return summary
+    from t2c_monitor.report import write_audit_report
+
+    with db.engine.connect() as conn:
+        uris = alert_store.image_uris(conn, image_ids)
+    path = write_audit_report(Path(report_dir) / monitor / f"audit-{audit_id}", summary, result=result,
+                              reference=baseline.sorted_scores, current=scores,
+                              image_uris=[uris.get(i, "") for i in image_ids])
+    with db.engine.begin() as conn:
+        alert_store.insert_report(conn, audit_id=audit_id, path=str(path))
+    return dataclasses.replace(summary, report=str(path))

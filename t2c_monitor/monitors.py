@@ -11,6 +11,14 @@ alert). ``load_monitor_file`` validates the file and names any bad key with the 
         aligner: models/aligner            # written by `t2c aligner fit --out`
         bank: banks/world.yaml             # a bank definition (encoded at apply) or a saved bank directory
         ingest: {batch_size: 64, chunk_size: 512, decode_threads: 2, workers: 1}
+        audit: {window: 24h, alpha: 0.005, correction: bh, min_ks: 0.02, min_effect_size: 0.1}
+        alerts: {channels: [oncall], quiet_period: 6h, retries: 3}
+        schedules: {audit_cron: "0 * * * *", inbox: /data/inbox, ingest_interval: 10m}
+    channels:                          # alert channels, named once, used by any monitor
+      oncall: {type: webhook, url_env: ONCALL_WEBHOOK_URL}     # or url_secret: <Prefect Secret block>
+      slack: {type: prefect_block, block: slack-webhook/ml-alerts}
+      mail: {type: email, credentials: ops-smtp, to: [oncall@example.com]}
+      log: {type: file, path: alerts.jsonl}
 
 Relative paths are resolved against the file's directory. ``load_models`` loads the models and
 checks, before any image is read, that the aligner joins exactly this encoder and CLIP model and
@@ -21,11 +29,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from t2c_monitor.errors import ConfigError
 
@@ -46,6 +63,151 @@ class IngestConfig(_Strict):
     dask_address: str | None = Field(None, description="an existing Dask scheduler; default a LocalCluster")
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``90``, ``"90s"``, ``"10m"``, ``"6h"``, ``"2d"``, ``"1w"`` (or a timedelta) as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 10m, 6h or 2d")  # noqa: TRY004 - pydantic wants ValueError
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match and str(value).startswith("P"):  # ISO 8601, as stored configs hold them
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(timedelta).validate_python(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a duration: use a number with s, m, h, d or w, such as 10m or 6h")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class AuditConfig(_Strict):
+    """What a scheduled audit compares and when it flags a concept (see ``drift.KSDriftDetector``)."""
+
+    last: int = Field(1, ge=1, le=10_000, description="audit the last K stored batches (unless window is set)")
+    window: Duration | None = Field(None, description="audit the batches stored in this span before now, e.g. 24h")
+    alpha: float = Field(0.005, gt=0, lt=1, description="corrected p-value at or below which a concept may flag")
+    correction: Literal["bh", "bonferroni"] = "bh"
+    min_ks: float = Field(0.02, ge=0, le=1, description="smallest KS statistic that flags")
+    min_effect_size: float = Field(0.1, ge=0, description="smallest mean shift, in baseline SDs, that flags")
+    reservoir: int = Field(100_000, ge=20, description="baseline scores kept per concept")
+
+
+class _Channel(_Strict):
+    name: str | None = Field(None, description="set from the key in `channels:`")
+
+
+class WebhookChannel(_Channel):
+    """JSON POSTed to a URL. The URL is a secret: held in an env var or a Prefect Secret block."""
+
+    type: Literal["webhook"]
+    url_env: str | None = Field(None, description="environment variable holding the URL")
+    url_secret: str | None = Field(None, description="name of a Prefect Secret block holding the URL")
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "url" in data:
+            raise ValueError("a webhook URL is a secret and is never written in the config or the database: put "
+                             "it in an environment variable (url_env: NAME) or a Prefect Secret block (url_secret: "
+                             "BLOCK)")
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WebhookChannel:
+        if (self.url_env is None) == (self.url_secret is None):
+            raise ValueError("a webhook channel needs exactly one of url_env or url_secret")
+        return self
+
+
+class BlockChannel(_Channel):
+    """A saved Prefect notification block: Slack, Microsoft Teams, custom webhook, PagerDuty, ..."""
+
+    type: Literal["prefect_block"]
+    block: str = Field(pattern=r"^[a-z0-9-]+/[A-Za-z0-9_-]+$", description="block slug, e.g. slack-webhook/ml-alerts")
+
+
+class EmailChannel(_Channel):
+    """E-mail through prefect-email: an ``EmailServerCredentials`` block and recipients."""
+
+    type: Literal["email"]
+    credentials: str = Field(description="name of an EmailServerCredentials block")
+    to: list[str] = Field(min_length=1)
+    email_from: str | None = None
+
+
+class FileChannel(_Channel):
+    """Each alert appended as one JSON line to a local file (for demos, audits on disk, log shippers)."""
+
+    type: Literal["file"]
+    path: Path
+
+
+Channel = Annotated[WebhookChannel | BlockChannel | EmailChannel | FileChannel, Field(discriminator="type")]
+
+
+class AlertsConfig(_Strict):
+    """Who is told about flagged concepts, and how often."""
+
+    channels: list[str | Channel] = Field(default_factory=list, description="names from `channels:` or inline")
+    quiet_period: Duration = Field(timedelta(hours=6), description="no re-alert of an ongoing drift within this")
+    retries: int = Field(3, ge=0, le=20, description="extra attempts of a failed send")
+    retry_delay: Duration = Field(timedelta(seconds=5), description="first wait between attempts (doubles)")
+    report_url: str | None = Field(None, description="where readers open a report; {audit_id} and {monitor} "
+                                                     "are filled in (default: the report file's path)")
+
+    def resolved_channels(self) -> list[WebhookChannel | BlockChannel | EmailChannel | FileChannel]:
+        return [c for c in self.channels if not isinstance(c, str)]
+
+
+class SchedulesConfig(_Strict):
+    """Deployments `t2c serve` runs for this monitor."""
+
+    audit_cron: str | None = Field(None, description="cron of the drift audit, e.g. '0 * * * *'")
+    timezone: str = "UTC"
+    inbox: str | None = Field(None, description="source ingested on an interval (new files only)")
+    ingest_interval: Duration | None = Field(None, description="how often the inbox is ingested, e.g. 10m")
+
+    @field_validator("audit_cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value)
+        except ValidationError:
+            raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month "
+                             "weekday)") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as UTC or Europe/Berlin") from None
+        return value
+
+    @model_validator(mode="after")
+    def _inbox_needs_interval(self) -> SchedulesConfig:
+        if (self.inbox is None) != (self.ingest_interval is None):
+            raise ValueError("inbox and ingest_interval go together: the source and how often to ingest it")
+        return self
+
+
 class MonitorConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     encoder: str = Field(description="source encoder spec, e.g. timm:resnet50.a1_in1k")
@@ -54,6 +216,9 @@ class MonitorConfig(_Strict):
     bank: Path = Field(description="bank definition (.yaml/.yml/.txt) or a saved bank directory")
     description: str = ""
     ingest: IngestConfig = IngestConfig()
+    audit: AuditConfig = AuditConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
 
     @field_validator("encoder", "clip")
     @classmethod
@@ -62,20 +227,33 @@ class MonitorConfig(_Strict):
             raise ValueError("must be a model spec such as timm:resnet50.a1_in1k")
         return value.strip()
 
-    def resolved(self, base: Path) -> MonitorConfig:
-        """Paths in the config made absolute against ``base`` (the config file's directory)."""
+    def resolved(self, base: Path, channels: dict[str, Any] | None = None) -> MonitorConfig:
+        """Paths made absolute against ``base`` (the config file's directory) and channel names
+        replaced by their definitions from ``channels``."""
+        named = channels or {}
+        resolved_channels = []
+        for i, channel in enumerate(self.alerts.channels):
+            if isinstance(channel, str):
+                channel = named[channel]  # MonitorFile checked the name
+            else:
+                channel = channel.model_copy(update={"name": channel.name or f"{self.name}-{channel.type}-{i}"})
+            if isinstance(channel, FileChannel):
+                channel = channel.model_copy(update={"path": _absolute(channel.path, base)})
+            resolved_channels.append(channel)
         return self.model_copy(
             update={
                 "aligner": _absolute(self.aligner, base),
                 "bank": _absolute(self.bank, base),
                 "encoder": _absolute_spec(self.encoder, base),
                 "clip": _absolute_spec(self.clip, base),
+                "alerts": self.alerts.model_copy(update={"channels": resolved_channels}),
             }
         )
 
 
 class MonitorFile(_Strict):
     monitors: list[MonitorConfig] = Field(min_length=1)
+    channels: dict[str, Channel] = Field(default_factory=dict, description="alert channels by name")
 
     @model_validator(mode="after")
     def _unique_names(self) -> MonitorFile:
@@ -84,6 +262,19 @@ class MonitorFile(_Strict):
         if repeated:
             raise ValueError(f"monitor names must be unique; repeated: {', '.join(repeated)}")
         return self
+
+    @model_validator(mode="after")
+    def _channels_exist(self) -> MonitorFile:
+        for monitor in self.monitors:
+            unknown = [c for c in monitor.alerts.channels if isinstance(c, str) and c not in self.channels]
+            if unknown:
+                known = ", ".join(sorted(self.channels)) or "none is declared under channels:"
+                raise ValueError(f"monitor {monitor.name} names unknown alert channel(s) {', '.join(unknown)} "
+                                 f"(declared: {known})")
+        return self
+
+    def named_channels(self) -> dict[str, Any]:
+        return {name: c.model_copy(update={"name": name}) for name, c in self.channels.items()}
 
 
 def _absolute(path: Path, base: Path) -> Path:
@@ -132,8 +323,10 @@ def _describe_errors(exc: ValidationError, where: str) -> str:
             lines.append(f"  {path}: unknown key{hint}")
         elif error["type"] == "missing":
             lines.append(f"  {path}: required key is missing")
+        elif not loc or isinstance(error.get("input"), dict):
+            lines.append(f"  {path or '(file)'}: {error['msg']}")
         else:
-            lines.append(f"  {path or '(file)'}: {error['msg']} (got {error.get('input')!r})")
+            lines.append(f"  {path}: {error['msg']} (got {error.get('input')!r})")
     return f"{where} is not a valid monitor file:\n" + "\n".join(lines)
 
 
@@ -146,7 +339,8 @@ def parse_monitors(data: Any, *, where: str = "monitor config", base: Path | Non
     except ValidationError as exc:
         raise ConfigError(_describe_errors(exc, where)) from None
     base = base or Path.cwd()
-    return [m.resolved(base) for m in parsed.monitors]
+    channels = parsed.named_channels()
+    return [m.resolved(base, channels) for m in parsed.monitors]
 
 
 def load_monitor_file(path: str | Path) -> list[MonitorConfig]:

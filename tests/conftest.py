@@ -222,3 +222,58 @@ def applied_monitor(database_url: str, tiny_monitor_dir: Path, monkeypatch: pyte
         record_monitor(session, load_models(config, device="cpu"))
     yield db
     db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test API server (a real one, on a temporary database) for every flow test."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def apply_tiny(db, tiny_monitor_dir: Path, out_dir: Path, **sections) -> Path:
+    """Re-apply the tiny monitor with extra config sections (``audit``, ``alerts``, ``schedules``,
+    and a top-level ``channels``); returns the monitors file written."""
+    import yaml
+
+    from t2c_monitor.monitors import load_models, load_monitor_file
+    from t2c_monitor.store.monitors import record_monitor
+
+    document = yaml.safe_load((tiny_monitor_dir / "monitors.yaml").read_text())
+    base = tiny_monitor_dir
+    monitor = document["monitors"][0]
+    for key in ("aligner", "bank"):
+        monitor[key] = str(base / monitor[key])
+    monitor["encoder"] = monitor["encoder"].replace("@encoder.safetensors", f"@{base / 'encoder.safetensors'}")
+    monitor["clip"] = monitor["clip"].replace("@clip.pt", f"@{base / 'clip.pt'}")
+    channels = sections.pop("channels", None)
+    monitor.update(sections)
+    if channels:
+        document["channels"] = channels
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "monitors.yaml"
+    path.write_text(yaml.safe_dump(document))
+    (config,) = load_monitor_file(path)
+    with db.session() as session:
+        record_monitor(session, load_models(config, device="cpu"))
+    return path
+
+
+@pytest.fixture
+def monitored(applied_monitor, tmp_path):
+    """The tiny monitor with two reference batches, a clean day and a dark day ingested."""
+    import numpy as np
+
+    from t2c_monitor.ingest import ingest
+
+    db = applied_monitor
+    for name, seed in (("ref-1", 1), ("ref-2", 2), ("clean", 3)):
+        write_images(tmp_path / name, 60, seed=seed)
+        ingest(db, "tiny", tmp_path / name, batch_id=name)
+    rng = np.random.default_rng(4)
+    for i in range(60):  # a night shift: every picture dark
+        write_png(tmp_path / "dark" / f"img-{i:03d}.png", tuple(int(c) for c in rng.integers(0, 25, 3)), seed=900 + i)
+    ingest(db, "tiny", tmp_path / "dark", batch_id="dark")
+    return db

@@ -8,25 +8,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from conftest import write_images, write_png
 from t2c_monitor.audit import build_baseline, run_audit
 from t2c_monitor.drift import KSDriftDetector
 from t2c_monitor.errors import ConfigError
-from t2c_monitor.ingest import ingest
-
-
-@pytest.fixture
-def monitored(applied_monitor, tmp_path):
-    """The tiny monitor with two reference batches, a clean day and a dark day ingested."""
-    db = applied_monitor
-    for name, seed in (("ref-1", 1), ("ref-2", 2), ("clean", 3)):
-        write_images(tmp_path / name, 60, seed=seed)
-        ingest(db, "tiny", tmp_path / name, batch_id=name)
-    rng = np.random.default_rng(4)
-    for i in range(60):  # a night shift: every picture dark
-        write_png(tmp_path / "dark" / f"img-{i:03d}.png", tuple(int(c) for c in rng.integers(0, 25, 3)), seed=900 + i)
-    ingest(db, "tiny", tmp_path / "dark", batch_id="dark")
-    return db
 
 
 def test_no_baseline_is_a_message(applied_monitor):

@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from sqlalchemy import text
-
 from conftest import write_images
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+from sqlalchemy import text
 
 
 def _stored(db) -> dict[str, tuple]:

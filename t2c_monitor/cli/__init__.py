@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ingest",
     "world",
     "audit",
+    "alerts",
+    "serve",
 )
 
 app = typer.Typer(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 
 from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
@@ -44,39 +46,93 @@ def build(
                   f"{len(summary.batches)} batches, {summary.n_sampled} scores kept for each of {summary.concepts} concepts")
 
 
+def _window(window: str | None, since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """``--window 24h`` (before now) or ``--since``/``--until`` ISO times (UTC unless they say otherwise)."""
+    from t2c_monitor.monitors import parse_duration
+
+    def when(value: str | None, option: str) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not an ISO date or time such as 2026-11-22T10:00",
+                                     param_hint=option) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    if window is not None:
+        if since or until:
+            raise typer.BadParameter("give --window or --since/--until, not both", param_hint="--window")
+        try:
+            return datetime.now(UTC) - parse_duration(window), None
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--window") from None
+    return when(since, "--since"), when(until, "--until")
+
+
+def _print_alerts(outcomes: list[dict]) -> None:
+    for o in outcomes:
+        colour = {"sent": "green", "suppressed": "yellow"}.get(o["status"], "red")
+        detail = f" after {o['attempts']} attempts: {o['error']}" if o["status"] == "failed" else ""
+        console.print(f"  alert {o['alert_id']} to {o['channel']}: [{colour}]{o['status']}[/]{detail}")
+
+
 @audit_app.callback()
 def audit(
     ctx: typer.Context,
     monitor: str = typer.Option(None, "--monitor", "-m"),
-    last: int = typer.Option(1, "--last", min=1, help="audit the last K stored batches"),
+    last: int = typer.Option(None, "--last", min=1, help="audit the last K stored batches"),
     batches: str = typer.Option(None, "--batches", help="comma-separated batch ids instead of --last"),
+    window: str = typer.Option(None, "--window", help="the batches received in this span before now, e.g. 24h"),
+    since: str = typer.Option(None, "--since", help="window start (ISO time, UTC unless given)"),
+    until: str = typer.Option(None, "--until", help="window end (ISO time)"),
+    alerts: bool = typer.Option(True, "--alerts/--no-alerts", help="alert the monitor's channels on flags"),
+    flow: bool = typer.Option(True, "--flow/--no-flow", help="run as a Prefect flow (default) or in-process"),
     as_json: bool = JsonOption,
 ) -> None:
-    """Audit a window of batches against the monitor's baseline; `t2c audit history` shows the past."""
+    """Audit a window of batches against the monitor's baseline (default: the monitor's audit
+    settings), write the report, and alert; `t2c audit history` shows the past."""
     if ctx.invoked_subcommand is not None:
         return
     if monitor is None:
         raise typer.BadParameter("--monitor is required", param_hint="--monitor")
     from rich.table import Table
 
-    from t2c_monitor.audit import run_audit
-    from t2c_monitor.store import open_database
-
+    start, end = _window(window, since, until)
     with user_errors():
-        summary = run_audit(open_database(), monitor, last=last, batches=_batch_list(batches))
+        if flow:
+            from flows.audit import AuditParams, audit_flow
+
+            result = audit_flow(AuditParams(monitor=monitor, last=last, batches=_batch_list(batches), since=start,
+                                            until=end, alerts=alerts))
+        else:
+            from t2c_monitor.alerts import alert_audit, resend_failed_alerts
+            from t2c_monitor.audit import run_audit
+            from t2c_monitor.settings import get_settings
+            from t2c_monitor.store import open_database
+
+            db = open_database()
+            resent = [o.to_dict() for o in resend_failed_alerts(db, monitor)] if alerts else []
+            summary = run_audit(db, monitor, last=last, batches=_batch_list(batches), since=start, until=end,
+                                report_dir=get_settings().reports_dir)
+            outcomes = [o.to_dict() for o in alert_audit(db, summary)] if alerts else []
+            result = {**summary.to_dict(), "alerts": outcomes, "resent": resent}
     if as_json:
-        emit_json(summary.to_dict())
+        emit_json(result)
         return
-    console.print(f"audit {summary.id} of {monitor}: {summary.n_current} images in {', '.join(summary.batches)} "
-                  f"against {summary.n_baseline} baseline scores per concept")
-    if not summary.flagged:
+    console.print(f"audit {result['id']} of {monitor}: {result['n_current']} images in {', '.join(result['batches'])} "
+                  f"against {result['n_baseline']} baseline scores per concept")
+    if result["flagged"]:
+        table = Table("rank", "concept", "change", "KS", "q", "effect (SD)")
+        for f in result["flagged"]:
+            size = f"{f['effect_size']:+.2f}" if f["effect_size"] is not None else "inf"
+            table.add_row(str(f["rank"]), f["name"], "more" if f["direction"] > 0 else "less", f"{f['ks_stat']:.3f}",
+                          f"{f['q_value']:.2g}", size)
+        console.print(table)
+    else:
         console.print("[green]no concept shifted[/]")
-        return
-    table = Table("rank", "concept", "change", "KS", "q", "effect (SD)")
-    for f in summary.flagged:
-        table.add_row(str(f["rank"]), f["name"], "more" if f["direction"] > 0 else "less", f"{f['ks_stat']:.3f}",
-                      f"{f['q_value']:.2g}", f"{f['effect_size']:+.2f}")
-    console.print(table)
+    console.print(f"report: {result['report']}")
+    _print_alerts(result["resent"] + result["alerts"])
 
 
 @audit_app.command()

@@ -1,0 +1,380 @@
+"""Alerts: tell people which concepts shifted, on the channels a monitor names.
+
+A channel (see ``monitors.WebhookChannel`` and friends) is one of
+
+* ``webhook``: the message as JSON POSTed to a URL held in an environment variable or a Prefect
+  ``Secret`` block, resolved only at send time;
+* ``prefect_block``: any saved Prefect notification block (Slack, Microsoft Teams, custom
+  webhook, PagerDuty, ...), whose ``notify(body, subject)`` sends the text;
+* ``email``: through prefect-email's ``EmailServerCredentials`` block;
+* ``file``: one JSON line per alert appended to a local file.
+
+``deliver_alerts`` sends one audit's message to each channel, unless the same drift (every flagged
+concept, same direction) was already alerted on that channel within the quiet period, in which
+case the alert is recorded as ``suppressed``. Each send is tried ``1 + retries`` times with
+doubling waits; every attempt is counted on the alert row, and a send that still fails is kept
+``failed`` with its (redacted) error for ``retry_failed_alerts`` (run at the start of every audit
+flow and by ``t2c alerts retry``). The audit is stored before any alert is attempted, so a failed
+send never loses it. Secrets are never logged, stored or sent: rows name the channel only, and
+error texts are scrubbed of the secret and of any URL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from t2c_monitor.errors import ConfigError, T2CError
+from t2c_monitor.monitors import (
+    AlertsConfig,
+    BlockChannel,
+    EmailChannel,
+    FileChannel,
+    WebhookChannel,
+)
+from t2c_monitor.store import Database
+from t2c_monitor.store import alerts as alert_store
+
+MAX_RETRY_DELAY_S = 300.0
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
+
+
+class AlertSendError(T2CError):
+    """A channel could not deliver an alert (the message says why, without secrets)."""
+
+
+def redact(message: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
+    """``message`` without the given secrets and without any URL (URLs often carry tokens)."""
+    message = _URL.sub("<url>", message)
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "<secret>")
+    return message
+
+
+# --------------------------------------------------------------------------------------------
+# The message
+
+
+@dataclass(frozen=True)
+class AlertMessage:
+    subject: str
+    text: str
+    payload: dict[str, Any]  # what webhooks receive and the alert row stores; includes subject and text
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> AlertMessage:
+        return cls(subject=payload["subject"], text=payload["text"], payload=payload)
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _concept_line(f: dict[str, Any]) -> str:
+    size = f"{f['effect_size']:+.2f} SD, " if f.get("effect_size") is not None else ""
+    return (f"{f['rank']}. {f['name']}: {'more' if f['direction'] > 0 else 'less'} "
+            f"(KS {f['ks_stat']:.3f}, q {f['q_value']:.2g}, mean score {f['mean_ref']:.4f} -> "
+            f"{f['mean_cur']:.4f}, {size}{f['n_current']} images)")
+
+
+def build_message(summary: Any, *, report: str | None) -> AlertMessage:
+    """The alert of an audit (``audit.AuditSummary``): monitor, window, each flagged concept with
+    its direction and figures, and where the report is."""
+    flagged = [{
+        "rank": f["rank"], "name": f["name"], "direction": int(f["direction"]),
+        "change": "more" if f["direction"] > 0 else "less", "ks_stat": float(f["ks_stat"]),
+        "q_value": float(f["q_value"]), "mean_ref": float(f["mean_ref"]), "mean_cur": float(f["mean_cur"]),
+        "effect": float(f["effect"]), "effect_size": _finite(f["effect_size"]), "n_current": summary.n_current,
+    } for f in summary.flagged]
+    window = summary.window_text()
+    names = ", ".join(f"{'more' if f['direction'] > 0 else 'fewer'} '{f['name']}'" for f in flagged[:3])
+    subject = (f"[t2c] {summary.monitor}: {len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted "
+               f"({names}{', ...' if len(flagged) > 3 else ''})")
+    lines = [f"Drift on monitor {summary.monitor} (audit {summary.id})",
+             f"Window: {window}; {summary.n_current} images against {summary.n_baseline} baseline scores per concept",
+             "Flagged concepts, largest effect first:",
+             *(f"  {_concept_line(f)}" for f in flagged),
+             f"Report: {report or 'not written'}"]
+    payload = {
+        "subject": subject, "text": "\n".join(lines), "monitor": summary.monitor, "audit_id": summary.id,
+        "window": window, "batches": list(summary.batches), "n_current": summary.n_current,
+        "n_baseline": summary.n_baseline, "flagged": flagged, "report": report,
+    }
+    return AlertMessage(subject=subject, text=payload["text"], payload=payload)
+
+
+def drift_key(payload: dict[str, Any]) -> set[tuple[str, int]]:
+    """What an alert reported: its flagged concepts with directions."""
+    return {(f["name"], int(f["direction"])) for f in payload.get("flagged", [])}
+
+
+# --------------------------------------------------------------------------------------------
+# Senders, one per channel type
+
+
+class Sender(Protocol):
+    name: str
+
+    def send(self, message: AlertMessage) -> None: ...
+
+    def secrets(self) -> list[str]: ...
+
+
+@dataclass
+class WebhookSender:
+    channel: WebhookChannel
+    _url: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.channel.name)
+
+    def _resolve(self) -> str:
+        if self._url is None:
+            if self.channel.url_env is not None:
+                url = os.environ.get(self.channel.url_env, "")
+                if not url:
+                    raise ConfigError(f"Alert channel {self.name}: environment variable {self.channel.url_env} "
+                                      "(the webhook URL) is not set in the process that sends alerts.")
+            else:
+                url = _load_block("secret", str(self.channel.url_secret), self.name).get()
+            self._url = str(url)
+        return self._url
+
+    def secrets(self) -> list[str]:
+        return [self._url] if self._url else []
+
+    def send(self, message: AlertMessage) -> None:
+        import httpx
+
+        response = httpx.post(self._resolve(), json=message.payload, timeout=self.channel.timeout_s)
+        if response.status_code >= 300:
+            raise AlertSendError(f"the receiver answered HTTP {response.status_code}")
+
+
+@dataclass
+class BlockSender:
+    channel: BlockChannel
+
+    @property
+    def name(self) -> str:
+        return str(self.channel.name)
+
+    def secrets(self) -> list[str]:
+        return []
+
+    def send(self, message: AlertMessage) -> None:
+        block_type, _, block_name = self.channel.block.partition("/")
+        block = _load_block(block_type, block_name, self.name)
+        if not hasattr(block, "notify"):
+            raise ConfigError(f"Alert channel {self.name}: block {self.channel.block} is not a notification block "
+                              "(Slack webhook, Microsoft Teams webhook, custom webhook, ...).")
+        block.notify(body=message.text, subject=message.subject)
+
+
+@dataclass
+class EmailSender:
+    channel: EmailChannel
+
+    @property
+    def name(self) -> str:
+        return str(self.channel.name)
+
+    def secrets(self) -> list[str]:
+        return []
+
+    def send(self, message: AlertMessage) -> None:
+        from email.message import EmailMessage
+
+        try:
+            from prefect_email import EmailServerCredentials
+        except ImportError:
+            raise ConfigError(f"Alert channel {self.name} sends e-mail through prefect-email: "
+                              "`pip install prefect-email`.") from None
+        credentials = _load_block_class(EmailServerCredentials, self.channel.credentials, self.name)
+        mail = EmailMessage()
+        mail["Subject"] = message.subject
+        mail["From"] = self.channel.email_from or credentials.username or "t2c-monitor@localhost"
+        mail["To"] = ", ".join(self.channel.to)
+        mail.set_content(message.text)
+        with credentials.get_server() as server:
+            server.send_message(mail)
+
+
+@dataclass
+class FileSender:
+    channel: FileChannel
+
+    @property
+    def name(self) -> str:
+        return str(self.channel.name)
+
+    def secrets(self) -> list[str]:
+        return []
+
+    def send(self, message: AlertMessage) -> None:
+        path = Path(self.channel.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(message.payload) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+_SENDERS: dict[type, Callable[[Any], Sender]] = {
+    WebhookChannel: WebhookSender, BlockChannel: BlockSender, EmailChannel: EmailSender, FileChannel: FileSender,
+}
+
+
+def create_sender(channel: Any) -> Sender:
+    """The sender of a channel definition (from a monitor's ``alerts.channels``)."""
+    try:
+        return _SENDERS[type(channel)](channel)
+    except KeyError:
+        raise ConfigError(f"Unknown alert channel type {type(channel).__name__}") from None
+
+
+def _load_block(block_type: str, block_name: str, channel: str) -> Any:
+    from prefect.blocks.core import Block
+
+    try:
+        return Block.load(f"{block_type}/{block_name}")
+    except ValueError as exc:
+        raise ConfigError(f"Alert channel {channel}: no Prefect block {block_type}/{block_name} on this Prefect "
+                          f"server ({redact(str(exc))}); create it in the Prefect UI or with `Block.save`.") from None
+
+
+def _load_block_class(cls: Any, block_name: str, channel: str) -> Any:
+    try:
+        return cls.load(block_name)
+    except ValueError as exc:
+        raise ConfigError(f"Alert channel {channel}: no {cls.__name__} block named {block_name} on this Prefect "
+                          f"server ({redact(str(exc))}).") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Delivery
+
+
+@dataclass(frozen=True)
+class AlertOutcome:
+    alert_id: int
+    channel: str
+    status: str  # sent | failed | suppressed
+    attempts: int
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _send_with_retries(db: Database, alert_id: int, sender: Sender, message: AlertMessage, *, retries: int,
+                       delay: timedelta, sleep: Callable[[float], None], log: Callable[[str], None]) -> AlertOutcome:
+    wait = delay.total_seconds()
+    error: str | None = None
+    for attempt in range(1, retries + 2):
+        try:
+            sender.send(message)
+        except Exception as exc:  # noqa: BLE001 - any failure of a channel is recorded, never raised into the audit
+            error = redact(f"{type(exc).__name__}: {exc}", sender.secrets())
+            with db.engine.begin() as conn:
+                alert_store.record_attempt(conn, alert_id, sent=False, error=error)
+            log(f"alert {alert_id} to {sender.name}: attempt {attempt} failed: {error}")
+            if attempt <= retries:
+                sleep(min(wait, MAX_RETRY_DELAY_S))
+                wait *= 2
+            continue
+        with db.engine.begin() as conn:
+            alert_store.record_attempt(conn, alert_id, sent=True, error=None)
+        log(f"alert {alert_id} sent to {sender.name} (attempt {attempt})")
+        return AlertOutcome(alert_id, sender.name, "sent", attempt)
+    return AlertOutcome(alert_id, sender.name, "failed", retries + 1, error)
+
+
+def deliver_alerts(db: Database, summary: Any, config: AlertsConfig, *, monitor_id: int, report: str | None = None,
+                   sleep: Callable[[float], None] = time.sleep,
+                   log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
+    """Alert every channel of ``config`` about an audit that flagged concepts (nothing otherwise)."""
+    if not summary.flagged or not config.channels:
+        return []
+    message = build_message(summary, report=report)
+    key = drift_key(message.payload)
+    outcomes = []
+    for channel in config.resolved_channels():
+        sender = create_sender(channel)
+        with db.engine.begin() as conn:
+            earlier = [a for a in alert_store.recent_alerts(conn, monitor_id, sender.name, config.quiet_period)
+                       if a["audit_id"] != summary.id and key <= drift_key(a["payload"])]
+            status = "suppressed" if earlier else "pending"
+            alert_id = alert_store.insert_alert(conn, audit_id=summary.id, channel=sender.name,
+                                                payload=message.payload, status=status)
+        if earlier:
+            log(f"alert {alert_id} to {sender.name} suppressed: the same drift was alerted in audit "
+                f"{earlier[0]['audit_id']} within the quiet period ({config.quiet_period})")
+            outcomes.append(AlertOutcome(alert_id, sender.name, "suppressed", 0))
+            continue
+        outcomes.append(_send_with_retries(db, alert_id, sender, message, retries=config.retries,
+                                           delay=config.retry_delay, sleep=sleep, log=log))
+    return outcomes
+
+
+def retry_failed_alerts(db: Database, channels: dict[str, Any], *, monitor_id: int | None = None,
+                        sleep: Callable[[float], None] = time.sleep,
+                        log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
+    """Send again every failed alert (of one monitor, or all) whose channel is in ``channels``
+    (name -> channel definition), once each, with the message stored on the row."""
+    with db.engine.connect() as conn:
+        failed = alert_store.failed_alerts(conn, monitor_id)
+    outcomes = []
+    for row in failed:
+        channel = channels.get(row["channel"])
+        if channel is None:
+            log(f"alert {row['id']}: channel {row['channel']} is no longer configured; left failed")
+            continue
+        outcomes.append(_send_with_retries(db, row["id"], create_sender(channel), AlertMessage.from_payload(
+            row["payload"]), retries=0, delay=timedelta(0), sleep=sleep, log=log))
+    return outcomes
+
+
+def monitor_alerts_config(record: Any) -> AlertsConfig:
+    """The ``alerts`` settings stored with a recorded monitor."""
+    return AlertsConfig.model_validate(record.config.get("alerts", {}))
+
+
+def alert_audit(db: Database, summary: Any, *, sleep: Callable[[float], None] = time.sleep,
+                log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
+    """Alert the channels of the audited monitor (``summary``: ``audit.AuditSummary``), naming the
+    report by the monitor's ``report_url`` when it has one, else by its path."""
+    from t2c_monitor.store.monitors import get_monitor
+
+    with db.session() as session:
+        record = get_monitor(session, summary.monitor)
+    config = monitor_alerts_config(record)
+    report = summary.report
+    if config.report_url and report:
+        report = config.report_url.format(audit_id=summary.id, monitor=summary.monitor)
+    return deliver_alerts(db, summary, config, monitor_id=record.id, report=report, sleep=sleep, log=log)
+
+
+def resend_failed_alerts(db: Database, monitor: str | None = None, *, sleep: Callable[[float], None] = time.sleep,
+                         log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
+    """Retry the failed alerts of one monitor (or of all), on the channels their monitors name now."""
+    from t2c_monitor.store.monitors import get_monitor, list_monitors
+
+    outcomes = []
+    with db.session() as session:
+        names = [monitor] if monitor else [m["name"] for m in list_monitors(session)]
+        records = [get_monitor(session, n) for n in names]
+    for record in records:
+        channels = {c.name: c for c in monitor_alerts_config(record).resolved_channels()}
+        outcomes += retry_failed_alerts(db, channels, monitor_id=record.id, sleep=sleep, log=log)
+    return outcomes

@@ -1,0 +1,64 @@
+"""``t2c alerts``: what was sent to whom, and sending the failed ones again."""
+
+from __future__ import annotations
+
+import typer
+
+from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+
+alerts_app = typer.Typer(help="Alerts: notifications of flagged concepts on the monitors' channels.",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("list")
+def list_(
+    monitor: str = typer.Option(..., "--monitor", "-m"),
+    limit: int = typer.Option(50, "--limit", min=1),
+    as_json: bool = JsonOption,
+) -> None:
+    """The monitor's alerts, newest first: channel, status, attempts, last error."""
+    from rich.table import Table
+
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.alerts import list_alerts
+    from t2c_monitor.store.monitors import get_monitor
+
+    with user_errors():
+        db = open_database()
+        with db.session() as session:
+            record = get_monitor(session, monitor)
+        with db.engine.connect() as conn:
+            rows = list_alerts(conn, record.id, limit=limit)
+    if as_json:
+        emit_json({"monitor": monitor, "alerts": rows})
+        return
+    table = Table("alert", "audit", "channel", "status", "attempts", "flagged", "created", "error")
+    for r in rows:
+        table.add_row(str(r["id"]), str(r["audit_id"]), r["channel"], r["status"], str(r["attempts"]),
+                      str(r["n_flagged"]), str(r["created_at"])[:19], r["last_error"] or "")
+    console.print(table)
+
+
+@alerts_app.command()
+def retry(
+    monitor: str = typer.Option(None, "--monitor", "-m", help="default: every monitor"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Send the failed alerts again (the audit flow also does this before each audit)."""
+    from t2c_monitor.alerts import resend_failed_alerts
+    from t2c_monitor.store import open_database
+
+    with user_errors():
+        outcomes = [o.to_dict() for o in resend_failed_alerts(open_database(), monitor)]
+    if as_json:
+        emit_json({"alerts": outcomes})
+        return
+    if not outcomes:
+        console.print("no failed alerts")
+    for o in outcomes:
+        console.print(f"alert {o['alert_id']} to {o['channel']}: {o['status']}"
+                      + (f" ({o['error']})" if o["error"] else ""))

@@ -1,0 +1,139 @@
+"""An audit's report: one self-contained HTML page a person opens from the alert.
+
+It shows what changed in pictures: the KS statistic of the concepts that moved most (flagged
+ones in colour), the baseline and window score distributions of the top flagged concepts, and
+the window's images that express each of those concepts most, next to the full results table.
+Charts are PNGs drawn with matplotlib's Agg backend; images are embedded as thumbnails, so the
+page can be mailed or archived as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOP_CONCEPTS = 15
+SHOWN_DISTRIBUTIONS = 3
+THUMBNAILS = 6
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _ks_chart(result: Any) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    top = sorted(result.concepts, key=lambda c: c.ks_stat, reverse=True)[:TOP_CONCEPTS]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(top) + 1))
+    colours = ["#d62728" if c.flagged and c.direction > 0 else "#1f77b4" if c.flagged else "#bbbbbb" for c in top]
+    ax.barh([c.name for c in top][::-1], [c.ks_stat for c in top][::-1], color=colours[::-1])
+    ax.set_xlabel("KS statistic (window vs baseline)")
+    ax.set_title("Concepts that moved most (red: more, blue: less, grey: not flagged)")
+    return _png(fig)
+
+
+def _distributions(result: Any, reference: np.ndarray, current: np.ndarray) -> str | None:
+    import matplotlib.pyplot as plt
+
+    shown = result.flagged[:SHOWN_DISTRIBUTIONS]
+    if not shown:
+        return None
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3), squeeze=False)
+    for ax, concept in zip(axes[0], shown, strict=True):
+        ref, cur = reference[concept.index], current[:, concept.index]
+        bins = np.linspace(min(ref.min(), cur.min()), max(ref.max(), cur.max()), 40)
+        ax.hist(ref, bins=bins, density=True, alpha=0.5, label="baseline")
+        ax.hist(cur, bins=bins, density=True, alpha=0.5, label="window")
+        ax.set_title(f"{concept.name} ({'more' if concept.direction > 0 else 'less'})")
+        ax.set_xlabel("concept score")
+    axes[0][0].legend()
+    return _png(fig)
+
+
+def _thumbnail(uri: str) -> str | None:
+    """A small PNG of a local image, or None when it cannot be read here (remote, moved, corrupt)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(uri.removeprefix("file://"))
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((96, 96))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _examples(result: Any, current: np.ndarray, image_uris: list[str]) -> str:
+    parts = []
+    for concept in result.flagged[:SHOWN_DISTRIBUTIONS]:
+        order = np.argsort(-current[:, concept.index])[:THUMBNAILS]
+        cells = []
+        for i in order:
+            data = _thumbnail(image_uris[i]) if i < len(image_uris) else None
+            label = html.escape(Path(image_uris[i]).name if i < len(image_uris) else "?")
+            img = f'<img src="data:image/png;base64,{data}" alt="{label}">' if data else "<i>not readable here</i>"
+            cells.append(f"<figure>{img}<figcaption>{label}<br>{current[i, concept.index]:.3f}</figcaption></figure>")
+        parts.append(f"<h3>Window images most '{html.escape(concept.name)}'</h3><div class=row>{''.join(cells)}</div>")
+    return "".join(parts)
+
+
+def _table(result: Any) -> str:
+    rows = sorted(result.concepts, key=lambda c: (not c.flagged, c.rank or 0, -c.ks_stat))
+    body = "".join(
+        f"<tr class={'flag' if c.flagged else ''}><td>{c.rank or ''}</td><td>{html.escape(c.name)}</td>"
+        f"<td>{'more' if c.direction > 0 else 'less'}</td><td>{c.ks_stat:.3f}</td><td>{c.p_value:.2g}</td>"
+        f"<td>{c.q_value:.2g}</td><td>{c.mean_ref:.4f}</td><td>{c.mean_cur:.4f}</td>"
+        f"<td>{c.effect_size:+.2f}</td></tr>" for c in rows)
+    return ("<table><tr><th>rank</th><th>concept</th><th>change</th><th>KS</th><th>p</th><th>q</th>"
+            f"<th>baseline mean</th><th>window mean</th><th>effect (SD)</th></tr>{body}</table>")
+
+
+_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd}"
+          "tr.flag{background:#fff3cd}.row{display:flex;gap:8px;flex-wrap:wrap}"
+          "figure{margin:0;text-align:center;font-size:11px}")
+
+
+def write_audit_report(out_dir: Path, summary: Any, *, result: Any, reference: np.ndarray, current: np.ndarray,
+                       image_uris: list[str]) -> Path:
+    """Write ``out_dir/index.html`` for an audit (``summary``: ``audit.AuditSummary``; ``result``: the
+    detector's ``DriftResult``; ``reference``: baseline scores ``(k, n_ref)``; ``current``: window
+    scores ``(n_cur, k)`` in the order of ``image_uris``). Returns the page's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flagged = result.flagged
+    headline = (f"{len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted" if flagged
+                else "no concept shifted")
+    distributions = _distributions(result, reference, current)
+    page = [
+        f"<!doctype html><meta charset=utf-8><title>t2c audit {summary.id}: {html.escape(summary.monitor)}</title>",
+        f"<style>{_STYLE}</style>",
+        f"<h1>Monitor {html.escape(summary.monitor)}: {headline}</h1>",
+        f"<p>Audit {summary.id}: {html.escape(summary.window_text())}, {summary.n_current} images, against baseline "
+        f"{summary.baseline_id} ({summary.n_baseline} scores per concept). Test: two-sample KS per concept, "
+        f"{html.escape(str(result.params))}.</p>",
+        f'<img alt="KS statistics" src="data:image/png;base64,{_ks_chart(result)}">',
+    ]
+    if distributions:
+        page.append(f'<h2>Score distributions</h2><img alt="distributions" src="data:image/png;base64,'
+                    f'{distributions}">')
+    page += [_examples(result, current, image_uris), "<h2>Every concept</h2>", _table(result)]
+    path = out_dir / "index.html"
+    path.write_text("\n".join(page), encoding="utf-8")
+    return path

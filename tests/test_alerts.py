@@ -1,0 +1,253 @@
+"""Alerts delivered to real receivers: a local HTTP server (plain webhook, Prefect Secret and
+notification blocks) and a local SMTP server (prefect-email); failures recorded and retried,
+quiet periods respected, secrets nowhere."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import apply_tiny
+from sqlalchemy import text
+
+from t2c_monitor.alerts import alert_audit, redact, resend_failed_alerts
+from t2c_monitor.audit import build_baseline, run_audit
+
+TOKEN = "s3cr3t-T0KEN-4242"
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records what it is sent and fails the first ``fail`` requests."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        self.paths: list[str] = []
+        self.fail = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.paths.append(self.path)
+                if outer.fail > 0:
+                    outer.fail -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                outer.bodies.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/{TOKEN}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def drifted(monitored):
+    """The tiny monitor with a baseline of two reference batches and an all-dark batch to audit."""
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=200)
+    return monitored
+
+
+def _webhook_monitor(db, tiny_monitor_dir, tmp_path, **alerts):
+    return apply_tiny(db, tiny_monitor_dir, tmp_path / "config", alerts={"channels": ["oncall"], **alerts},
+                      channels={"oncall": {"type": "webhook", "url_env": "T2C_TEST_HOOK"}})
+
+
+def _everything_stored(db) -> str:
+    with db.engine.connect() as conn:
+        tables = ["alert", "audit", "monitor", "report", "batch"]
+        return " ".join(str(conn.execute(text(f"SELECT json_agg(t)::text FROM {t} t")).scalar()) for t in tables)
+
+
+def test_webhook_alert_names_monitor_window_concepts_and_report(drifted, tiny_monitor_dir, tmp_path, receiver,
+                                                                monkeypatch, caplog):
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path)
+    summary = run_audit(drifted, "tiny", batches=["dark"], report_dir=tmp_path / "reports")
+    assert summary.flagged
+    logged: list[str] = []
+    (outcome,) = alert_audit(drifted, summary, log=logged.append)
+    assert (outcome.status, outcome.attempts, outcome.channel) == ("sent", 1, "oncall")
+
+    (body,) = receiver.bodies
+    assert receiver.paths == [f"/hooks/{TOKEN}"]
+    assert body["monitor"] == "tiny" and body["audit_id"] == summary.id and body["batches"] == ["dark"]
+    assert body["report"] == summary.report and (tmp_path / "reports").exists()
+    assert [f["name"] for f in body["flagged"]] == [f["name"] for f in summary.flagged]
+    for sent, flagged in zip(body["flagged"], summary.flagged, strict=True):
+        assert sent["change"] == ("more" if flagged["direction"] > 0 else "less")
+        assert sent["ks_stat"] == pytest.approx(flagged["ks_stat"]) and sent["q_value"] <= 0.005
+        assert f"{sent['name']}: {sent['change']} (KS {sent['ks_stat']:.3f}" in body["text"]
+    assert "batch dark" in body["text"] and summary.report in body["text"]
+    assert "tiny" in body["subject"]
+
+    with drifted.engine.connect() as conn:
+        row = conn.execute(text("SELECT status, attempts, sent_at, channel FROM alert")).one()
+    assert (row.status, row.attempts, row.channel) == ("sent", 1, "oncall") and row.sent_at is not None
+    everywhere = _everything_stored(drifted) + " ".join(logged) + caplog.text + json.dumps(body)
+    assert TOKEN not in everywhere and receiver.url not in everywhere
+
+
+def test_failing_receiver_is_retried_then_recorded_and_resent_later(drifted, tiny_monitor_dir, tmp_path, receiver,
+                                                                     monkeypatch):
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=2, retry_delay="0.01s")
+    waits: list[float] = []
+
+    receiver.fail = 2  # two 503s, then it recovers: the third attempt gets through
+    first = run_audit(drifted, "tiny", batches=["dark"])
+    (outcome,) = alert_audit(drifted, first, sleep=waits.append)
+    assert (outcome.status, outcome.attempts) == ("sent", 3) and len(receiver.bodies) == 1
+    assert waits == [0.01, 0.02], "waits double between attempts"
+
+    receiver.fail = 100  # down for good: every attempt fails, the failure is kept
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=1, retry_delay="0s", quiet_period="0s")
+    second = run_audit(drifted, "tiny", batches=["dark"])
+    (outcome,) = alert_audit(drifted, second, sleep=waits.append)
+    assert (outcome.status, outcome.attempts) == ("failed", 2) and "503" in outcome.error
+    with drifted.engine.connect() as conn:
+        row = conn.execute(text("SELECT a.status, a.attempts, a.last_error, au.n_flagged FROM alert a "
+                                "JOIN audit au ON au.id = a.audit_id WHERE a.audit_id = :a"), {"a": second.id}).one()
+    assert (row.status, row.attempts) == ("failed", 2) and "503" in row.last_error
+    assert row.n_flagged == len(second.flagged), "the audit is kept whatever happens to its alert"
+    assert TOKEN not in _everything_stored(drifted)
+
+    receiver.fail = 0  # back up: the failed alert is sent again, with the message it was meant to carry
+    (resent,) = resend_failed_alerts(drifted, "tiny")
+    assert (resent.alert_id, resent.status, resent.attempts) == (outcome.alert_id, "sent", 1)
+    assert receiver.bodies[-1]["audit_id"] == second.id
+    assert resend_failed_alerts(drifted, "tiny") == [], "nothing is sent twice"
+
+
+def test_unreachable_receiver_error_is_recorded_without_the_secret(drifted, tiny_monitor_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("T2C_TEST_HOOK", f"http://127.0.0.1:9/{TOKEN}")  # discard port: connection refused
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=0)
+    (outcome,) = alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))
+    assert outcome.status == "failed" and "Connect" in outcome.error and TOKEN not in outcome.error
+    assert TOKEN not in _everything_stored(drifted)
+    assert redact(f"GET http://h/{TOKEN}?x=1 failed", [TOKEN]) == "GET <url> failed"
+
+
+def test_quiet_period_holds_back_an_ongoing_drift_but_not_a_new_one(drifted, tiny_monitor_dir, tmp_path, receiver,
+                                                                    monkeypatch):
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, quiet_period="6h")
+    first = run_audit(drifted, "tiny", batches=["dark"])
+    assert [o.status for o in alert_audit(drifted, first)] == ["sent"]
+    again = run_audit(drifted, "tiny", batches=["dark"])  # the same drift an hour later
+    assert [o.status for o in alert_audit(drifted, again)] == ["suppressed"]
+    assert len(receiver.bodies) == 1
+
+    # a drift with a concept the earlier alert did not name is news
+    summary = run_audit(drifted, "tiny", batches=["dark"])
+    extra = dict(summary.flagged[0], name="a concept never alerted", rank=len(summary.flagged) + 1)
+    news = summary.__class__(**{**summary.__dict__, "flagged": [*summary.flagged, extra]})
+    assert [o.status for o in alert_audit(drifted, news)] == ["sent"]
+
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, quiet_period="0s")
+    assert [o.status for o in alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))] == ["sent"]
+    with drifted.engine.connect() as conn:
+        statuses = conn.execute(text("SELECT status FROM alert ORDER BY id")).scalars().all()
+    assert statuses == ["sent", "suppressed", "sent", "sent"]
+
+
+def test_no_flag_no_alert(drifted, tiny_monitor_dir, tmp_path, receiver, monkeypatch):
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path)
+    summary = run_audit(drifted, "tiny", batches=["dark"])
+    quiet = summary.__class__(**{**summary.__dict__, "flagged": []})
+    assert alert_audit(drifted, quiet) == [] and receiver.bodies == []
+
+
+def test_missing_env_var_is_a_failed_alert_that_says_what_to_set(drifted, tiny_monitor_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("T2C_TEST_HOOK", raising=False)
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=0)
+    (outcome,) = alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))
+    assert outcome.status == "failed" and "T2C_TEST_HOOK" in outcome.error
+
+
+def test_prefect_blocks_secret_webhook_notification_block_and_email(prefect_harness, drifted, tiny_monitor_dir,
+                                                                    tmp_path, receiver):
+    """Channels resolved to Prefect blocks saved on a real Prefect API: a Secret holding the webhook
+    URL, a CustomWebhookNotificationBlock, and prefect-email's EmailServerCredentials against a local
+    SMTP server."""
+    from aiosmtpd.controller import Controller
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.blocks.system import Secret
+    from prefect_email import EmailServerCredentials
+
+    mails = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+            mails.append(envelope)
+            return "250 OK"
+
+    with socket.socket() as probe:  # aiosmtpd's start() connects to its port, so it needs a real one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=port)
+    smtp.start()
+    try:
+        Secret(value=receiver.url).save("t2c-test-hook-url", overwrite=True)
+        CustomWebhookNotificationBlock(name="t2c", url=receiver.url, allow_private_urls=True,
+                                       json_data={"text": "{{body}}", "title": "{{subject}}"}
+                                       ).save("t2c-test-notify", overwrite=True)
+        EmailServerCredentials(smtp_server="127.0.0.1", smtp_port=port,
+                               smtp_type="INSECURE").save("t2c-test-smtp", overwrite=True)
+        apply_tiny(drifted, tiny_monitor_dir, tmp_path / "config", alerts={"channels": ["secret", "block", "mail"]},
+                   channels={"secret": {"type": "webhook", "url_secret": "t2c-test-hook-url"},
+                             "block": {"type": "prefect_block", "block": "custom-webhook/t2c-test-notify"},
+                             "mail": {"type": "email", "credentials": "t2c-test-smtp", "to": ["oncall@example.com"]}})
+        summary = run_audit(drifted, "tiny", batches=["dark"])
+        outcomes = alert_audit(drifted, summary)
+    finally:
+        smtp.stop()
+    assert [(o.channel, o.status) for o in outcomes] == [("secret", "sent"), ("block", "sent"), ("mail", "sent")]
+    webhook, notification = receiver.bodies
+    assert webhook["audit_id"] == summary.id
+    assert notification["title"].startswith("[t2c] tiny:") and summary.flagged[0]["name"] in notification["text"]
+    (mail,) = mails
+    assert mail.rcpt_tos == ["oncall@example.com"]
+    content = mail.content.decode()
+    assert "Subject: [t2c] tiny:" in content and f"Drift on monitor tiny (audit {summary.id})" in content
+    assert TOKEN not in _everything_stored(drifted)
+
+
+def test_missing_block_is_a_failed_alert_naming_the_block(prefect_harness, drifted, tiny_monitor_dir, tmp_path):
+    apply_tiny(drifted, tiny_monitor_dir, tmp_path / "config", alerts={"channels": ["slack"], "retries": 0},
+               channels={"slack": {"type": "prefect_block", "block": "slack-webhook/nobody-made-this"}})
+    (outcome,) = alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))
+    assert outcome.status == "failed" and "slack-webhook/nobody-made-this" in outcome.error
+
+
+def test_file_channel_appends_one_json_line_per_alert(drifted, tiny_monitor_dir, tmp_path):
+    apply_tiny(drifted, tiny_monitor_dir, tmp_path / "config", alerts={"channels": ["log"], "quiet_period": 0},
+               channels={"log": {"type": "file", "path": "alerts/alerts.jsonl"}})
+    for _ in range(2):
+        alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))
+    lines = (tmp_path / "config" / "alerts" / "alerts.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["monitor"] == "tiny" for line in lines)
