@@ -101,6 +101,47 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
     return summary
 
 
+class InboxParams(BaseModel):
+    source: str = Field(description="the inbox: folder, glob, fsspec prefix or manifest that keeps receiving files")
+    monitor: str
+    interval_s: float = Field(600, gt=0, description="the schedule's interval; one batch per interval")
+
+
+@task
+def select_new(monitor: str, items: list, interval_s: float) -> dict[str, Any]:
+    from datetime import timedelta
+
+    from t2c_monitor.ingest import inbox_batch_id, new_items
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.monitors import get_monitor
+
+    db = open_database(migrate_to_head=False)
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    batch_id = inbox_batch_id(timedelta(seconds=interval_s))
+    return {"batch_id": batch_id, "items": new_items(db, record, items, batch_id=batch_id)}
+
+
+@flow(name="ingest-inbox", log_prints=True)
+def ingest_inbox_flow(params: InboxParams) -> dict[str, Any]:
+    """Ingest the files of an inbox that the monitor does not hold yet, as this interval's batch."""
+    from t2c_monitor.sources import expand_source
+
+    source = expand_source(params.source)
+    items = list_source(source)
+    selected = select_new(params.monitor, items, params.interval_s)
+    if not selected["items"]:
+        get_run_logger().info(f"inbox {source}: no new files")
+        return {"status": "nothing new", "n_source": len(items)}
+    started = time.perf_counter()
+    batch = plan(params.monitor, selected["items"], source, selected["batch_id"])
+    timings = ingest_shard(params.monitor, batch["batch_id"], batch["items"])
+    timings["total"] = time.perf_counter() - started
+    summary = finish(batch["batch_id"], timings)
+    get_run_logger().info(f"inbox batch {summary['external_id']}: {summary['n_ok']} ok, {summary['n_failed']} failed")
+    return summary
+
+
 def run_sharded(monitor: str, batch_id: int, items: list, workers: int, address: str | None) -> dict[str, float]:
     """Run the shards in a subflow on Dask; stage timings are summed over shards."""
     from prefect_dask import DaskTaskRunner

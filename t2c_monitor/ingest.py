@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,24 @@ def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem],
     todo = [item for uri, item in unique.items() if uri not in done]
     return BatchPlan(batch_id=row_id, external_id=external_id, items=todo, n_source=len(items),
                      n_repeated=len(items) - len(unique))
+
+
+def inbox_batch_id(interval: timedelta, now: datetime | None = None) -> str:
+    """The batch an inbox run fills: one per interval (``inbox-<start of the interval, UTC>``), so a
+    rerun within the interval completes the same batch."""
+    now = now or datetime.now(UTC)
+    step = max(1, int(interval.total_seconds()))
+    start = datetime.fromtimestamp(int(now.timestamp()) // step * step, UTC)
+    return f"inbox-{start:%Y%m%dT%H%M%SZ}"
+
+
+def new_items(db: Database, record: MonitorRecord, items: Sequence[SourceItem], *,
+              batch_id: str) -> list[SourceItem]:
+    """The items of an inbox the monitor does not hold yet (those of this interval's batch ``batch_id``
+    count as new until the batch is stored, so a killed run is completed)."""
+    with db.engine.connect() as conn:
+        seen = batch_store.uris_held(conn, record.id, batch_id, [i.uri for i in items])
+    return [i for i in items if i.uri not in seen]
 
 
 @dataclass

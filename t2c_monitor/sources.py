@@ -421,3 +421,15 @@ def content_batch_id(items: Sequence[SourceItem]) -> str:
         digest.update(json.dumps(record, sort_keys=True, default=str).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def expand_source(source: str) -> str:
+    """``$T2C_HOME`` (the settings' home, even when the variable is unset) and other environment
+    variables in a configured source, e.g. a monitor's ``inbox: $DATA/inbox``."""
+    import os
+    import re
+
+    from t2c_monitor.settings import get_settings
+
+    home = str(get_settings().home)
+    return os.path.expandvars(re.sub(r"\$\{?T2C_HOME\}?", lambda _: home, source))

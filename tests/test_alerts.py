@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import apply_tiny
@@ -15,53 +13,15 @@ from sqlalchemy import text
 
 from t2c_monitor.alerts import alert_audit, redact, resend_failed_alerts
 from t2c_monitor.audit import build_baseline, run_audit
+from t2c_monitor.receiver import WebhookReceiver
 
 TOKEN = "s3cr3t-T0KEN-4242"
 
 
-class Receiver:
-    """A real HTTP server on 127.0.0.1 that records what it is sent and fails the first ``fail`` requests."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        self.paths: list[str] = []
-        self.fail = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.paths.append(self.path)
-                if outer.fail > 0:
-                    outer.fail -= 1
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                outer.bodies.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/{TOKEN}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    r = Receiver()
-    yield r
-    r.close()
+    with WebhookReceiver(path=f"/hooks/{TOKEN}") as r:
+        yield r
 
 
 @pytest.fixture
@@ -117,13 +77,13 @@ def test_failing_receiver_is_retried_then_recorded_and_resent_later(drifted, tin
     _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=2, retry_delay="0.01s")
     waits: list[float] = []
 
-    receiver.fail = 2  # two 503s, then it recovers: the third attempt gets through
+    receiver.fail_next = 2  # two 503s, then it recovers: the third attempt gets through
     first = run_audit(drifted, "tiny", batches=["dark"])
     (outcome,) = alert_audit(drifted, first, sleep=waits.append)
     assert (outcome.status, outcome.attempts) == ("sent", 3) and len(receiver.bodies) == 1
     assert waits == [0.01, 0.02], "waits double between attempts"
 
-    receiver.fail = 100  # down for good: every attempt fails, the failure is kept
+    receiver.fail_next = 100  # down for good: every attempt fails, the failure is kept
     _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=1, retry_delay="0s", quiet_period="0s")
     second = run_audit(drifted, "tiny", batches=["dark"])
     (outcome,) = alert_audit(drifted, second, sleep=waits.append)
@@ -135,7 +95,7 @@ def test_failing_receiver_is_retried_then_recorded_and_resent_later(drifted, tin
     assert row.n_flagged == len(second.flagged), "the audit is kept whatever happens to its alert"
     assert TOKEN not in _everything_stored(drifted)
 
-    receiver.fail = 0  # back up: the failed alert is sent again, with the message it was meant to carry
+    receiver.fail_next = 0  # back up: the failed alert is sent again, with the message it was meant to carry
     (resent,) = resend_failed_alerts(drifted, "tiny")
     assert (resent.alert_id, resent.status, resent.attempts) == (outcome.alert_id, "sent", 1)
     assert receiver.bodies[-1]["audit_id"] == second.id

@@ -34,7 +34,7 @@ def test_db_commands_migrate_and_report(database_url):
 
 
 def test_demo_prints_a_working_url_with_schema_at_head(tmp_path):
-    result = run_t2c("demo", "--json", env_extra={"T2C_HOME": str(tmp_path / "home")})
+    result = run_t2c("db", "up", "--json", env_extra={"T2C_HOME": str(tmp_path / "home")})
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     assert payload["embedded"] and payload["schema_at_head"]

@@ -114,11 +114,11 @@ def test_server_without_pgvector_says_how_to_install_it(server_without_pgvector,
 
 
 def test_concurrent_demos_share_one_embedded_server(tmp_path):
-    """Two `t2c demo` processes at once: both succeed on one server and the schema is intact."""
+    """Two `t2c db up` processes at once: both succeed on one server and the schema is intact."""
     env = {**os.environ, "T2C_HOME": str(tmp_path / "state")}
     env.pop("T2C_DATABASE_URL", None)
     t2c = Path(sys.executable).parent / "t2c"
-    procs = [subprocess.Popen([t2c, "demo", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    procs = [subprocess.Popen([t2c, "db", "up", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
     for proc, (out, err) in zip(procs, outs):

@@ -1,4 +1,4 @@
-"""``t2c demo``: the embedded default, end to end."""
+"""``t2c demo``: a week of a monitored model in the shapes world, end to end."""
 
 from __future__ import annotations
 
@@ -11,29 +11,32 @@ def register(app: typer.Typer) -> None:
     app.command()(demo)
 
 
-def demo(as_json: bool = JsonOption) -> None:
-    """Start the database (embedded unless T2C_DATABASE_URL is set), migrate it, and show the state."""
-    from t2c_monitor.settings import get_settings
-    from t2c_monitor.store import migrate, open_database
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="the small world and fewer images (about a minute or two)"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the shapes world, fit the aligner, ingest a baseline and five days (one with a planted
+    shift), audit each day with alerts to a local webhook, and print what was flagged."""
+    from rich.table import Table
 
-    settings = get_settings()
+    from t2c_monitor.demo import run_demo
+
     with user_errors():
-        with console.status("starting the database and migrating to head"):
-            db = open_database(settings)
-        state = migrate.status(db.engine)
-    payload = {
-        "database_url": db.url,
-        "embedded": db.embedded,
-        "schema_revision": state.current,
-        "schema_at_head": state.at_head,
-        "home": str(settings.home),
-        "pgdata": str(settings.pgdata) if db.embedded else None,
-    }
+        result = run_demo(quick=quick, progress=not as_json,
+                          log=(lambda _: None) if as_json else (lambda m: console.print(m, highlight=False)))
     if as_json:
-        emit_json(payload)
+        emit_json(result.to_dict())
         return
-    where = f"embedded PostgreSQL in {settings.pgdata}" if db.embedded else "external PostgreSQL"
-    console.print(f"[green]database ready[/]: {where}")
-    console.print(f"  url:    {db.url}")
-    console.print(f"  schema: {state.current} (head: {state.head})")
-    console.print(f"  state:  {settings.home}")
+    table = Table("day", "images", "planted shift", "flagged concepts", "alerts", title="What the audits said")
+    for day in result.days:
+        table.add_row(day.batch, str(day.images), day.shift or "", ", ".join(day.flagged) or "[green]none[/]",
+                      ", ".join(day.alerts))
+    console.print(table)
+    for body in result.received:
+        console.print(f"[bold]webhook received[/] (audit {body['audit_id']}):\n{body['text']}", highlight=False)
+    reports = [d.report for d in result.days if d.flagged]
+    if reports:
+        console.print(f"open the report of the flagged day: {reports[0]}")
+    console.print(f"monitor file: {result.monitor_file}\ndatabase: {result.database_url}\n"
+                  f"next: `t2c audit history --monitor shapes --concept night`, `t2c alerts list --monitor shapes`, "
+                  f"`t2c serve` to run the schedules")

@@ -184,3 +184,8 @@ def concept_history(conn: Connection, monitor_id: int, concept: str, *, limit: i
     ).mappings().all()
     return [dict(r) for r in reversed(rows)]
 
+
+
+def delete_audits(conn: Connection, monitor_id: int) -> int:
+    """Delete a monitor's audits (with their results, alerts and reports); returns how many."""
+    return conn.execute(text("DELETE FROM audit WHERE monitor_id = :m"), {"m": monitor_id}).rowcount

@@ -57,6 +57,16 @@ def stored_uris(conn: Connection, batch_id: int) -> set[str]:
     return set(conn.execute(text("SELECT uri FROM image WHERE batch_id = :b"), {"b": batch_id}).scalars())
 
 
+def uris_held(conn: Connection, monitor_id: int, external_id: str, uris: list[str]) -> set[str]:
+    """Which of ``uris`` the monitor already holds: in another batch, or in batch ``external_id``
+    once it is stored (an unfinished one is still to be completed)."""
+    return set(conn.execute(
+        text("SELECT DISTINCT i.uri FROM image i JOIN batch b ON b.id = i.batch_id WHERE b.monitor_id = :m "
+             "AND (b.external_id <> :e OR b.status = 'stored') AND i.uri = ANY(:uris)"),
+        {"m": monitor_id, "e": external_id, "uris": list(uris)},
+    ).scalars())
+
+
 def _failure_counts(conn: Connection, batch_id: int) -> dict[str, int]:
     reasons = conn.execute(
         text("SELECT split_part(failure_reason, ':', 1) AS category, count(*) AS n FROM image "

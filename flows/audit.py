@@ -1,0 +1,102 @@
+"""The ``baseline`` and ``audit`` flows: thin compositions of ``t2c_monitor.audit`` and ``t2c_monitor.alerts``.
+
+    audit: send again the monitor's failed alerts -> audit the window (stored, report written)
+           -> alert the monitor's channels (quiet period, retries; failures recorded, never raised)
+
+The audit is stored before any alert is attempted, so a channel that is down never loses it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel, Field
+
+from flows.common import retry_on_io_error
+
+
+class BaselineParams(BaseModel):
+    monitor: str
+    batches: list[str] | None = Field(None, description="reference batch ids; default every stored batch")
+    last: int | None = Field(None, ge=1, description="or the last K stored batches")
+    reservoir: int | None = Field(None, ge=20, description="scores kept per concept; default the monitor's")
+    seed: int = 0
+
+
+class AuditParams(BaseModel):
+    monitor: str
+    last: int | None = Field(None, ge=1, description="the last K batches; default the monitor's audit window")
+    batches: list[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    alerts: bool = Field(True, description="alert the monitor's channels when concepts are flagged")
+
+
+def _database():
+    from t2c_monitor.store import open_database
+
+    return open_database(migrate_to_head=False)
+
+
+def _record(db, monitor: str):
+    from t2c_monitor.store.monitors import get_monitor
+
+    with db.session() as session:
+        return get_monitor(session, monitor)
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
+def build(params: BaselineParams) -> dict[str, Any]:
+    from t2c_monitor.audit import build_baseline
+    from t2c_monitor.monitors import AuditConfig
+
+    db = _database()
+    reservoir = params.reservoir or AuditConfig.model_validate(_record(db, params.monitor).config.get("audit", {})
+                                                               ).reservoir
+    return build_baseline(db, params.monitor, batches=params.batches, last=params.last, reservoir_size=reservoir,
+                          seed=params.seed).to_dict()
+
+
+@flow(name="baseline", log_prints=True)
+def baseline_flow(params: BaselineParams) -> dict[str, Any]:
+    summary = build(params)
+    get_run_logger().info(f"baseline {summary['id']} of {params.monitor}: {summary['n_images']} images from "
+                          f"{len(summary['batches'])} batches")
+    return summary
+
+
+@task
+def resend_failed(monitor: str) -> list[dict[str, Any]]:
+    from t2c_monitor.alerts import resend_failed_alerts
+
+    return [o.to_dict() for o in resend_failed_alerts(_database(), monitor, log=get_run_logger().info)]
+
+
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
+def audit_window(params: AuditParams) -> Any:
+    from t2c_monitor.audit import run_audit
+    from t2c_monitor.settings import get_settings
+
+    return run_audit(_database(), params.monitor, last=params.last, batches=params.batches, since=params.since,
+                     until=params.until, report_dir=get_settings().reports_dir)
+
+
+@task
+def alert(summary: Any) -> list[dict[str, Any]]:
+    from t2c_monitor.alerts import alert_audit
+
+    return [o.to_dict() for o in alert_audit(_database(), summary, log=get_run_logger().info)]
+
+
+@flow(name="audit", log_prints=True)
+def audit_flow(params: AuditParams) -> dict[str, Any]:
+    logger = get_run_logger()
+    resent = resend_failed(params.monitor) if params.alerts else []
+    summary = audit_window(params)
+    flagged = ", ".join(f"{f['name']} ({'more' if f['direction'] > 0 else 'less'})" for f in summary.flagged)
+    logger.info(f"audit {summary.id} of {params.monitor} ({summary.window_text()}): "
+                + (f"flagged {flagged}" if flagged else "no concept shifted") + f"; report {summary.report}")
+    outcomes = alert(summary) if params.alerts else []
+    return {**summary.to_dict(), "alerts": outcomes, "resent": resent}

@@ -1,0 +1,148 @@
+"""The baseline, audit and inbox flows under real Prefect runs, and the deployments the monitors'
+schedules make (applied to a real Prefect API, and written as prefect.yaml)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+import yaml
+from conftest import apply_tiny, write_images
+from sqlalchemy import text
+
+from t2c_monitor.errors import ConfigError
+
+
+def test_baseline_and_audit_flows_store_report_and_alert(prefect_harness, monitored, tiny_monitor_dir, tmp_path):
+    from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
+
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", audit={"last": 1, "reservoir": 100},
+               alerts={"channels": ["log"]}, channels={"log": {"type": "file", "path": "alerts.jsonl"}})
+    baseline = baseline_flow(BaselineParams(monitor="tiny", batches=["ref-1", "ref-2"]))
+    assert (baseline["n_images"], baseline["n_sampled"]) == (120, 100), "the monitor's reservoir size is used"
+
+    result = audit_flow(AuditParams(monitor="tiny"))  # the monitor's window: its last batch, "dark"
+    assert result["batches"] == ["dark"] and result["flagged"]
+    assert [a["status"] for a in result["alerts"]] == ["sent"]
+    (line,) = (tmp_path / "config" / "alerts.jsonl").read_text().splitlines()
+    assert json.loads(line)["audit_id"] == result["id"] and json.loads(line)["report"] == result["report"]
+
+    page = (tmp_path / "t2c-home" / "reports" / "tiny" / f"audit-{result['id']}" / "index.html")
+    assert result["report"] == str(page)
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") >= 3, "KS chart, distributions and example thumbnails"
+    assert f"Monitor tiny: {len(result['flagged'])} concept" in html and result["flagged"][0]["name"] in html
+    with monitored.engine.connect() as conn:
+        assert conn.execute(text("SELECT path FROM report WHERE audit_id = :a"), {"a": result["id"]}).scalar() == \
+            str(page)
+
+    quiet = audit_flow(AuditParams(monitor="tiny", batches=["clean"], alerts=False))
+    assert quiet["alerts"] == [] and quiet["batches"] == ["clean"]
+
+
+def test_audit_flow_on_a_time_window_and_its_refusals(prefect_harness, monitored, tiny_monitor_dir, tmp_path):
+    from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
+
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", audit={"window": "1h"})
+    with pytest.raises(ConfigError, match="has no baseline yet"):
+        audit_flow(AuditParams(monitor="tiny"))
+    baseline_flow(BaselineParams(monitor="tiny", batches=["ref-1", "ref-2"]))
+    result = audit_flow(AuditParams(monitor="tiny"))  # every batch received in the last hour but the baseline's
+    assert result["batches"] == ["clean", "dark"] and result["since"] is not None
+
+    # a new bank makes the baseline stale: the audit is refused, saying how to fix it
+    bank = tmp_path / "bank.yaml"
+    bank.write_text((tiny_monitor_dir / "bank.yaml").read_text() + "  - a tree\n")
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config2", bank=str(bank))
+    with pytest.raises(ConfigError, match="build a new baseline with `t2c baseline build --monitor tiny"):
+        audit_flow(AuditParams(monitor="tiny"))
+
+
+def test_inbox_flow_ingests_only_new_files(prefect_harness, applied_monitor, tmp_path):
+    from flows.ingest import InboxParams, ingest_inbox_flow
+
+    inbox = tmp_path / "inbox"
+    write_images(inbox / "morning", 6, seed=1)
+    params = InboxParams(source=str(inbox), monitor="tiny", interval_s=3600)
+    first = ingest_inbox_flow(params)
+    assert first["n_ok"] == 6 and first["external_id"].startswith("inbox-")
+    assert ingest_inbox_flow(params)["status"] == "nothing new"
+
+    write_images(inbox / "noon", 4, seed=2)
+    second = ingest_inbox_flow(InboxParams(source=str(inbox), monitor="tiny", interval_s=1))  # a new interval
+    assert second["n_ok"] == 4 and second["external_id"] != first["external_id"]
+    with applied_monitor.engine.connect() as conn:
+        counts = conn.execute(text("SELECT count(*), count(DISTINCT uri) FROM image")).one()
+    assert tuple(counts) == (10, 10), "every file stored once"
+
+
+def _schedules_config(tmp_path):
+    from t2c_monitor.monitors import parse_monitors
+
+    (config,) = parse_monitors({"monitors": [{
+        "name": "shapes", "encoder": "timm:resnet18", "clip": "open_clip:ViT-B-32", "aligner": "aligner",
+        "bank": "bank.yaml",
+        "schedules": {"audit_cron": "15 6 * * 1-5", "timezone": "Europe/Berlin", "inbox": str(tmp_path / "inbox"),
+                      "ingest_interval": "10m"}}]}, base=tmp_path)
+    return config
+
+
+def test_deployments_carry_the_configured_cron_and_interval(prefect_harness, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import monitor_deployments
+
+    audit, inbox = monitor_deployments(_schedules_config(tmp_path))
+    ids = {d.name: d.apply() for d in (audit, inbox)}
+
+    async def read():
+        async with get_client() as client:
+            return {name: await client.read_deployment(i) for name, i in ids.items()}
+
+    import asyncio
+
+    stored = asyncio.run(read())
+    cron = stored["audit-shapes"].schedules[0].schedule
+    assert (cron.cron, cron.timezone) == ("15 6 * * 1-5", "Europe/Berlin")
+    assert stored["audit-shapes"].parameters == {"params": {"monitor": "shapes"}}
+    interval = stored["ingest-shapes"].schedules[0].schedule
+    assert interval.interval == timedelta(minutes=10)
+    assert stored["ingest-shapes"].parameters["params"] == {"monitor": "shapes", "source": str(tmp_path / "inbox"),
+                                                            "interval_s": 600.0}
+
+
+def test_prefect_yaml_declares_the_same_deployments_for_a_work_pool(tmp_path):
+    from flows.deployments import prefect_yaml
+
+    document = prefect_yaml([_schedules_config(tmp_path)], work_pool="gpu-pool")
+    names = [(d["name"], d["entrypoint"], d["work_pool"]["name"]) for d in document["deployments"]]
+    assert names == [("audit-shapes", "flows/audit.py:audit_flow", "gpu-pool"),
+                     ("ingest-shapes", "flows/ingest.py:ingest_inbox_flow", "gpu-pool")]
+    assert document["deployments"][0]["schedules"] == [{"cron": "15 6 * * 1-5", "timezone": "Europe/Berlin"}]
+
+
+def test_checked_in_prefect_yaml_matches_the_demo_monitor(repo_root, tmp_path):
+    """prefect.yaml at the top of the repository is what `t2c deployments prefect-yaml` makes of the
+    demo's monitor file, and its entrypoints name real flows."""
+    import importlib
+
+    from flows.deployments import prefect_yaml
+    from t2c_monitor.demo import demo_monitor_document
+    from t2c_monitor.monitors import parse_monitors
+
+    checked_in = yaml.safe_load((repo_root / "prefect.yaml").read_text())
+    document = demo_monitor_document(encoder="timm:t2c_world_resnet", clip="open_clip:ViT-B-32", aligner="aligner",
+                                     bank="bank.yaml")
+    configs = parse_monitors(document, base=tmp_path)
+    assert checked_in["deployments"] == prefect_yaml(configs)["deployments"]
+    for deployment in checked_in["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        assert callable(getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name))
+
+
+def test_serve_refuses_monitors_without_schedules(applied_monitor):
+    from flows.deployments import serve_monitors
+
+    with pytest.raises(ConfigError, match="No recorded monitor has schedules"):
+        serve_monitors(["tiny"])
