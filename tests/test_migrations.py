@@ -146,6 +146,7 @@ def test_constraints_protect_the_data(engine):
     insert_image(sha256="c" * 64, status="failed", embedding=None, dim=None, failure_reason="duplicate of a.png")
     with pytest.raises(IntegrityError, match="uq_image_batch_id_uri"):
         insert_image(uri="a.png", sha256="e" * 64)
-    with pytest.raises(IntegrityError, match="ck_batch_status"):
-        with Session(engine) as session, session.begin():
-            session.add(m.Batch(monitor_id=ids["monitor_id"], external_id="d2", source_uri="x", status="lost"))
+    with pytest.raises(IntegrityError, match="fk_image_batch_id_batch"):  # an image of another monitor's batch
+        insert_image(uri="y.png", sha256="f" * 64, monitor_id=ids["monitor_id"] + 1)
+    with pytest.raises(IntegrityError, match="ck_batch_status"), Session(engine) as session, session.begin():
+        session.add(m.Batch(monitor_id=ids["monitor_id"], external_id="d2", source_uri="x", status="lost"))

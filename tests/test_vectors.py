@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import insert_monitor_rows
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from conftest import insert_monitor_rows
 from t2c_monitor.store import models as m
 from t2c_monitor.store.vectors import ensure_hnsw_index, nearest_images
 

@@ -16,20 +16,21 @@ Relationships load with ``lazy="raise"``: every query says what it needs.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    REAL,
     BigInteger,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
     MetaData,
-    REAL,
     SmallInteger,
     String,
     Text,
@@ -52,6 +53,7 @@ BATCH_STATUSES = ("pending", "embedding", "stored", "failed")
 IMAGE_STATUSES = ("ok", "failed")
 AUDIT_STATUSES = ("running", "done", "failed")
 ALERT_STATUSES = ("pending", "sent", "failed", "suppressed")
+IMAGE_TOAST_TUPLE_TARGET = 8160  # PostgreSQL's maximum: move a vector out of line only when the row needs it
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -60,7 +62,7 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB, list[Any]: JSONB}
 
 
 def _created() -> Mapped[datetime]:
@@ -179,6 +181,7 @@ class Batch(Base):
     __tablename__ = "batch"
     __table_args__ = (
         UniqueConstraint("monitor_id", "external_id"),
+        UniqueConstraint("id", "monitor_id"),  # what image's (batch_id, monitor_id) foreign key points at
         CheckConstraint(_one_of("status", BATCH_STATUSES), name="status"),
     )
 
@@ -197,10 +200,19 @@ class Batch(Base):
 
 
 class Image(Base):
-    """One image of a batch: its aligned vector, or the reason it failed."""
+    """One image of a batch: its aligned vector, or the reason it failed.
+
+    Written in bulk (``store.images``), so each per-row check counts. ``monitor_id`` is the batch's
+    monitor, kept for queries by monitor: one foreign key on (batch_id, monitor_id) checks both and
+    that they agree (two keys cost two lookups a row and let an image name another batch's monitor).
+    Vectors stay in the row (``toast_tuple_target``): pgvector stores them uncompressed, and a 512-d
+    vector is just over the default 2 kB threshold, so each row also went to the TOAST table and
+    its index. Only vectors too wide for a page (near 2,000-d) still move out of line.
+    """
 
     __tablename__ = "image"
     __table_args__ = (
+        ForeignKeyConstraint(["batch_id", "monitor_id"], ["batch.id", "batch.monitor_id"], ondelete="CASCADE"),
         UniqueConstraint("batch_id", "uri"),
         Index(
             "uq_image_batch_id_sha256_ok",
@@ -215,11 +227,12 @@ class Image(Base):
             "(status = 'ok') = (embedding IS NOT NULL AND failure_reason IS NULL)", name="ok_has_embedding"
         ),
         CheckConstraint("embedding IS NULL OR vector_dims(embedding) = dim", name="embedding_dim"),
+        {"postgresql_with": {"toast_tuple_target": IMAGE_TOAST_TUPLE_TARGET}},
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
-    monitor_id: Mapped[int] = mapped_column(ForeignKey("monitor.id", ondelete="CASCADE"))
+    batch_id: Mapped[int] = mapped_column(Integer)
+    monitor_id: Mapped[int] = mapped_column(Integer)
     uri: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
     width: Mapped[int | None] = mapped_column(Integer)
