@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from conftest import insert_monitor_rows
 from sqlalchemy import text
 
-from conftest import insert_monitor_rows
 from t2c_monitor.store import copy
 from t2c_monitor.store.images import ImageChunk, store_chunk
 
@@ -17,7 +17,7 @@ def test_every_column_type_round_trips(engine):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((3, 7)).astype(np.float32)
     arrays = rng.standard_normal((2, 5)).astype(np.float32)
-    when = [datetime(2026, 11, 22, 9, 30, 15, 123456, tzinfo=timezone.utc), None,
+    when = [datetime(2026, 11, 22, 9, 30, 15, 123456, tzinfo=UTC), None,
             datetime(1999, 12, 31, 23, 59, 59)]  # naive: taken as UTC; before the PG epoch
     with engine.begin() as conn:
         conn.execute(text(
@@ -38,7 +38,7 @@ def test_every_column_type_round_trips(engine):
     assert [r.s for r in rows] == ["plain", None, "ünïcödé ✓"]
     assert [r.j for r in rows] == [{"a": [1, 2]}, None, {"k": "ü"}]
     assert rows[0].ts == when[0] and rows[1].ts is None
-    assert rows[2].ts == when[2].replace(tzinfo=timezone.utc)
+    assert rows[2].ts == when[2].replace(tzinfo=UTC)
     back = np.array([[float(x) for x in r.v.strip("[]").split(",")] for r in rows], dtype=np.float32)
     np.testing.assert_array_equal(back, vectors)
     np.testing.assert_array_equal(np.array(rows[0].r, dtype=np.float32), arrays[0])
@@ -72,7 +72,7 @@ def _chunk(n: int, fail_every: int = 4, seed: int = 0) -> ImageChunk:
         sha256=[f"{i:064x}" for i in range(n)],
         width=[64] * n, height=[48] * n, n_bytes=[1000 + i for i in range(n)],
         meta=[{"camera": i % 3} for i in range(n)],
-        captured_at=[datetime(2026, 11, 1, tzinfo=timezone.utc) + timedelta(minutes=i) for i in range(n)],
+        captured_at=[datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=i) for i in range(n)],
     )
 
 
@@ -124,10 +124,9 @@ def test_rerun_and_resume_store_nothing_twice(engine, monitor):
 
 def test_a_failed_chunk_leaves_nothing_behind(engine, monitor):
     chunk = _chunk(8)
-    with pytest.raises(Exception):
-        with engine.begin() as conn:
-            store_chunk(conn, chunk=chunk, **monitor)
-            raise RuntimeError("killed mid-chunk")
+    with pytest.raises(RuntimeError, match="killed mid-chunk"), engine.begin() as conn:
+        store_chunk(conn, chunk=chunk, **monitor)
+        raise RuntimeError("killed mid-chunk")
     assert _counts(engine) == (0, 0, 0)
     with engine.begin() as conn:  # the staging tables are clean for the next chunk on this connection
         counts = store_chunk(conn, chunk=chunk, **monitor)
@@ -170,7 +169,7 @@ def test_two_racing_runs_of_one_batch_store_each_image_once(engine, monitor):
             with engine.begin() as conn:
                 barrier.wait()
                 store_chunk(conn, chunk=chunk, **monitor)
-        except BaseException as exc:  # surfaced below
+        except BaseException as exc:  # noqa: BLE001  surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
@@ -199,3 +198,50 @@ def test_read_matrix_returns_what_copy_wrote(engine):
         conn.execute(text("INSERT INTO m VALUES (99, '[1,2]', '{1,2}')"))
         with pytest.raises(ValueError, match="different lengths"):
             read_matrix(conn, "SELECT v FROM m")
+
+
+def test_copy_blocks_streams_every_block_in_order(engine):
+    def block(lo: int, hi: int) -> list[copy.Column]:
+        return [copy.int_column("i", list(range(lo, hi))),
+                copy.vector_column("v", np.arange(lo, hi, dtype=np.float32)[:, None].repeat(3, axis=1))]
+
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE b (i int, v vector)"))
+        assert copy.copy_blocks(conn, "b", (block(lo, hi) for lo, hi in [(0, 0), (0, 3), (3, 3), (3, 5)])) == 5
+        assert copy.copy_blocks(conn, "b", iter([])) == 0
+        rows = conn.execute(text("SELECT i, v::text AS v FROM b")).all()
+    assert [(r.i, r.v) for r in rows] == [(i, f"[{i},{i},{i}]") for i in range(5)]
+
+
+def test_chunks_longer_than_a_block_store_the_right_vector_and_scores_on_each_row(engine, monitor):
+    """Rows are encoded a block at a time; failures, skipped rows and block edges must not shift them."""
+    n = 700
+    rng = np.random.default_rng(7)
+    reasons = [f"truncated: {i}" if i < 300 or i % 5 == 0 else None for i in range(n)]  # first blocks all failed
+    n_ok = sum(r is None for r in reasons)
+    chunk = ImageChunk(
+        uris=[f"/inbox/{i:04d}.png" for i in range(n)], failure_reason=reasons,
+        embeddings=rng.standard_normal((n_ok, 16)).astype(np.float32), scores=rng.random((n_ok, 5)).astype(np.float32),
+        sha256=[f"{i:064x}" for i in range(n)], meta=[{"i": i} for i in range(n)],
+    )
+    ok_uris = [u for u, r in zip(chunk.uris, reasons) if r is None]
+    half = ImageChunk(  # a run killed half way stored the first 450
+        uris=chunk.uris[:450], failure_reason=reasons[:450], embeddings=chunk.embeddings[: sum(r is None for r in reasons[:450])],
+        scores=chunk.scores[: sum(r is None for r in reasons[:450])], sha256=chunk.sha256[:450], meta=chunk.meta[:450],
+    )
+    with engine.begin() as conn:
+        store_chunk(conn, chunk=half, **monitor)
+    with engine.begin() as conn:
+        counts = store_chunk(conn, chunk=chunk, **monitor)
+    assert (counts.ok, counts.failed, counts.skipped) == (sum(r is None for r in reasons[450:]), 250 - 200, 450)
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT i.uri, i.meta, i.embedding::text AS v, s.scores FROM image i JOIN image_score s ON s.image_id = i.id "
+            "ORDER BY i.uri"
+        )).all()
+    assert [r.uri for r in rows] == ok_uris
+    assert [r.meta for r in rows] == [m for m, r in zip(chunk.meta, reasons) if r is None]
+    stored = np.array([[float(x) for x in r.v.strip("[]").split(",")] for r in rows], dtype=np.float32)
+    np.testing.assert_array_equal(stored, chunk.embeddings)
+    np.testing.assert_array_equal(np.array([r.scores for r in rows], dtype=np.float32), chunk.scores)
+    assert _counts(engine) == (n_ok, n - n_ok, n_ok)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,10 @@ from sqlalchemy.exc import DBAPIError
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _FLOAT4_OID = 700
+_JSON = json.JSONEncoder(default=str)  # one encoder for every row: json.dumps(default=...) builds one per call
+_COPY_BLOCK = 1 << 18  # bytes handed to libpq per call while streaming a COPY
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,14 @@ def _fixed(values: np.ndarray, dtype: str) -> list[bytes]:
     return [raw[i : i + step] for i in range(0, len(raw), step)]
 
 
-def _numbers(name: str, values: Sequence[Any], dtype: str, fill: Any) -> Column:
-    if not any(v is None for v in values):
+def _numbers(name: str, values: Sequence[Any] | np.ndarray, dtype: str, fill: Any) -> Column:
+    if isinstance(values, np.ndarray) and values.dtype != object or not any(v is None for v in values):
         return Column(name, _fixed(np.asarray(values), dtype))
     filled = _fixed(np.asarray([fill if v is None else v for v in values]), dtype)
     return Column(name, [_NULL if v is None else f for v, f in zip(values, filled)])
 
 
-def int_column(name: str, values: Sequence[int | None], *, bits: int = 32) -> Column:
+def int_column(name: str, values: Sequence[int | None] | np.ndarray, *, bits: int = 32) -> Column:
     """smallint (16), integer (32) or bigint (64) values; None is NULL."""
     dtypes = {16: ">i2", 32: ">i4", 64: ">i8"}
     if bits not in dtypes:
@@ -86,7 +88,7 @@ def jsonb_column(name: str, values: Sequence[Any]) -> Column:
     """jsonb's binary format is a version byte (1) followed by the JSON text."""
     return Column(
         name,
-        [_NULL if v is None else _varlen(b"\x01" + json.dumps(v, default=str).encode("utf-8")) for v in values],
+        [_NULL if v is None else _varlen(b"\x01" + _JSON.encode(v).encode("utf-8")) for v in values],
     )
 
 
@@ -94,7 +96,7 @@ def timestamptz_column(name: str, values: Sequence[datetime | None]) -> Column:
     """timestamptz is int64 microseconds since 2000-01-01 UTC; naive datetimes are taken as UTC."""
 
     def micros(value: datetime) -> int:
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         delta = aware - _PG_EPOCH
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -151,33 +153,82 @@ def _expand(fields: list[bytes], present: np.ndarray | None) -> list[bytes]:
     return [next(it) if p else _NULL for p in present]
 
 
-def encode(columns: Sequence[Column]) -> bytes:
-    """The whole COPY stream for ``columns`` (all of the same length)."""
+def _rows(columns: Sequence[Column]) -> bytes:
+    """The rows of ``columns`` (all of the same length) as COPY data, without header or trailer.
+
+    The fields are interleaved by list slicing and joined once, so each byte is copied once.
+    """
     lengths = {len(c.fields) for c in columns}
     if len(lengths) > 1:
         raise ValueError(f"columns have different lengths: { {c.name: len(c.fields) for c in columns} }")
-    count = len(columns).to_bytes(2, "big")
-    body = b"".join(count + b"".join(row) for row in zip(*(c.fields for c in columns)))
-    return _SIGNATURE + body + _TRAILER
+    n, width = (lengths.pop() if lengths else 0), len(columns) + 1
+    parts: list[bytes] = [b""] * (n * width)
+    parts[0::width] = [len(columns).to_bytes(2, "big")] * n
+    for j, column in enumerate(columns, start=1):
+        parts[j::width] = column.fields
+    return b"".join(parts)
+
+
+def encode(columns: Sequence[Column]) -> bytes:
+    """The whole COPY stream for ``columns`` (all of the same length)."""
+    return _SIGNATURE + _rows(columns) + _TRAILER
+
+
+class _Stream(io.RawIOBase):
+    """The COPY stream of successive blocks of rows, each encoded only when libpq asks for more.
+
+    libpq sends while the server stores, so Python encodes the next block while the server stores
+    the previous one, instead of encoding everything first and then waiting for the server.
+    """
+
+    def __init__(self, first: Sequence[Column], rest: Iterator[Sequence[Column]]) -> None:
+        self.names = [c.name for c in first]
+        self.rows = len(first[0].fields)
+        self._pending: list[bytes] = [_SIGNATURE, _rows(first)]
+        self._rest: Iterator[Sequence[Column]] | None = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._pending and self._rest is not None:
+            block = next(self._rest, None)
+            if block is None:
+                self._pending, self._rest = [_TRAILER], None
+            elif [c.name for c in block] != self.names:
+                raise ValueError(f"every block must have the columns {self.names}, got {[c.name for c in block]}")
+            else:
+                self._pending.append(_rows(block))
+                self.rows += len(block[0].fields)
+        return self._pending.pop(0) if self._pending else b""
 
 
 def copy_into(conn: Connection, table: str, columns: Sequence[Column]) -> int:
     """COPY the rows of ``columns`` into ``table`` on ``conn``'s transaction; returns the row count."""
     if not columns:
         raise ValueError("columns must not be empty")
-    n = len(columns[0].fields)
-    if n == 0:
+    return copy_blocks(conn, table, [columns])
+
+
+def copy_blocks(conn: Connection, table: str, blocks: Iterable[Sequence[Column]]) -> int:
+    """COPY rows given as successive blocks of columns (the same columns in each) into ``table``
+    on ``conn``'s transaction; returns the row count. Each block is built only once the previous
+    one is sent, so a generator of blocks overlaps Python's work with the server's."""
+    rest = (block for block in blocks if block and len(block[0].fields))
+    first = next(rest, None)
+    if first is None:
         return 0
-    names = ", ".join(f'"{c.name}"' for c in columns)
+    stream = _Stream(first, rest)
+    names = ", ".join(f'"{name}"' for name in stream.names)
     statement = f"COPY {table} ({names}) FROM STDIN WITH (FORMAT BINARY)"
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.copy_expert(statement, io.BytesIO(encode(columns)))
+        cursor.copy_expert(statement, stream, size=_COPY_BLOCK)
     except psycopg2.Error as exc:  # raise what every other store call raises
         raise DBAPIError.instance(statement, None, exc, psycopg2.Error) from None
     finally:
         cursor.close()
-    return n
+    return stream.rows
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Storing ingested images and their concept scores, exactly once, by binary COPY.
 
-Before a chunk is written, the URIs the batch already holds are dropped from it, and an image
-whose content (sha256) the batch already holds as ok, or that repeats earlier in the chunk, is
-recorded as a failed duplicate naming the first copy. What remains goes straight into ``image`` and
-``image_score`` by binary COPY with ids taken from the sequence beforehand. Rerunning a batch, or
-finishing one that was killed half way, therefore stores nothing twice; the unique constraints are
-the backstop when two runs of one batch race (the chunk is re-filtered and written again). Each
-chunk is one transaction of the caller's.
+A chunk goes straight into ``image`` and ``image_score`` by binary COPY, with ids taken from the
+sequence beforehand; an image that repeats the content (sha256) of one earlier in the chunk is
+recorded as a failed duplicate naming the first copy. The batch's unique constraints on URI and on
+the content of ok images see anything the batch already holds (a rerun, a run killed half way, a
+second run racing this one): the write is then undone to a savepoint, the URIs the batch holds are
+dropped from the chunk, images whose content it holds as ok become failed duplicates, and the rest
+is written again. A fresh chunk thus costs no lookups, and nothing is stored twice. Each chunk is
+one transaction of the caller's.
 """
 
 from __future__ import annotations
@@ -106,64 +107,97 @@ def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: in
     """Store ``chunk`` in ``conn``'s transaction; images already stored for the batch are skipped."""
     if chunk.scores is not None and chunk.n_ok and bank_id is None:
         raise ValueError("bank_id is required when the chunk has scores")
-    for attempt in range(3):
+    if not chunk.uris:
+        return StoredCounts(0, 0, 0, 0)
+    conn.execute(text("SET LOCAL synchronous_commit = off"))  # see the module docstring
+    stored: tuple[set[str], dict[str, str]] = (set(), {})  # first, as if the batch held none of it
+    for attempt in range(_ATTEMPTS):
         try:
             with conn.begin_nested():
-                return _write(conn, batch_id, monitor_id, bank_id, chunk)
-        except IntegrityError:
-            if attempt == 2:  # not a race with another run: a real conflict to report
+                return _write(conn, batch_id, monitor_id, bank_id, chunk, *stored)
+        except IntegrityError as exc:
+            # a unique constraint saw an image the batch holds (a rerun, or a run racing this one):
+            # filter against what it holds now and write again; anything else is a real error
+            if getattr(exc.orig, "pgcode", None) != _UNIQUE_VIOLATION or attempt == _ATTEMPTS - 1:
                 raise
+        stored = _already_stored(conn, batch_id, chunk)
     raise AssertionError("unreachable")
 
 
-def _write(conn: Connection, batch_id: int, monitor_id: int, bank_id: int | None, chunk: ImageChunk) -> StoredCounts:
+_UNIQUE_VIOLATION = "23505"
+_ATTEMPTS = 4  # the first write, then up to three after looking at what the batch holds
+
+
+def _new_ids(conn: Connection, n: int) -> np.ndarray:
+    """``n`` ids from image's sequence, taken before the COPY so that scores can name their image."""
+    ids = conn.execute(
+        text("SELECT array_agg(nextval(s)) FROM CAST(pg_get_serial_sequence('image', 'id') AS regclass) AS s, "
+             "generate_series(1, :n)"),
+        {"n": n},
+    ).scalar_one()
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _write(conn: Connection, batch_id: int, monitor_id: int, bank_id: int | None, chunk: ImageChunk,
+           stored_uris: set[str], stored_content: dict[str, str]) -> StoredCounts:
     n = len(chunk.uris)
-    if n == 0:
-        return StoredCounts(0, 0, 0, 0)
-    keep, reasons = _new_rows(chunk, *_already_stored(conn, batch_id, chunk))
+    keep, reasons = _new_rows(chunk, stored_uris, stored_content)
     if not keep:
         return StoredCounts(0, 0, n, 0)
-    was_ok = chunk.ok
-    ok_row = np.cumsum(was_ok) - 1  # row of each ok image in embeddings / scores
-    ok_now = np.array([r is None for r in reasons], dtype=bool)
-    rows_ok = np.array([ok_row[i] for i, o in zip(keep, ok_now) if o], dtype=np.int64)
-    embeddings = chunk.embeddings[rows_ok]
-    dim = chunk.embeddings.shape[1]
-    ids = conn.execute(
-        text("SELECT nextval(pg_get_serial_sequence('image', 'id')) FROM generate_series(1, :n)"), {"n": len(keep)}
-    ).scalars().all()
-    pick = lambda values: [values[i] for i in keep]  # noqa: E731
-    copy.copy_into(
-        conn,
-        "image",
-        [
-            copy.int_column("id", ids, bits=64),
-            copy.int_column("batch_id", [batch_id] * len(keep)),
-            copy.int_column("monitor_id", [monitor_id] * len(keep)),
-            copy.text_column("uri", pick(chunk.uris)),
-            copy.text_column("sha256", pick(chunk.sha256)),
-            copy.int_column("width", pick(chunk.width)),
-            copy.int_column("height", pick(chunk.height)),
-            copy.int_column("n_bytes", pick(chunk.n_bytes), bits=64),
-            copy.jsonb_column("meta", pick(chunk.meta)),
-            copy.timestamptz_column("captured_at", pick(chunk.captured_at)),
-            copy.text_column("status", ["ok" if o else "failed" for o in ok_now]),
-            copy.text_column("failure_reason", reasons),
-            copy.int_column("dim", [dim if o else None for o in ok_now]),
-            copy.vector_column("embedding", embeddings, present=ok_now),
-        ],
-    )
+    rows = _Rows(chunk, keep, reasons, _new_ids(conn, len(keep)))
+    copy.copy_blocks(conn, "image", (rows.image_columns(block, batch_id, monitor_id) for block in rows.blocks()))
     n_scores = 0
-    if chunk.scores is not None and len(rows_ok):
-        ok_ids = [i for i, o in zip(ids, ok_now) if o]
-        n_scores = copy.copy_into(
-            conn,
-            "image_score",
-            [
-                copy.int_column("image_id", ok_ids, bits=64),
-                copy.int_column("bank_id", [bank_id] * len(ok_ids)),
-                copy.real_array_column("scores", chunk.scores[rows_ok]),
-            ],
-        )
-    n_ok = int(ok_now.sum())
-    return StoredCounts(ok=n_ok, failed=len(keep) - n_ok, skipped=n - len(keep), scores=n_scores)
+    if chunk.scores is not None and rows.n_ok:
+        n_scores = copy.copy_blocks(conn, "image_score", (rows.score_columns(block, bank_id) for block in rows.blocks()))
+    return StoredCounts(ok=rows.n_ok, failed=len(keep) - rows.n_ok, skipped=n - len(keep), scores=n_scores)
+
+
+_BLOCK_ROWS = 256  # rows encoded at a time while the server stores the previous ones
+
+
+class _Rows:
+    """The rows of a chunk to write (``keep``), with their ids, as COPY columns block by block."""
+
+    def __init__(self, chunk: ImageChunk, keep: list[int], reasons: list[str | None], ids: np.ndarray) -> None:
+        self.chunk, self.keep, self.reasons, self.ids = chunk, keep, reasons, ids
+        self.ok = np.array([r is None for r in reasons], dtype=bool)
+        self.n_ok = int(self.ok.sum())
+        kept = np.asarray(keep, dtype=np.int64)
+        self.vector_row = np.cumsum(chunk.ok)[kept] - 1  # row in embeddings / scores, where ok
+
+    def blocks(self) -> list[slice]:
+        return [slice(lo, lo + _BLOCK_ROWS) for lo in range(0, len(self.keep), _BLOCK_ROWS)]
+
+    def _pick(self, values: list[Any], block: slice) -> list[Any]:
+        if len(self.keep) == len(self.chunk.uris):  # nothing dropped: rows are the chunk's own
+            return values[block]
+        return [values[i] for i in self.keep[block]]
+
+    def image_columns(self, block: slice, batch_id: int, monitor_id: int) -> list[copy.Column]:
+        chunk, ok = self.chunk, self.ok[block]
+        n, dim = len(ok), chunk.embeddings.shape[1]
+        return [
+            copy.int_column("id", self.ids[block], bits=64),
+            copy.int_column("batch_id", np.full(n, batch_id)),
+            copy.int_column("monitor_id", np.full(n, monitor_id)),
+            copy.text_column("uri", self._pick(chunk.uris, block)),
+            copy.text_column("sha256", self._pick(chunk.sha256, block)),
+            copy.int_column("width", self._pick(chunk.width, block)),
+            copy.int_column("height", self._pick(chunk.height, block)),
+            copy.int_column("n_bytes", self._pick(chunk.n_bytes, block), bits=64),
+            copy.jsonb_column("meta", self._pick(chunk.meta, block)),
+            copy.timestamptz_column("captured_at", self._pick(chunk.captured_at, block)),
+            copy.text_column("status", ["ok" if o else "failed" for o in ok]),
+            copy.text_column("failure_reason", self.reasons[block]),
+            copy.int_column("dim", [dim if o else None for o in ok]),
+            copy.vector_column("embedding", chunk.embeddings[self.vector_row[block][ok]], present=ok),
+        ]
+
+    def score_columns(self, block: slice, bank_id: int | None) -> list[copy.Column]:
+        ok = self.ok[block]
+        rows = self.vector_row[block][ok]
+        return [
+            copy.int_column("image_id", self.ids[block][ok], bits=64),
+            copy.int_column("bank_id", np.full(len(rows), bank_id)),
+            copy.real_array_column("scores", self.chunk.scores[rows]),
+        ]
