@@ -46,6 +46,14 @@ def test_every_column_type_round_trips(engine):
     np.testing.assert_array_equal(np.array(rows[2].r, dtype=np.float32), arrays[1])
 
 
+def test_json_values_round_trip_whatever_their_text(engine):
+    values = [{"a": [1, 2]}, None, {}, [], {"s": 'x, "y", ', "t": "\\u0000"}, "plain", 3, {"k": "ü ✓"}, [{"n": None}]]
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE j (i int, j jsonb)"))
+        copy.copy_into(conn, "j", [copy.int_column("i", list(range(len(values)))), copy.jsonb_column("j", values)])
+        assert conn.execute(text("SELECT j FROM j ORDER BY i")).scalars().all() == values
+
+
 def test_mismatched_columns_are_refused():
     with pytest.raises(ValueError, match="different lengths"):
         copy.encode([copy.int_column("a", [1, 2]), copy.int_column("b", [1])])

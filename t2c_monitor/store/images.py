@@ -8,6 +8,11 @@ second run racing this one): the write is then undone to a savepoint, the URIs t
 dropped from the chunk, images whose content it holds as ok become failed duplicates, and the rest
 is written again. A fresh chunk thus costs no lookups, and nothing is stored twice. Each chunk is
 one transaction of the caller's.
+
+That transaction commits without waiting for the disk (``synchronous_commit`` off for it alone): a
+crash of the server may lose the last chunks committed, whole, never part of one, and a rerun
+stores them. The write-ahead log is flushed in order, so the ordinary commit that marks the batch
+stored (``batches.finish_batch``) makes every chunk before it durable.
 """
 
 from __future__ import annotations
@@ -109,7 +114,7 @@ def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: in
         raise ValueError("bank_id is required when the chunk has scores")
     if not chunk.uris:
         return StoredCounts(0, 0, 0, 0)
-    conn.execute(text("SET LOCAL synchronous_commit = off"))  # see the module docstring
+    conn.execute(text("SET LOCAL synchronous_commit = off"))  # durable with the batch: see the module docstring
     stored: tuple[set[str], dict[str, str]] = (set(), {})  # first, as if the batch held none of it
     for attempt in range(_ATTEMPTS):
         try:
