@@ -2,11 +2,17 @@
 
 The same rows (512-d unit vectors with concept scores and metadata) go into a fresh database
 through each path, on a throwaway embedded PostgreSQL. The COPY path is the production one
-(`store.images.store_chunk`: staging tables, ON CONFLICT, scores), timed end to end per chunk
-including commits. Also compares the two ways of storing concept scores (one real[] per image vs
-one row per image and concept).
+(``store.images.store_chunk``: images and their score rows, every constraint of the schema),
+timed end to end per chunk including commits. The paths take turns ``--repeat`` times, each run on
+a fresh database, so that a burst of load from elsewhere on a shared machine hits them alike; the
+fastest run of each counts and every run is listed. Also compares the two ways of storing concept
+scores (one real[] per image vs one row per image and concept).
 
-    python bench/store.py [--rows 20000] [--dim 512] [--concepts 100]
+The width has no HNSW index, as after ``t2c ingest`` (ingestion never builds one). Once
+``store.vectors.ensure_hnsw_index`` has built one, every later row of that width is inserted into
+it too; ``--hnsw`` measures that case (it is far slower: use fewer ``--rows``).
+
+    python bench/store.py [--rows 20000] [--dim 512] [--concepts 100] [--repeat 2] [--hnsw]
 
 The last line of stdout is one JSON object.
 """
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +40,7 @@ from t2c_monitor.store.copy import copy_into, int_column, real_array_column
 from t2c_monitor.store.embedded import start_embedded
 from t2c_monitor.store.engine import make_engine
 from t2c_monitor.store.images import ImageChunk, store_chunk
-from t2c_monitor.store.vectors import vector_literal
+from t2c_monitor.store.vectors import ensure_hnsw_index, vector_literal
 
 console = Console(stderr=True)
 
@@ -162,35 +170,59 @@ def bench_score_layouts(engine, n: int, k: int) -> dict[str, float]:
     return out
 
 
+def drop_database(server_url: str, engine, name: str) -> None:
+    engine.dispose()
+    admin = make_engine(server_url)
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--concepts", type=int, default=100)
     parser.add_argument("--chunk", type=int, default=2_000)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each path, taking turns; the fastest counts")
+    parser.add_argument("--hnsw", action="store_true", help="build the width's HNSW index before storing")
     args = parser.parse_args()
 
+    paths = [("copy", bench_copy), ("orm", bench_orm), ("execute_values", bench_execute_values)]
     with tempfile.TemporaryDirectory(prefix="t2c-bench-store-") as tmp:
         server = start_embedded(Path(tmp) / "pgdata", delete_on_exit=True)
         rows = make_rows(args.rows, args.dim, args.concepts)
-        results = {"rows": args.rows, "dim": args.dim, "concepts": args.concepts, "chunk": args.chunk}
-        for name, fn in [("copy", bench_copy), ("orm", bench_orm), ("execute_values", bench_execute_values)]:
-            engine, ids = fresh_database(server, f"bench_{name}")
-            with console.status(f"storing {args.rows} rows by {name}"):
-                seconds = fn(engine, ids, rows, args.chunk)
-            with engine.connect() as conn:
-                stored = conn.execute(text("SELECT count(*) FROM image")).scalar()
-                scored = conn.execute(text("SELECT count(*) FROM image_score")).scalar()
-            if stored != args.rows or scored != args.rows:
-                sys.exit(f"{name} stored {stored} images and {scored} score rows, expected {args.rows}")
-            results[f"{name}_seconds"] = round(seconds, 3)
-            results[f"{name}_rows_per_s"] = round(args.rows / seconds, 1)
-            console.print(f"{name:>15}: {args.rows / seconds:10.0f} rows/s ({seconds:.2f} s)")
-            if name == "copy":
-                results.update({k: round(v, 1) for k, v in bench_score_layouts(engine, args.rows, args.concepts).items()})
-            engine.dispose()
+        results = {"rows": args.rows, "dim": args.dim, "concepts": args.concepts, "chunk": args.chunk,
+                   "repeat": args.repeat, "hnsw_index": args.hnsw}
+        runs: dict[str, list[float]] = {name: [] for name, _ in paths}
+        for run in range(args.repeat):
+            for name, fn in paths:
+                database = f"bench_{name}_{run}"
+                engine, ids = fresh_database(server, database)
+                if args.hnsw:
+                    with engine.begin() as conn:
+                        ensure_hnsw_index(conn, args.dim)
+                with console.status(f"run {run + 1}/{args.repeat}: storing {args.rows} rows by {name}"):
+                    seconds = fn(engine, ids, rows, args.chunk)
+                with engine.connect() as conn:
+                    stored = conn.execute(text("SELECT count(*) FROM image")).scalar()
+                    scored = conn.execute(text("SELECT count(*) FROM image_score")).scalar()
+                if stored != args.rows or scored != args.rows:
+                    sys.exit(f"{name} stored {stored} images and {scored} score rows, expected {args.rows}")
+                runs[name].append(seconds)
+                console.print(f"{name:>15}: {args.rows / seconds:10.0f} rows/s ({seconds:.2f} s)")
+                if name == "copy" and run == 0:
+                    layouts = bench_score_layouts(engine, args.rows, args.concepts)
+                    results.update({k: round(v, 1) for k, v in layouts.items()})
+                drop_database(server, engine, database)
+        for name, seconds in runs.items():
+            results[f"{name}_seconds"] = round(min(seconds), 3)
+            results[f"{name}_rows_per_s"] = round(args.rows / min(seconds), 1)
+            results[f"{name}_median_rows_per_s"] = round(args.rows / statistics.median(seconds), 1)
+            results[f"{name}_runs_rows_per_s"] = [round(args.rows / s, 1) for s in seconds]
         results["copy_vs_orm"] = round(results["copy_rows_per_s"] / results["orm_rows_per_s"], 1)
         results["copy_vs_execute_values"] = round(results["copy_rows_per_s"] / results["execute_values_rows_per_s"], 1)
+        results["load_average"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results))
 
 
