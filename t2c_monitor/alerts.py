@@ -9,9 +9,12 @@ A channel (see ``monitors.WebhookChannel`` and friends) is one of
 * ``email``: through prefect-email's ``EmailServerCredentials`` block;
 * ``file``: one JSON line per alert appended to a local file.
 
-``deliver_alerts`` sends one audit's message to each channel, unless the same drift (every flagged
-concept, same direction) was already alerted on that channel within the quiet period, in which
-case the alert is recorded as ``suppressed``. Each send is tried ``1 + retries`` times with
+``deliver_alerts`` sends one audit's message to each channel, unless the same drift was already
+alerted on that channel within the quiet period, in which case the alert is recorded as
+``suppressed``. A drift is the same when its headline (the three concepts ranked first, with
+their directions) was all in an earlier alert: concepts are correlated, so an ongoing shift drags
+a changing tail of minor concepts along, and paging again for each would be crying wolf; a new
+concept among the leaders is news and is sent. Each send is tried ``1 + retries`` times with
 doubling waits; every attempt is counted on the alert row, and a send that still fails is kept
 ``failed`` with its (redacted) error for ``retry_failed_alerts`` (run at the start of every audit
 flow and by ``t2c alerts retry``). The audit is stored before any alert is attempted, so a failed
@@ -112,9 +115,13 @@ def build_message(summary: Any, *, report: str | None) -> AlertMessage:
     return AlertMessage(subject=subject, text=payload["text"], payload=payload)
 
 
-def drift_key(payload: dict[str, Any]) -> set[tuple[str, int]]:
-    """What an alert reported: its flagged concepts with directions."""
-    return {(f["name"], int(f["direction"])) for f in payload.get("flagged", [])}
+HEADLINE_CONCEPTS = 3
+
+
+def drift_key(payload: dict[str, Any], top: int | None = None) -> set[tuple[str, int]]:
+    """What an alert reported: its flagged concepts with directions (the ``top`` ranked ones)."""
+    flagged = sorted(payload.get("flagged", []), key=lambda f: f["rank"])
+    return {(f["name"], int(f["direction"])) for f in flagged[:top]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +314,7 @@ def deliver_alerts(db: Database, summary: Any, config: AlertsConfig, *, monitor_
     if not summary.flagged or not config.channels:
         return []
     message = build_message(summary, report=report)
-    key = drift_key(message.payload)
+    key = drift_key(message.payload, top=HEADLINE_CONCEPTS)
     outcomes = []
     for channel in config.resolved_channels():
         sender = create_sender(channel)

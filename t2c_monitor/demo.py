@@ -24,14 +24,14 @@ import yaml
 DEMO_MONITOR = "shapes"
 WEBHOOK_ENV = "T2C_DEMO_WEBHOOK_URL"
 BASELINE = ("baseline", 2000, 1, None)
-# (batch id, images, seed, planted shift): three ordinary days, then night falls on half the
-# pictures, and stays so the next day.
+# (batch id, images, seed, planted shift): three ordinary days, then half the pictures come from
+# a camera out on the grass, and it stays there the next day.
 DAYS = (
     ("day-1", 500, 11, None),
     ("day-2", 500, 12, None),
     ("day-3", 500, 13, None),
-    ("day-4", 500, 14, "night=0.5"),
-    ("day-5", 500, 15, "night=0.5"),
+    ("day-4", 500, 14, "background=grass:0.5"),
+    ("day-5", 500, 15, "background=grass:0.5"),
 )
 QUICK_SIZES = {"baseline": 600, "day": 200}
 

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         default="auto",
         description="Torch device for encoders: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'.",
     )
+    models: Path | None = Field(
+        default=None,
+        description="Directory of trained models (the shapes world's cache); default <home>/models. Share it "
+        "between homes to build the world once.",
+    )
     connect_timeout_s: int = Field(default=5, ge=1, description="Seconds before an unreachable database fails.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_image_pixels: int = Field(
@@ -50,7 +55,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        return self.models.expanduser().resolve() if self.models else self.home / "models"
 
     @property
     def reports_dir(self) -> Path:

@@ -277,3 +277,14 @@ def monitored(applied_monitor, tmp_path):
         write_png(tmp_path / "dark" / f"img-{i:03d}.png", tuple(int(c) for c in rng.integers(0, 25, 3)), seed=900 + i)
     ingest(db, "tiny", tmp_path / "dark", batch_id="dark")
     return db
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory):
+    """The quick shapes world, built once per test session (about a minute and a half)."""
+    from t2c_monitor.world.build import build_world
+
+    # one thread: when other test processes share the cores, OpenMP's spinning makes two threads
+    # several times slower; alone on 2 cores the quick world builds in about a minute either way
+    return build_world(seed=0, quick=True, models_dir=tmp_path_factory.mktemp("world-models"), progress=False,
+                       threads=1)

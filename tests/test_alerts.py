@@ -121,17 +121,20 @@ def test_quiet_period_holds_back_an_ongoing_drift_but_not_a_new_one(drifted, tin
     assert [o.status for o in alert_audit(drifted, again)] == ["suppressed"]
     assert len(receiver.bodies) == 1
 
-    # a drift with a concept the earlier alert did not name is news
+    # a drift led by a concept the earlier alert did not name is news; a new minor concept is not
     summary = run_audit(drifted, "tiny", batches=["dark"])
-    extra = dict(summary.flagged[0], name="a concept never alerted", rank=len(summary.flagged) + 1)
-    news = summary.__class__(**{**summary.__dict__, "flagged": [*summary.flagged, extra]})
+    tail = dict(summary.flagged[0], name="a minor concept", rank=len(summary.flagged) + 4)
+    dragged = summary.__class__(**{**summary.__dict__, "flagged": [*summary.flagged, tail]})
+    assert [o.status for o in alert_audit(drifted, dragged)] == ["suppressed"]
+    lead = dict(summary.flagged[0], name="a concept never alerted", rank=0)
+    news = summary.__class__(**{**summary.__dict__, "flagged": [lead, *summary.flagged]})
     assert [o.status for o in alert_audit(drifted, news)] == ["sent"]
 
     _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, quiet_period="0s")
     assert [o.status for o in alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))] == ["sent"]
     with drifted.engine.connect() as conn:
         statuses = conn.execute(text("SELECT status FROM alert ORDER BY id")).scalars().all()
-    assert statuses == ["sent", "suppressed", "sent", "sent"]
+    assert statuses == ["sent", "suppressed", "suppressed", "sent", "sent"]
 
 
 def test_no_flag_no_alert(drifted, tiny_monitor_dir, tmp_path, receiver, monkeypatch):

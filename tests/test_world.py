@@ -194,16 +194,6 @@ def test_interrupted_build_leaves_no_cache_dir(tmp_path, monkeypatch):
 # the quick world's models (built once per session)
 
 
-@pytest.fixture(scope="session")
-def quick_world(tmp_path_factory):
-    from t2c_monitor.world.build import build_world
-
-    # one thread: when other test processes share the cores, OpenMP's spinning makes two threads
-    # several times slower; alone on 2 cores the quick world builds in about a minute either way
-    return build_world(seed=0, quick=True, models_dir=tmp_path_factory.mktemp("world-models"), progress=False,
-                       threads=1)
-
-
 def test_quick_world_is_cached_and_reused(quick_world):
     from t2c_monitor.world.build import build_world
 

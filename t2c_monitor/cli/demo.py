@@ -17,8 +17,11 @@ def demo(
 ) -> None:
     """Build the shapes world, fit the aligner, ingest a baseline and five days (one with a planted
     shift), audit each day with alerts to a local webhook, and print what was flagged."""
+    import os
+
     from rich.table import Table
 
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
     from t2c_monitor.demo import run_demo
 
     with user_errors():
@@ -38,5 +41,5 @@ def demo(
     if reports:
         console.print(f"open the report of the flagged day: {reports[0]}")
     console.print(f"monitor file: {result.monitor_file}\ndatabase: {result.database_url}\n"
-                  f"next: `t2c audit history --monitor shapes --concept night`, `t2c alerts list --monitor shapes`, "
+                  f"next: `t2c audit history --monitor shapes --concept grass`, `t2c alerts list --monitor shapes`, "
                   f"`t2c serve` to run the schedules")

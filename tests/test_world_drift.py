@@ -1,0 +1,68 @@
+"""Drift detection says the right thing in the shapes world (the quick one, small samples):
+planted shifts flag their concept first and the right way; clean windows stay quiet. The full
+world's run of every shift is part of bench/world.py. Also the demo's whole story, quick."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from t2c_monitor.world.drift_check import drift_semantics, fit_world_aligner
+
+# shifts the quick world's models have learned well enough to rank first at these sample sizes
+# (its CLIP trains for a minute; the full world's bench covers every factor and effect)
+QUICK_SHIFTS = {
+    "color=purple:0.4": ("purple", 1),
+    "background=grass:0.5": ("grass", 1),
+    "fog=0.5": ("fog", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def quick_aligner(quick_world, tmp_path_factory):
+    return fit_world_aligner(quick_world, tmp_path_factory.mktemp("aligner"), n_fit=1500)
+
+
+def test_planted_shifts_flag_their_concept_first_and_clean_windows_stay_quiet(quick_world, quick_aligner):
+    result = drift_semantics(quick_world, quick_aligner, n_ref=1000, n_cur=300, clean_audits=20, shifts=QUICK_SHIFTS)
+    for spec, check in result["shifts"].items():
+        assert check["flagged"], f"{spec}: {check['concept']} not flagged ({check})"
+        assert check["rank"] == 1, f"{spec}: {check['top']} ranked above {check['concept']} ({check})"
+        assert check["direction_ok"], f"{spec}: wrong direction ({check})"
+    assert result["clean_audits"] == 20 and result["clean_flags"] <= 1, result["clean_flagged_concepts"]
+
+
+def test_fewer_of_a_value_is_flagged_as_less(quick_world, quick_aligner):
+    """Forcing most images to grass backgrounds leaves fewer gray ones: 'gray' goes down."""
+    result = drift_semantics(quick_world, quick_aligner, n_ref=1000, n_cur=300, clean_audits=0,
+                             shifts={"background=grass:0.8": ("gray", -1)})
+    check = result["shifts"]["background=grass:0.8"]
+    assert check["flagged"] and check["direction_ok"], check
+
+
+def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, tmp_path, database_url):
+    """`t2c demo --quick` end to end on the test database: clean days quiet, the planted day flagged
+    and alerted through the local webhook and the file channel, the ongoing drift held back."""
+    from t2c_monitor.demo import DAYS, run_demo
+    from t2c_monitor.settings import reset_settings_cache
+
+    monkeypatch.setenv("T2C_MODELS", str(quick_world.root.parent))
+    monkeypatch.setenv("T2C_DATABASE_URL", database_url)
+    reset_settings_cache()
+    result = run_demo(quick=True, progress=False, log=lambda _: None)
+
+    planted = {d[0]: d[3] for d in DAYS}
+    days = {d.batch: d for d in result.days}
+    assert [d.batch for d in result.days] == list(planted)
+    first_shift = next(name for name, shift in planted.items() if shift)
+    for name, day in days.items():
+        if planted[name] is None:
+            assert day.flagged == [] and day.alerts == [], f"{name} is clean but flagged {day.flagged}"
+    assert days[first_shift].flagged[0] == "more 'grass'"
+    assert days[first_shift].alerts == ["oncall: sent", "log: sent"]
+    assert all(a.endswith("suppressed") for a in days["day-5"].alerts), "the ongoing drift is not re-alerted"
+    (received,) = result.received
+    assert received["flagged"][0]["name"] == "grass" and received["batches"] == [first_shift]
+    lines = (tmp_path / "t2c-home" / "demo" / "alerts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["audit_id"] for line in lines] == [received["audit_id"]]
