@@ -3,8 +3,9 @@
 One synthetic bank, the same data for all three: concept scores are cosine similarities of unit
 embeddings that share a low-rank structure with unit concept vectors, so scores are correlated
 across concepts as real concept scores are. Times a full audit (``KSDriftDetector.detect``, which
-sorts both sides from scratch; also with a baseline prepared once, as scheduled audits can), scipy per concept (same method: 'auto' is asymptotic at these
-sizes) and evidently on a subset of concepts (scaled per concept). Then checks the defaults: clean
+against a baseline stored sorted, as `t2c baseline build` stores it and every audit reads it;
+also from raw baseline scores, sorting them inside), scipy per concept (same method: 'auto' is
+asymptotic at these sizes) and evidently on a subset of concepts (scaled per concept). Then checks the defaults: clean
 windows (no shift) at n_cur 1k and 10k, and a planted shift of a few percent of images strongly
 expressing one concept. Prints progress to stderr, then one JSON object as the last stdout line.
 
@@ -117,19 +118,25 @@ def main() -> None:
     log(f"median |correlation| between concept scores: {np.median(np.abs(corr[np.triu_indices(50, 1)])):.2f}")
 
     detector = KSDriftDetector()
-    log("audit (KSDriftDetector.detect) ...")
+    # the production path: `t2c baseline build` stores each concept's baseline scores sorted, once;
+    # every audit reads them and runs SortedReference.from_sorted + detect (what run_audit does)
+    log("baseline build: sorting each concept's scores once (stored sorted) ...")
     start = time.perf_counter()
-    result = detector.detect(ref, cur)
+    stored = np.sort(ref.T, axis=1)
+    build_sort_seconds = time.perf_counter() - start
+    log(f"  {build_sort_seconds:.2f} s")
+    log("audit against the stored baseline (SortedReference.from_sorted + KSDriftDetector.detect) ...")
+    start = time.perf_counter()
+    prepared = SortedReference.from_sorted(stored)
+    result = detector.detect(prepared, cur)
     seconds = time.perf_counter() - start
     log(f"  {seconds:.2f} s, {len(result.flagged)} flagged, top: {[c.name for c in result.flagged[:3]]}")
+    log("audit from raw baseline scores (sorting them inside, as a one-off audit would) ...")
     start = time.perf_counter()
-    prepared = SortedReference.from_scores(ref)
-    prepare_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    warm = detector.detect(prepared, cur)
-    warm_seconds = time.perf_counter() - start
-    assert warm.to_dict() == result.to_dict()
-    log(f"  with the baseline prepared once ({prepare_seconds:.2f} s): {warm_seconds:.2f} s per audit")
+    cold = detector.detect(ref, cur)
+    cold_seconds = time.perf_counter() - start
+    assert cold.to_dict() == result.to_dict()
+    log(f"  {cold_seconds:.2f} s")
 
     log(f"scipy.stats.ks_2samp loop over {args.concepts} concepts ...")
     start = time.perf_counter()
@@ -168,12 +175,12 @@ def main() -> None:
         "n_cur": args.n_cur,
         "seconds": round(seconds, 3),
         "seconds_per_concept": seconds / args.concepts,
-        "prepare_reference_seconds": round(prepare_seconds, 3),
-        "seconds_prepared_reference": round(warm_seconds, 3),
+        "baseline_build_sort_seconds": round(build_sort_seconds, 3),
+        "seconds_unsorted_reference": round(cold_seconds, 3),
         "scipy_seconds": round(scipy_seconds, 3),
         "scipy_seconds_per_concept": scipy_seconds / args.concepts,
         "speedup_vs_scipy": round(scipy_seconds / seconds, 1),
-        "speedup_vs_scipy_prepared_reference": round(scipy_seconds / warm_seconds, 1),
+        "speedup_vs_scipy_unsorted_reference": round(scipy_seconds / cold_seconds, 1),
         "evidently_concepts": args.evidently_concepts,
         "evidently_seconds_per_concept": ev_seconds / args.evidently_concepts,
         "speedup_vs_evidently_per_concept": round(ev_seconds / args.evidently_concepts / (seconds / args.concepts), 1),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import pgvector.sqlalchemy  # noqa: F401  registers the `vector` type for reflection
 from alembic import context
 
-import pgvector.sqlalchemy  # noqa: F401  registers the `vector` type for reflection
 from t2c_monitor.store.migrate import include_object
 from t2c_monitor.store.models import Base
 

@@ -188,8 +188,7 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
         embeddings = np.concatenate([audit_store.batch_embeddings(conn, b) for b, _ in chosen])
         image_ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
     scores = np.concatenate([batch_scores(db, record, b) for b, _ in chosen])
-    reference = SortedReference(sorted_scores=baseline.sorted_scores, mean=baseline.sorted_scores.mean(axis=1,
-                                dtype=np.float64), std=baseline.sorted_scores.std(axis=1, ddof=1, dtype=np.float64))
+    reference = SortedReference.from_sorted(baseline.sorted_scores)
     result = detector.detect(reference, scores, record.concept_names)
     direction, norm = drift_direction(baseline.mean_vector, embeddings)
     with db.engine.begin() as conn:

@@ -25,9 +25,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import special
@@ -172,6 +173,27 @@ class SortedReference:
             var[j0:j1] = np.einsum("ij,ij->i", dev, dev, dtype=np.float64) / (n - 1)
 
         _threaded(prepare, k, _default_workers(workers))
+        return cls(rows, mean, np.sqrt(var))
+
+
+    @classmethod
+    def from_sorted(cls, sorted_scores: np.ndarray, workers: int | None = None) -> SortedReference:
+        """A baseline stored already sorted (``(k, n)``, rows ascending, as ``baseline_concept``
+        keeps it): only the mean and standard deviation are computed."""
+        rows = np.asarray(sorted_scores)
+        if rows.ndim != 2 or rows.shape[1] < 2:
+            raise ValueError(f"sorted baseline scores must be (concepts, n >= 2), got shape {rows.shape}")
+        k, n = rows.shape
+        mean = np.empty(k)
+        var = np.empty(k)
+
+        def moments(j0: int, j1: int) -> None:
+            r = rows[j0:j1]
+            mean[j0:j1] = r.mean(axis=1, dtype=np.float64)
+            dev = r - mean[j0:j1, None].astype(r.dtype)
+            var[j0:j1] = np.einsum("ij,ij->i", dev, dev, dtype=np.float64) / (n - 1)
+
+        _threaded(moments, k, _default_workers(workers))
         return cls(rows, mean, np.sqrt(var))
 
 

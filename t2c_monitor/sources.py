@@ -29,7 +29,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -117,7 +117,7 @@ def _parse_captured_at(meta: dict[str, Any]) -> tuple[datetime | None, str | Non
             if isinstance(value, bool):
                 raise TypeError
             if isinstance(value, (int, float)):
-                return datetime.fromtimestamp(value, tz=timezone.utc), None
+                return datetime.fromtimestamp(value, tz=UTC), None
             parsed = datetime.fromisoformat(str(value).strip())
         except (TypeError, ValueError, OverflowError, OSError):
             return None, (
@@ -125,7 +125,7 @@ def _parse_captured_at(meta: dict[str, Any]) -> tuple[datetime | None, str | Non
                 "(write e.g. 2024-05-01T12:30:00Z)"
             )
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed, None
     return None, None
 

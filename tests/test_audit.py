@@ -124,12 +124,20 @@ def test_baseline_and_audit_from_the_command_line(monitored, database_url, tmp_p
     built = run("baseline", "build", "--monitor", "tiny", "--batches", "ref-1,ref-2", "--reservoir", "100", "--json")
     assert built.returncode == 0, built.stderr
     assert json.loads(built.stdout)["n_images"] == 120
-    audited = run("audit", "--monitor", "tiny", "--batches", "dark", "--json")
+    audited = run("audit", "--monitor", "tiny", "--batches", "dark", "--no-flow", "--json")
     assert audited.returncode == 0, audited.stderr
     summary = json.loads(audited.stdout)
-    assert summary["batches"] == ["dark"] and summary["flagged"]
+    assert summary["batches"] == ["dark"] and summary["flagged"] and summary["alerts"] == []
+    assert Path(summary["report"]).is_file() and summary["report"].startswith(str(tmp_path / "home"))
+    window = run("audit", "--monitor", "tiny", "--window", "2h", "--no-flow", "--no-alerts")
+    assert window.returncode == 0, window.stderr
+    assert "clean, dark" in window.stderr and "report:" in window.stderr  # every batch of the last 2 h
     history = run("audit", "history", "--monitor", "tiny", "--concept", "at night", "--json")
     assert history.returncode == 0, history.stderr
-    assert [a["audit_id"] for a in json.loads(history.stdout)["audits"]] == [summary["id"]]
+    assert [a["audit_id"] for a in json.loads(history.stdout)["audits"]][0] == summary["id"]
+    bad = run("audit", "--monitor", "tiny", "--window", "soon", "--no-flow")
+    assert bad.returncode == 2 and "is not a duration" in bad.stderr
+    alerts = run("alerts", "list", "--monitor", "tiny", "--json")
+    assert alerts.returncode == 0 and json.loads(alerts.stdout)["alerts"] == []
     unknown = run("audit", "history", "--monitor", "tiny", "--concept", "snow")
     assert unknown.returncode == 2 and "is not in bank tiny v1" in unknown.stderr

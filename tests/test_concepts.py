@@ -24,7 +24,6 @@ from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
 from t2c_monitor.templates import PAPER_TEMPLATES, resolve_templates
 
 
-
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_clip_config):
     return create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CLIP
 from PIL import Image
 
 from t2c_monitor.encoders import (
@@ -18,8 +19,6 @@ from t2c_monitor.encoders import (
     create_source_encoder,
 )
 from t2c_monitor.errors import ConfigError, ModelLoadError
-
-from conftest import TINY_CLIP
 
 TIMM_SPECS = ["timm:test_vit", "timm:test_resnet", "timm:resnet10t"]
 

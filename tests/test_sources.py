@@ -8,7 +8,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
@@ -141,9 +141,9 @@ def test_jsonl_manifest_with_metadata_times_and_missing_uri(tmp_path: Path) -> N
     a, b, missing, bad_time = items
     assert a.uri == str(tmp_path / "imgs/a.png") and a.error is None
     assert a.meta == {"captured_at": "2024-05-01T12:30:00Z", "model_pred": "cat", "score": 0.9}
-    assert a.captured_at == datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+    assert a.captured_at == datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
     assert b.uri == str(other) and b.meta["source"] == "cam-2"
-    assert b.captured_at == datetime(2024, 5, 1, 14, 30, tzinfo=timezone.utc)  # naive means UTC
+    assert b.captured_at == datetime(2024, 5, 1, 14, 30, tzinfo=UTC)  # naive means UTC
     assert missing.error is not None and "manifest row 4 has no uri" in missing.error  # line 4: blank line 2
     assert missing.error.startswith("missing uri: ") and missing.meta == {"label": "dog"}
     assert bad_time.error is not None and bad_time.error.startswith("bad metadata: captured_at='yesterday'")
@@ -161,7 +161,7 @@ def test_csv_manifest_with_metadata(tmp_path: Path) -> None:
     )
     a, missing, b = resolve_source(tmp_path / "m.csv")
     assert a.uri == str(tmp_path / "a.png") and a.meta["label"] == "cat" and a.meta["note"] == "hello, world"
-    assert a.captured_at == datetime(2024, 6, 1, 6, 0, tzinfo=timezone.utc)
+    assert a.captured_at == datetime(2024, 6, 1, 6, 0, tzinfo=UTC)
     assert missing.error is not None and "manifest row 3 has no uri" in missing.error
     assert b.uri == str(tmp_path / "sub/b.png") and b.captured_at is None and b.error is None
 

@@ -24,9 +24,9 @@ image instead of one per (image, concept) keeps a 1000-concept bank at one row p
 """
 from __future__ import annotations
 
-from alembic import op
-import sqlalchemy as sa
 import pgvector.sqlalchemy
+import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = '0001'

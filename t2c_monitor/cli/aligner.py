@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -36,10 +36,10 @@ def register(app: typer.Typer) -> None:
 @aligner_app.command("fit")
 def fit(
     out: Path = typer.Option(..., "--out", help="Directory to write the aligner to (aligner.json + weights)."),
-    features: Optional[Path] = FeaturesOption,
-    images: Optional[Path] = ImagesOption,
-    encoder: Optional[str] = EncoderOption,
-    clip: Optional[str] = ClipOption,
+    features: Path | None = FeaturesOption,
+    images: Path | None = ImagesOption,
+    encoder: str | None = EncoderOption,
+    clip: str | None = ClipOption,
     method: str = typer.Option("exact", "--method", help="exact (streamed least squares) or sgd (the paper's recipe)."),
     ridge: float = typer.Option(0.0, "--ridge", help="Ridge penalty on W (exact only), on the feature-variance scale."),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of pairs held out for R², cosine, accuracy."),
@@ -48,10 +48,10 @@ def fit(
     precision: str = typer.Option(
         "float64", "--precision", help="exact only: float64 chunk products, or mixed (float32 products, float64 sums)."
     ),
-    save_features: Optional[Path] = typer.Option(
+    save_features: Path | None = typer.Option(
         None, "--save-features", help="With --images: also write the paired embeddings to this file."
     ),
-    device: Optional[str] = DeviceOption,
+    device: str | None = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Fit an aligner and store it with the identities of both models and its held-out metrics."""
@@ -98,14 +98,14 @@ def fit(
 @aligner_app.command("eval")
 def evaluate_command(
     aligner_path: Path = typer.Argument(..., metavar="ALIGNER", help="Directory written by `t2c aligner fit`."),
-    features: Optional[Path] = FeaturesOption,
-    images: Optional[Path] = ImagesOption,
-    encoder: Optional[str] = EncoderOption,
-    clip: Optional[str] = ClipOption,
-    source_accuracy: Optional[float] = typer.Option(
+    features: Path | None = FeaturesOption,
+    images: Path | None = ImagesOption,
+    encoder: str | None = EncoderOption,
+    clip: str | None = ClipOption,
+    source_accuracy: float | None = typer.Option(
         None, "--source-accuracy", help="The source model's own accuracy, reported next to the aligned accuracy."
     ),
-    device: Optional[str] = DeviceOption,
+    device: str | None = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Score a saved aligner on paired features or images (refused if they come from other models)."""

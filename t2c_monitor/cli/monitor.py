@@ -63,9 +63,8 @@ def list_(as_json: bool = JsonOption) -> None:
     from t2c_monitor.store import open_database
     from t2c_monitor.store.monitors import list_monitors
 
-    with user_errors():
-        with open_database().session() as session:
-            rows = list_monitors(session)
+    with user_errors(), open_database().session() as session:
+        rows = list_monitors(session)
     if as_json:
         emit_json({"monitors": rows})
         return
