@@ -180,7 +180,7 @@ class SortedReference:
     def from_sorted(cls, sorted_scores: np.ndarray, workers: int | None = None) -> SortedReference:
         """A baseline stored already sorted (``(k, n)``, rows ascending, as ``baseline_concept``
         keeps it): only the mean and standard deviation are computed."""
-        rows = np.asarray(sorted_scores)
+        rows = np.ascontiguousarray(sorted_scores)  # row-major, as from_scores builds it: same sums, same bits
         if rows.ndim != 2 or rows.shape[1] < 2:
             raise ValueError(f"sorted baseline scores must be (concepts, n >= 2), got shape {rows.shape}")
         k, n = rows.shape
