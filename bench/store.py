@@ -159,7 +159,8 @@ def bench_score_layouts(engine, n: int, k: int) -> dict[str, float]:
         import io
 
         buf = io.StringIO()
-        np.savetxt(buf, np.column_stack([image_ids, concepts, scores.ravel()]), fmt=["%d", "%d", "%.7g"], delimiter="\t")
+        np.savetxt(buf, np.column_stack([image_ids, concepts, scores.ravel()]), fmt=["%d", "%d", "%.7g"],
+                   delimiter="\t")
         buf.seek(0)
         cur.copy_expert("COPY bench_scores_long FROM STDIN", buf)
         cur.close()

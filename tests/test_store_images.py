@@ -158,7 +158,9 @@ def test_duplicate_content_is_recorded_as_failed_within_and_across_chunks(engine
         counts = store_chunk(conn, chunk=later, **monitor)
     assert (counts.ok, counts.failed, counts.skipped, counts.scores) == (1, 2, 0, 1)
     with engine.connect() as conn:
-        reasons = dict(conn.execute(text("SELECT uri, failure_reason FROM image WHERE failure_reason LIKE 'duplicate:%'")).all())
+        reasons = dict(conn.execute(
+            text("SELECT uri, failure_reason FROM image WHERE failure_reason LIKE 'duplicate:%'")
+        ).all())
     assert reasons == {
         "/inbox/copy-of-1.png": "duplicate: same content as /inbox/img-0001.png",
         "/inbox/new-again.png": "duplicate: same content as /inbox/new.png",
@@ -232,10 +234,11 @@ def test_chunks_longer_than_a_block_store_the_right_vector_and_scores_on_each_ro
         embeddings=rng.standard_normal((n_ok, 16)).astype(np.float32), scores=rng.random((n_ok, 5)).astype(np.float32),
         sha256=[f"{i:064x}" for i in range(n)], meta=[{"i": i} for i in range(n)],
     )
-    ok_uris = [u for u, r in zip(chunk.uris, reasons) if r is None]
+    ok_uris = [u for u, r in zip(chunk.uris, reasons, strict=True) if r is None]
+    ok_before = sum(r is None for r in reasons[:450])
     half = ImageChunk(  # a run killed half way stored the first 450
-        uris=chunk.uris[:450], failure_reason=reasons[:450], embeddings=chunk.embeddings[: sum(r is None for r in reasons[:450])],
-        scores=chunk.scores[: sum(r is None for r in reasons[:450])], sha256=chunk.sha256[:450], meta=chunk.meta[:450],
+        uris=chunk.uris[:450], failure_reason=reasons[:450], embeddings=chunk.embeddings[:ok_before],
+        scores=chunk.scores[:ok_before], sha256=chunk.sha256[:450], meta=chunk.meta[:450],
     )
     with engine.begin() as conn:
         store_chunk(conn, chunk=half, **monitor)
@@ -244,11 +247,11 @@ def test_chunks_longer_than_a_block_store_the_right_vector_and_scores_on_each_ro
     assert (counts.ok, counts.failed, counts.skipped) == (sum(r is None for r in reasons[450:]), 250 - 200, 450)
     with engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT i.uri, i.meta, i.embedding::text AS v, s.scores FROM image i JOIN image_score s ON s.image_id = i.id "
-            "ORDER BY i.uri"
+            "SELECT i.uri, i.meta, i.embedding::text AS v, s.scores "
+            "FROM image i JOIN image_score s ON s.image_id = i.id ORDER BY i.uri"
         )).all()
     assert [r.uri for r in rows] == ok_uris
-    assert [r.meta for r in rows] == [m for m, r in zip(chunk.meta, reasons) if r is None]
+    assert [r.meta for r in rows] == [m for m, r in zip(chunk.meta, reasons, strict=True) if r is None]
     stored = np.array([[float(x) for x in r.v.strip("[]").split(",")] for r in rows], dtype=np.float32)
     np.testing.assert_array_equal(stored, chunk.embeddings)
     np.testing.assert_array_equal(np.array([r.scores for r in rows], dtype=np.float32), chunk.scores)

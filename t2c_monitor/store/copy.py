@@ -56,7 +56,7 @@ def _numbers(name: str, values: Sequence[Any] | np.ndarray, dtype: str, fill: An
     if isinstance(values, np.ndarray) and values.dtype != object or not any(v is None for v in values):
         return Column(name, _fixed(np.asarray(values), dtype))
     filled = _fixed(np.asarray([fill if v is None else v for v in values]), dtype)
-    return Column(name, [_NULL if v is None else f for v, f in zip(values, filled)])
+    return Column(name, [_NULL if v is None else f for v, f in zip(values, filled, strict=True)])
 
 
 def int_column(name: str, values: Sequence[int | None] | np.ndarray, *, bits: int = 32) -> Column:

@@ -90,12 +90,13 @@ def _already_stored(conn: Connection, batch_id: int, chunk: ImageChunk) -> tuple
     return set(uris), {row.sha256: row.uri for row in ok_content}
 
 
-def _new_rows(chunk: ImageChunk, stored_uris: set[str], stored_content: dict[str, str]) -> tuple[list[int], list[str | None]]:
+def _new_rows(chunk: ImageChunk, stored_uris: set[str],
+              stored_content: dict[str, str]) -> tuple[list[int], list[str | None]]:
     """Indices of rows to write, and their failure reasons with duplicates of stored content marked."""
     keep: list[int] = []
     reasons: list[str | None] = []
     first_uri = dict(stored_content)
-    for i, (uri, sha, reason) in enumerate(zip(chunk.uris, chunk.sha256, chunk.failure_reason)):
+    for i, (uri, sha, reason) in enumerate(zip(chunk.uris, chunk.sha256, chunk.failure_reason, strict=True)):
         if uri in stored_uris:
             continue
         if reason is None and sha is not None:
@@ -108,7 +109,8 @@ def _new_rows(chunk: ImageChunk, stored_uris: set[str], stored_content: dict[str
     return keep, reasons
 
 
-def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: int | None, chunk: ImageChunk) -> StoredCounts:
+def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: int | None,
+                chunk: ImageChunk) -> StoredCounts:
     """Store ``chunk`` in ``conn``'s transaction; images already stored for the batch are skipped."""
     if chunk.scores is not None and chunk.n_ok and bank_id is None:
         raise ValueError("bank_id is required when the chunk has scores")
@@ -153,7 +155,8 @@ def _write(conn: Connection, batch_id: int, monitor_id: int, bank_id: int | None
     copy.copy_blocks(conn, "image", (rows.image_columns(block, batch_id, monitor_id) for block in rows.blocks()))
     n_scores = 0
     if chunk.scores is not None and rows.n_ok:
-        n_scores = copy.copy_blocks(conn, "image_score", (rows.score_columns(block, bank_id) for block in rows.blocks()))
+        scores = (rows.score_columns(block, bank_id) for block in rows.blocks())
+        n_scores = copy.copy_blocks(conn, "image_score", scores)
     return StoredCounts(ok=rows.n_ok, failed=len(keep) - rows.n_ok, skipped=n - len(keep), scores=n_scores)
 
 
