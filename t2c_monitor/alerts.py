@@ -137,13 +137,23 @@ class Sender(Protocol):
 
 
 @dataclass
-class WebhookSender:
-    channel: WebhookChannel
-    _url: str | None = field(default=None, repr=False)
+class _ChannelSender:
+    """What every sender shares: its channel, named by the channel's name; no secret by default."""
+
+    channel: Any
 
     @property
     def name(self) -> str:
         return str(self.channel.name)
+
+    def secrets(self) -> list[str]:
+        return []
+
+
+@dataclass
+class WebhookSender(_ChannelSender):
+    channel: WebhookChannel
+    _url: str | None = field(default=None, repr=False)
 
     def _resolve(self) -> str:
         if self._url is None:
@@ -169,15 +179,8 @@ class WebhookSender:
 
 
 @dataclass
-class BlockSender:
+class BlockSender(_ChannelSender):
     channel: BlockChannel
-
-    @property
-    def name(self) -> str:
-        return str(self.channel.name)
-
-    def secrets(self) -> list[str]:
-        return []
 
     def send(self, message: AlertMessage) -> None:
         block_type, _, block_name = self.channel.block.partition("/")
@@ -189,15 +192,8 @@ class BlockSender:
 
 
 @dataclass
-class EmailSender:
+class EmailSender(_ChannelSender):
     channel: EmailChannel
-
-    @property
-    def name(self) -> str:
-        return str(self.channel.name)
-
-    def secrets(self) -> list[str]:
-        return []
 
     def send(self, message: AlertMessage) -> None:
         from email.message import EmailMessage
@@ -218,15 +214,8 @@ class EmailSender:
 
 
 @dataclass
-class FileSender:
+class FileSender(_ChannelSender):
     channel: FileChannel
-
-    @property
-    def name(self) -> str:
-        return str(self.channel.name)
-
-    def secrets(self) -> list[str]:
-        return []
 
     def send(self, message: AlertMessage) -> None:
         path = Path(self.channel.path)

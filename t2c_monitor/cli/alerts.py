@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, user_errors
 
 alerts_app = typer.Typer(help="Alerts: notifications of flagged concepts on the monitors' channels.",
                          no_args_is_help=True)
@@ -23,14 +23,10 @@ def list_(
     """The monitor's alerts, newest first: channel, status, attempts, last error."""
     from rich.table import Table
 
-    from t2c_monitor.store import open_database
     from t2c_monitor.store.alerts import list_alerts
-    from t2c_monitor.store.monitors import get_monitor
 
     with user_errors():
-        db = open_database()
-        with db.session() as session:
-            record = get_monitor(session, monitor)
+        db, record = open_monitor(monitor)
         with db.engine.connect() as conn:
             rows = list_alerts(conn, record.id, limit=limit)
     if as_json:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, user_errors
 
 baseline_app = typer.Typer(help="Baselines: the reference concept-score distributions of a monitor.",
                            no_args_is_help=True)
@@ -145,14 +145,10 @@ def history(
     """A concept's KS statistic, effect and flag over the monitor's audits."""
     from rich.table import Table
 
-    from t2c_monitor.store import open_database
     from t2c_monitor.store.audits import concept_history
-    from t2c_monitor.store.monitors import get_monitor
 
     with user_errors():
-        db = open_database()
-        with db.session() as session:
-            record = get_monitor(session, monitor)
+        db, record = open_monitor(monitor)
         if concept.lower() not in (n.lower() for n in record.concept_names):
             from t2c_monitor.errors import ConfigError
 

@@ -32,3 +32,13 @@ def user_errors() -> Iterator[None]:
     except T2CError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
+
+
+def open_monitor(name: str) -> tuple[Any, Any]:
+    """The database of the settings and the recorded monitor ``name`` (``ConfigError`` if unknown)."""
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.monitors import get_monitor
+
+    db = open_database()
+    with db.session() as session:
+        return db, get_monitor(session, name)
