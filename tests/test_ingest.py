@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_images, write_png
 from sqlalchemy import text
 
-from conftest import write_images, write_png
 from t2c_monitor.errors import ConfigError, SpaceMismatchError
 from t2c_monitor.ingest import IngestOptions, ingest, ingest_items, load_runtime, plan_batch
 from t2c_monitor.monitors import load_models, load_monitor_file, parse_monitors
 from t2c_monitor.sources import resolve_source
-
 
 # ---- monitor files ------------------------------------------------------------------------------
 
