@@ -146,3 +146,48 @@ def test_serve_refuses_monitors_without_schedules(applied_monitor):
 
     with pytest.raises(ConfigError, match="No recorded monitor has schedules"):
         serve_monitors(["tiny"])
+
+
+def test_t2c_serve_registers_the_monitors_deployments(prefect_harness, applied_monitor, tiny_monitor_dir, tmp_path,
+                                                      database_url):
+    """`t2c serve` as a real process against the test Prefect API: it creates the monitor's
+    scheduled deployments and keeps serving until stopped."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    apply_tiny(applied_monitor, tiny_monitor_dir, tmp_path / "config", schedules={"audit_cron": "*/30 * * * *"})
+    env = {**os.environ, "T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "serve-home"),
+           "PREFECT_API_URL": PREFECT_API_URL.value()}
+    server = subprocess.Popen([Path(sys.executable).parent / "t2c", "serve"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    async def deployment():
+        async with get_client() as client:
+            try:
+                return await client.read_deployment_by_name("audit/audit-tiny")
+            except Exception:  # noqa: BLE001 - not there yet
+                return None
+
+    try:
+        found = None
+        deadline = time.monotonic() + 120
+        while found is None and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(2)
+            found = asyncio.run(deployment())
+        assert found is not None, server.stdout.read() if server.poll() is not None else "no deployment in 120 s"
+        assert found.schedules[0].schedule.cron == "*/30 * * * *"
+        assert server.poll() is None, "t2c serve keeps running"
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
