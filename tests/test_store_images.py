@@ -221,6 +221,9 @@ def test_copy_blocks_streams_every_block_in_order(engine):
         assert copy.copy_blocks(conn, "b", iter([])) == 0
         rows = conn.execute(text("SELECT i, v::text AS v FROM b")).all()
     assert [(r.i, r.v) for r in rows] == [(i, f"[{i},{i},{i}]") for i in range(5)]
+    with pytest.raises(ValueError, match="every block must have the columns"), engine.begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE c (i int, j int)"))
+        copy.copy_blocks(conn, "c", iter([[copy.int_column("i", [1])], [copy.int_column("j", [2])]]))
 
 
 def test_chunks_longer_than_a_block_store_the_right_vector_and_scores_on_each_row(engine, monitor):

@@ -30,7 +30,6 @@ _NULL = b"\xff\xff\xff\xff"
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _FLOAT4_OID = 700
 _JSON = json.JSONEncoder(default=str)  # one encoder for every row: json.dumps(default=...) builds one per call
-_COPY_BLOCK = 1 << 18  # bytes handed to libpq per call while streaming a COPY
 
 
 @dataclass(frozen=True)
@@ -201,20 +200,25 @@ class _Stream(io.RawIOBase):
         self.rows = len(first[0].fields)
         self._pending: list[bytes] = [_SIGNATURE, _rows(first)]
         self._rest: Iterator[Sequence[Column]] | None = rest
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
-        while not self._pending and self._rest is not None:
-            block = next(self._rest, None)
-            if block is None:
-                self._pending, self._rest = [_TRAILER], None
-            elif [c.name for c in block] != self.names:
-                raise ValueError(f"every block must have the columns {self.names}, got {[c.name for c in block]}")
-            else:
-                self._pending.append(_rows(block))
-                self.rows += len(block[0].fields)
+    def read(self, size: int = -1) -> bytes:  # a whole block whatever the size asked: libpq takes any length
+        try:
+            while not self._pending and self._rest is not None:
+                block = next(self._rest, None)
+                if block is None:
+                    self._pending, self._rest = [_TRAILER], None
+                elif [c.name for c in block] != self.names:
+                    raise ValueError(f"every block must have the columns {self.names}, got {[c.name for c in block]}")
+                else:
+                    self._pending.append(_rows(block))
+                    self.rows += len(block[0].fields)
+        except Exception as exc:  # psycopg2 turns it into a cancelled COPY; copy_blocks raises it as it was
+            self.error = exc
+            raise
         return self._pending.pop(0) if self._pending else b""
 
 
@@ -238,8 +242,10 @@ def copy_blocks(conn: Connection, table: str, blocks: Iterable[Sequence[Column]]
     statement = f"COPY {table} ({names}) FROM STDIN WITH (FORMAT BINARY)"
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        cursor.copy_expert(statement, stream, size=_COPY_BLOCK)
+        cursor.copy_expert(statement, stream)
     except psycopg2.Error as exc:  # raise what every other store call raises
+        if stream.error is not None:  # building a block failed: that is the error to report
+            raise stream.error from None
         raise DBAPIError.instance(statement, None, exc, psycopg2.Error) from None
     finally:
         cursor.close()

@@ -109,6 +109,10 @@ def _new_rows(chunk: ImageChunk, stored_uris: set[str],
     return keep, reasons
 
 
+_UNIQUE_VIOLATION = "23505"
+_ATTEMPTS = 4  # the first write, then up to three after looking at what the batch holds
+
+
 def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: int | None,
                 chunk: ImageChunk) -> StoredCounts:
     """Store ``chunk`` in ``conn``'s transaction; images already stored for the batch are skipped."""
@@ -129,10 +133,6 @@ def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: in
                 raise
         stored = _already_stored(conn, batch_id, chunk)
     raise AssertionError("unreachable")
-
-
-_UNIQUE_VIOLATION = "23505"
-_ATTEMPTS = 4  # the first write, then up to three after looking at what the batch holds
 
 
 def _new_ids(conn: Connection, n: int) -> np.ndarray:
