@@ -50,16 +50,25 @@ def test_captions_name_every_factor_and_effect():
     assert len(set(batch.captions)) > 150  # wording and order vary
 
 
-def test_contrast_groups_differ_only_in_shape_and_blur():
-    from t2c_monitor.world.generate import GROUP_SIZE, generate_contrast_groups
+def test_focus_captions_say_only_what_is_true_and_match_their_images():
+    from t2c_monitor.world.captions import COLOR_WORDS, SHAPE_WORDS, focus_caption
+    from t2c_monitor.world.clip_train import matches
+    from t2c_monitor.world.factors import UNSAID
 
-    batch = generate_contrast_groups(3, seed=2)
-    assert len(batch) == 3 * GROUP_SIZE
-    for g in range(3):
-        group = batch.scenes[g * GROUP_SIZE : (g + 1) * GROUP_SIZE]
-        assert {(s.shape, s.blur) for s in group} == {(shape, b) for shape in FACTORS["shape"] for b in (False, True)}
-        for attribute in ("color", "size", "background", "snow", "night", "fog"):
-            assert len({getattr(s, attribute) for s in group}) == 1
+    batch = generate(300, seed=5)
+    rng = np.random.default_rng(0)
+    texts, said = zip(*(focus_caption(scene, rng) for scene in batch.scenes), strict=True)
+    truth = np.array([scene.codes() for scene in batch.scenes])
+    said = np.array(said)
+    assert np.all((said == UNSAID) | (said == truth)) and np.all(said[:, 0] == truth[:, 0])
+    for scene, text, codes in zip(batch.scenes, texts, said, strict=True):
+        assert any(w in text for w in SHAPE_WORDS[scene.shape])
+        assert (codes[1] != UNSAID) == any(w in text for w in COLOR_WORDS[scene.color]), text
+    assert np.mean(said[:, 1:4] == UNSAID) > 0.5  # mostly short: the shape and little else
+    match = matches(torch.from_numpy(said), torch.from_numpy(truth)).numpy()
+    assert np.all(np.diag(match) == 1)  # each describes its own image ...
+    same_shape = truth[:, None, 0] == truth[None, :, 0]
+    assert np.all(match[~same_shape] == 0) and match[same_shape].mean() > 0.1  # ... and others it fits
 
 
 def _share(scenes, attribute, value=True):

@@ -34,7 +34,7 @@ from t2c_monitor.world.factors import EFFECTS, FACTORS
 
 # Bump whenever the generator, the captions or the training recipe change: it is part of the
 # cache key, so every cached world built by older code is rebuilt.
-WORLD_CODE_VERSION = "4"
+WORLD_CODE_VERSION = "5"
 WORLD_FILE = "world.json"
 
 
@@ -43,10 +43,6 @@ class Recipe:
     """How much data and training each model gets."""
 
     clip_images: int
-    # contrast groups of 10 images (shapes x blur) mixed into every batch; off (0) in both recipes:
-    # measured on the full world they raised blur AUROC (0.83 -> 0.90) but lowered CLIP colour
-    # (0.91 -> 0.85), size (0.93 -> 0.90) and aligner R² (0.79 -> 0.74), and shape stayed ~0.25
-    clip_groups: int
     clip_steps: int
     clip_batch: int
     source_images: int
@@ -55,9 +51,9 @@ class Recipe:
     lm_steps: int
 
 
-FULL = Recipe(clip_images=16000, clip_groups=0, clip_steps=360, clip_batch=256, source_images=8000, source_steps=200,
+FULL = Recipe(clip_images=16000, clip_steps=360, clip_batch=256, source_images=8000, source_steps=100,
               lm_captions=16000, lm_steps=200)
-QUICK = Recipe(clip_images=2000, clip_groups=0, clip_steps=120, clip_batch=64, source_images=1500, source_steps=30,
+QUICK = Recipe(clip_images=2000, clip_steps=120, clip_batch=64, source_images=1500, source_steps=30,
                lm_captions=2000, lm_steps=30)
 
 
@@ -215,6 +211,7 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
         save_caption_lm,
         train_caption_lm,
     )
+    from t2c_monitor.world.captions import focus_caption
     from t2c_monitor.world.clip_train import (
         CLIP_MODEL_NAME,
         ClipTraining,
@@ -222,11 +219,7 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
         save_clip,
         train_clip,
     )
-    from t2c_monitor.world.generate import (
-        GROUP_SIZE,
-        generate,
-        generate_contrast_groups,
-    )
+    from t2c_monitor.world.generate import generate
     from t2c_monitor.world.source_model import SourceTraining, save_source, train_source
 
     recipe = recipe_for(quick)
@@ -242,7 +235,9 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
         t0 = time.perf_counter()
         data = generate(recipe.clip_images, seed=seed * 7 + 1)
         clean = np.array([not scene.effects for scene in data.scenes])
-        contrast = generate_contrast_groups(recipe.clip_groups, seed=seed * 7 + 2) if recipe.clip_groups else None
+        codes = np.array([scene.codes() for scene in data.scenes])
+        focus_rng = np.random.default_rng(seed * 7 + 2)
+        focus_texts, focus_codes = zip(*(focus_caption(scene, focus_rng) for scene in data.scenes), strict=True)
         timings["generate"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -250,7 +245,7 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
         clip, clip_losses = train_clip(
             model_config, data.images, data.captions,
             ClipTraining(steps=recipe.clip_steps, batch_size=recipe.clip_batch), seed=seed, clean=clean,
-            groups=(contrast.images, contrast.captions, GROUP_SIZE) if contrast else None,
+            codes=codes, focus=(list(focus_texts), np.array(focus_codes)),
             progress=tracker("CLIP (images + captions)", recipe.clip_steps))
         name = CLIP_MODEL_NAME + ("-quick" if quick else "")
         clip_config, clip_weights = save_clip(clip, model_config, out / "clip", name)
@@ -276,7 +271,7 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
     metadata = {
         "world_code_version": WORLD_CODE_VERSION, "key": world_key(seed, quick), "seed": seed, "quick": quick,
         "factors": {k: list(v) for k, v in FACTORS.items()}, "effects": list(EFFECTS),
-        "recipe": asdict(recipe) | {"group_size": GROUP_SIZE}, "build_seconds": timings,
+        "recipe": asdict(recipe), "build_seconds": timings,
         "final_losses": {"clip": float(np.mean(clip_losses[-10:])), "source": float(np.mean(source_losses[-10:])),
                          "caption_lm": float(np.mean(lm_losses[-10:]))},
         "files": {"clip_config": str(clip_config.relative_to(out)), "clip_weights": str(clip_weights.relative_to(out)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from t2c_monitor.world.factors import Scene
+from t2c_monitor.world.factors import EFFECTS, FACTORS, UNSAID, Scene
 
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "disc", "round dot"),
@@ -79,3 +79,29 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
         return (f"{lead}, " if lead else "") + f"{opening}{subject} {place}"
     tail = (", " + " and ".join(effects)) if effects else ""
     return f"{place}, {opening}{subject}{tail}"
+
+
+def focus_caption(scene: Scene, rng: np.random.Generator, detail: float = 0.25) -> tuple[str, tuple[int, ...]]:
+    """A short caption about the shape, and what it says as codes (``Scene.codes`` order, UNSAID elsewhere).
+
+    It always names the shape; size, colour and background each with probability ``detail``;
+    each present effect with probability 0.5 ("a star", "a red star on grass, blurry"). It says
+    nothing about what it leaves out, so in a CLIP batch it truly describes every image that
+    agrees with what it does say. Such captions give the contrastive loss what full captions
+    hardly do (DESIGN section 5: shape was not learned): a text matching all stars against all
+    other shapes, a text matching all blurred images against sharp ones.
+    """
+    codes = [UNSAID] * (len(FACTORS) + len(EFFECTS))
+    truth = scene.codes()
+    names = list(FACTORS) + list(EFFECTS)
+    said = {"shape"} | {f for f in ("color", "size", "background") if rng.random() < detail}
+    effects = [e for e in scene.effects if rng.random() < 0.5]
+    for name in (*said, *effects):
+        k = names.index(name)
+        codes[k] = truth[k]
+    adjectives = [_pick(rng, SIZE_WORDS[scene.size])] if "size" in said else []
+    adjectives += [_pick(rng, COLOR_WORDS[scene.color])] if "color" in said else []
+    subject = _article(" ".join([*adjectives, _pick(rng, SHAPE_WORDS[scene.shape])]))
+    place = " " + _pick(rng, BACKGROUND_PHRASES[scene.background]) if "background" in said else ""
+    text = subject + place + "".join(", " + _pick(rng, EFFECT_PHRASES[e]) for e in effects)
+    return text, tuple(codes)

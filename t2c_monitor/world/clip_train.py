@@ -1,10 +1,13 @@
 """The world's CLIP: an open_clip custom model config trained contrastively on images and captions.
 
-The vision tower is open_clip's ModifiedResNet (layers ``[1, 1, 1, 1]``, width 32): DESIGN section
-5 found it learns twice as fast as a tiny ViT on 2 cores. The text tower is open_clip's own
-transformer fed by the real open_clip tokenizer, so the trained model is loaded and used by exactly
-the code that loads a user's ``ViT-B-32``: register the config JSON with
-``open_clip.add_model_config`` and call ``open_clip.create_model(CLIP_MODEL_NAME, pretrained=<weights>)``.
+The vision tower is timm's ``test_resnet`` (a four-stage ResNet of 32-96 channels) inside open_clip's
+``TimmModel``, a built-in timm name, so no registration is needed to load it. Measured against
+open_clip's ModifiedResNet (layers ``[1, 1, 1, 1]``, width 16) with the same captions and 360
+steps: shape zero-shot 0.56 vs 0.64 but effect AUROCs 0.88-1.0 vs 0.64-0.92, at a lower cost per
+step. The text tower is open_clip's own transformer fed by the real open_clip tokenizer, so the
+trained model is loaded and used by exactly the code that loads a user's ``ViT-B-32``: register
+the config JSON with ``open_clip.add_model_config`` and call
+``open_clip.create_model(CLIP_MODEL_NAME, pretrained=<weights>)``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from t2c_monitor.world.factors import IMAGE_SIZE
+from t2c_monitor.world.factors import IMAGE_SIZE, UNSAID
 
 CLIP_MODEL_NAME = "t2c-world-clip"
 CLIP_WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -28,8 +31,8 @@ def clip_model_config(quick: bool) -> dict:
     """The open_clip model config (the JSON ``open_clip.add_model_config`` reads)."""
     return {
         "embed_dim": 128 if not quick else 64,
-        "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 16,
-                       "patch_size": None},
+        "vision_cfg": {"image_size": IMAGE_SIZE, "timm_model_name": "test_resnet", "timm_model_pretrained": False,
+                       "timm_pool": "avg", "timm_proj": "linear"},
         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128 if not quick else 64,
                      "heads": 4, "layers": 2},
     }
@@ -45,7 +48,7 @@ class ClipTraining:
     weight_decay: float = 0.1
     warmup: int = 25  # at most; never more than an eighth of the steps
     clean_first: float = 0.35  # share of the steps that see only effect-free images (a curriculum)
-    group_share: float = 0.5  # share of each batch filled with whole contrast groups, when given
+    focus_share: float = 0.5  # share of the rows captioned by their focus caption, when given
 
 
 def pixels_from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -66,6 +69,22 @@ def _lr_at(step: int, cfg: ClipTraining) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def matches(said: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """``[i, j]`` = 1 where text ``j`` truly describes image ``i``: it agrees on everything it says.
+
+    ``said`` holds the texts' codes (``Scene.codes`` order, ``UNSAID`` where silent), ``truth``
+    the images' codes."""
+    agree = (said[None, :, :] == UNSAID) | (said[None, :, :] == truth[:, None, :])
+    return agree.all(dim=-1).float()
+
+
+def _contrastive_loss(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE where every matching pair is a positive (targets spread over them)."""
+    to_text = torch.sum(-(match / match.sum(1, keepdim=True)) * F.log_softmax(logits, dim=1), dim=1).mean()
+    to_image = torch.sum(-(match.T / match.T.sum(1, keepdim=True)) * F.log_softmax(logits.T, dim=1), dim=1).mean()
+    return 0.5 * (to_text + to_image)
+
+
 def train_clip(
     model_config: dict,
     images: np.ndarray,
@@ -73,34 +92,34 @@ def train_clip(
     training: ClipTraining,
     seed: int,
     clean: np.ndarray | None = None,
-    groups: tuple[np.ndarray, list[str], int] | None = None,
+    codes: np.ndarray | None = None,
+    focus: tuple[list[str], np.ndarray] | None = None,
     progress=None,
 ) -> tuple[torch.nn.Module, list[float]]:
     """Train a fresh CLIP of ``model_config`` on (image, caption) pairs; returns the model and losses.
 
     ``clean`` marks the effect-free images: the first ``clean_first`` share of the steps draws only
     from them, so shapes and colours are learned before snow, fog and night hide them (effects are
-    plain enough to be learned in the later steps). ``groups`` is ``(images, captions,
-    group_size)`` of contrast groups (``generate_contrast_groups``): each batch then fills
-    ``group_share`` of its rows with whole groups, hard negatives that differ only in shape and
-    blur. ``progress`` is an optional ``callable(step, loss)`` called after every step.
+    plain enough to be learned in the later steps). ``codes`` (``(n, k)``, ``Scene.codes``) are
+    the images' truth: a caption then counts as a positive for every image of the batch it truly
+    describes, not only its own; without them identical captions are the only shared positives.
+    ``focus`` is ``(captions, codes said)``, one short caption per image (``focus_caption``):
+    ``focus_share`` of each batch's rows are captioned by it instead (needs ``codes``).
+    ``progress`` is an optional ``callable(step, loss)`` called after every step.
     """
     import open_clip
     from open_clip.model import CLIP
 
+    if focus is not None and codes is None:
+        raise ValueError("focus captions need the images' codes (codes=...) to know what they match")
     torch.manual_seed(seed)
     model = CLIP(**model_config)
-    tokenizer = open_clip.tokenize
     context = model_config["text_cfg"]["context_length"]
-    tokens = tokenizer(captions, context_length=context)
+    tokens = open_clip.tokenize(captions, context_length=context)
+    truth = torch.from_numpy(np.asarray(codes)) if codes is not None else None
+    if focus is not None:
+        focus_tokens, focus_said = open_clip.tokenize(focus[0], context_length=context), torch.from_numpy(focus[1])
     pixels_u8 = torch.from_numpy(images)
-    n_grouped, group_size = 0, 1
-    if groups is not None:
-        group_images, group_captions, group_size = groups
-        group_tokens = tokenizer(group_captions, context_length=context)
-        group_pixels = torch.from_numpy(group_images)
-        n_groups = len(group_captions) // group_size
-        n_grouped = int(training.group_share * training.batch_size) // group_size
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
@@ -114,23 +133,22 @@ def train_clip(
     model.train()
     for step in range(training.steps):
         pool = clean_pool if step < training.clean_first * training.steps else everything
-        index = pool[torch.randperm(len(pool), generator=generator)[: training.batch_size - n_grouped * group_size]]
-        batch_pixels, batch_tokens = pixels_u8[index], tokens[index]
-        if n_grouped:
-            chosen = torch.randperm(n_groups, generator=generator)[:n_grouped]
-            rows = (chosen[:, None] * group_size + torch.arange(group_size)).reshape(-1)
-            batch_pixels = torch.cat([batch_pixels, group_pixels[rows]])
-            batch_tokens = torch.cat([batch_tokens, group_tokens[rows]])
+        index = pool[torch.randperm(len(pool), generator=generator)[: training.batch_size]]
+        batch_tokens = tokens[index]
+        if truth is not None:
+            said = truth[index]
+            if focus is not None:
+                use_focus = (torch.rand(len(index), generator=generator) < training.focus_share)[:, None]
+                batch_tokens = torch.where(use_focus, focus_tokens[index], batch_tokens)
+                said = torch.where(use_focus, focus_said[index], said)
+            match = matches(said, truth[index])
+        else:  # captions repeat (same wording of the same scene): identical captions are positives
+            match = (batch_tokens[:, None, :] == batch_tokens[None, :, :]).all(dim=-1).float()
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, training)
-        image_features = F.normalize(model.encode_image(pixels_from_uint8(batch_pixels)), dim=-1)
+        image_features = F.normalize(model.encode_image(pixels_from_uint8(pixels_u8[index])), dim=-1)
         text_features = F.normalize(model.encode_text(batch_tokens), dim=-1)
-        # captions repeat (same wording of the same scene): treat identical captions as positives
-        same = (batch_tokens[:, None, :] == batch_tokens[None, :, :]).all(dim=-1).float()
-        targets = same / same.sum(dim=1, keepdim=True)
-        logits = model.logit_scale.exp() * image_features @ text_features.T
-        loss = 0.5 * (torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
-                      + torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean())
+        loss = _contrastive_loss(model.logit_scale.exp() * image_features @ text_features.T, match)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -143,7 +161,8 @@ def train_clip(
     return model, losses
 
 
-def save_clip(model: torch.nn.Module, model_config: dict, out_dir: Path, name: str = CLIP_MODEL_NAME) -> tuple[Path, Path]:
+def save_clip(model: torch.nn.Module, model_config: dict, out_dir: Path,
+              name: str = CLIP_MODEL_NAME) -> tuple[Path, Path]:
     """Write ``<CLIP_MODEL_NAME>.json`` (the open_clip config) and the safetensors checkpoint."""
     from safetensors.torch import save_file
 

@@ -24,6 +24,9 @@ DEFAULT_EFFECT_PROBABILITY: float = 0.2
 
 IMAGE_SIZE: int = 64
 
+# In the codes of a caption (``Scene.codes`` order), a factor or effect the caption does not mention.
+UNSAID: int = -1
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -51,6 +54,10 @@ class Scene:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def codes(self) -> tuple[int, ...]:
+        """Every factor's label, then every effect as 0/1: what a caption naming everything says."""
+        return tuple(self.label(f) for f in FACTORS) + tuple(int(getattr(self, e)) for e in EFFECTS)
 
     def label(self, factor: str) -> int:
         """Index of this scene's value of ``factor`` in ``FACTORS[factor]``."""

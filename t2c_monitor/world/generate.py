@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,27 +81,6 @@ def generate(n: int, seed: int = 0, shift: Shift | str | Iterable[str] | None = 
     return WorldBatch(images=images, scenes=scenes, captions=captions)
 
 
-def generate_contrast_groups(n_groups: int, seed: int = 0) -> WorldBatch:
-    """Groups of ``GROUP_SIZE`` consecutive images sharing every factor but shape and blur.
-
-    Each group shows all five shapes, each sharp and blurred, with one colour, size, background
-    and set of other effects. A contrastive batch holding whole groups can only match captions
-    to images by shape and blur -- the two factors a small CLIP is slowest to learn from random
-    batches, where almost any other factor already tells the pairs apart.
-    """
-    if n_groups < 0:
-        raise ValueError(f"n_groups must be >= 0, got {n_groups}")
-    scene_rng, pixel_rng, text_rng = _streams(seed)
-    bases = sample_scenes(n_groups, scene_rng)
-    scenes = [replace(base, shape=shape, blur=blur) for base in bases for shape in FACTORS["shape"]
-              for blur in (False, True)]
-    captions = [caption(scene, text_rng) for scene in scenes]
-    return WorldBatch(images=render(scenes, pixel_rng), scenes=scenes, captions=captions)
-
-
-GROUP_SIZE = 2 * len(FACTORS["shape"])
-
-
 def iter_batches(n: int, seed: int, batch_size: int = 1024, shift: Shift | None = None) -> Iterator[WorldBatch]:
     """``generate`` in chunks of ``batch_size`` (chunk ``k`` uses seed ``seed * 1_000_003 + k``)."""
     for k, start in enumerate(range(0, n, batch_size)):
@@ -136,7 +115,7 @@ def write_images(
         task = bar.add_task("writing images", total=n)
         index = 0
         for batch in iter_batches(n, seed, shift=shift):
-            for image, scene, text in zip(batch.pil_images(), batch.scenes, batch.captions):
+            for image, scene, text in zip(batch.pil_images(), batch.scenes, batch.captions, strict=True):
                 name = f"img_{index:0{width}d}.{extension}"
                 if image_format == "jpeg":
                     image.save(out / name, format="JPEG", quality=92)

@@ -1,8 +1,10 @@
 """Drawing shapes-world images: numpy for everything batched, PIL only for the per-image shape mask.
 
 Effects are made plainly visible at 64 px, because a small CLIP trained for minutes only learns
-what it can see (DESIGN section 5): 2-px snow flakes, a strong Gaussian blur, a dense fog veil and
-a dark blue night. Position, rotation, colour tone, background crop and pixel noise vary per image.
+what it can see (DESIGN section 5): 2-px snow flakes, a strong Gaussian blur, a fog veil and a
+blue night, each light enough that the shape beneath still shows (a darker night and a denser fog
+hid most shapes from both models). Position, rotation, colour tone, background crop and pixel noise
+vary per image.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
 RADIUS_RANGE: dict[str, tuple[float, float]] = {"small": (9.0, 12.0), "large": (18.0, 23.0)}
 BLUR_RADIUS = 2.6
 SNOW_FLAKES = (45, 80)
-FOG_ALPHA = (0.5, 0.62)
+FOG_ALPHA = (0.38, 0.48)
 FOG_RGB = np.array([208, 210, 214], dtype=np.float32)
-NIGHT_GAIN = np.array([0.34, 0.37, 0.56], dtype=np.float32)
+NIGHT_GAIN = np.array([0.51, 0.555, 0.84], dtype=np.float32)
 NOISE_SIGMA = 4.0
 _TEMPLATE = 96  # background templates are cropped to IMAGE_SIZE at a random offset
 _SUPERSAMPLE = 2
@@ -101,7 +103,8 @@ def _outline(shape: str, r: float) -> list[tuple[float, float]]:
         return [(r * np.cos(t), r * np.sin(t) + 0.15 * r) for t in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)]
     if shape == "cross":
         a, w = r, 0.34 * r
-        return [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w), (-a, w), (-a, -w), (-w, -w)]
+        return [(-w, -a), (w, -a), (w, -w), (a, -w), (a, w), (w, w), (w, a), (-w, a), (-w, w), (-a, w), (-a, -w),
+                (-w, -w)]
     if shape == "star":
         return _star(1.1 * r)
     raise ValueError(f"shape has no polygon: {shape!r}")
