@@ -14,7 +14,10 @@ T2C = Path(sys.executable).parent / "t2c"
 
 
 def run_t2c(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([T2C, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+    """``t2c`` as a user's shell runs it: without the Prefect settings this test process has picked
+    up (importing ``flows`` sets PREFECT_HOME; a test harness points at its own API)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    return subprocess.run([T2C, *args], env={**clean, **env}, capture_output=True, text=True, timeout=timeout)
 
 
 def test_apply_list_and_ingest_from_the_command_line(database_url, tiny_monitor_dir, tmp_path):
