@@ -130,7 +130,8 @@ def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem],
         unique.setdefault(item.uri, item)
     external_id = batch_id or content_batch_id(list(unique.values()))
     with db.engine.begin() as conn:
-        row_id, _ = batch_store.open_batch(conn, monitor_id=record.id, external_id=external_id, source_uri=source_uri)
+        row_id, _ = batch_store.open_batch(conn, monitor_id=record.id, external_id=external_id, source_uri=source_uri,
+                                           bank_id=record.bank_id)
         batch_store.set_status(conn, row_id, "embedding")
         done = batch_store.stored_uris(conn, row_id)
     todo = [item for uri, item in unique.items() if uri not in done]

@@ -115,8 +115,8 @@ def test_changed_encoder_weights_are_refused(applied_monitor, tiny_monitor_dir, 
 def _rows(db) -> list:
     with db.engine.connect() as conn:
         return conn.execute(text(
-            "SELECT i.uri, i.status, i.failure_reason, i.embedding::text AS v, s.scores, i.meta, i.sha256 "
-            "FROM image i LEFT JOIN image_score s ON s.image_id = i.id ORDER BY i.uri"
+            "SELECT i.uri, i.status, i.failure_reason, i.embedding::text AS v, i.scores, i.meta, i.sha256 "
+            "FROM image i ORDER BY i.uri"
         )).all()
 
 

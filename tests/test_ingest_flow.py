@@ -10,8 +10,7 @@ from sqlalchemy import text
 def _stored(db) -> dict[str, tuple]:
     with db.engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT i.uri, i.status, i.failure_reason, i.embedding::text AS v, s.scores FROM image i "
-            "LEFT JOIN image_score s ON s.image_id = i.id"
+            "SELECT i.uri, i.status, i.failure_reason, i.embedding::text AS v, i.scores FROM image i"
         )).all()
     return {r.uri: (r.status, r.failure_reason, r.v, r.scores) for r in rows}
 

@@ -33,7 +33,8 @@ def _fill_every_table(session: Session, dim: int = 8) -> None:
     session.flush()
     aligner = m.Aligner(encoder_id=enc.id, clip_model_id=clip.id, method="exact", d_in=512, d_out=dim)
     bank = m.ConceptBank(name="world", version=1, clip_model_id=clip.id, dim=dim, templates=["a photo of {}."])
-    session.add_all([aligner, bank])
+    rescored = m.ConceptBank(name="world", version=2, clip_model_id=clip.id, dim=dim)
+    session.add_all([aligner, bank, rescored])
     session.flush()
     concept = m.Concept(bank_id=bank.id, position=0, name="night", phrasings=["at night"], vector=_unit(dim, 0))
     monitor = m.Monitor(
@@ -41,12 +42,13 @@ def _fill_every_table(session: Session, dim: int = 8) -> None:
     )
     session.add_all([concept, monitor])
     session.flush()
-    batch = m.Batch(monitor_id=monitor.id, external_id="day-1", source_uri="file:///inbox/day-1", status="stored")
+    batch = m.Batch(monitor_id=monitor.id, external_id="day-1", source_uri="file:///inbox/day-1", status="stored",
+                    bank_id=bank.id)
     session.add(batch)
     session.flush()
     ok = m.Image(
         batch_id=batch.id, monitor_id=monitor.id, uri="a.png", sha256="c" * 64, status="ok", dim=dim,
-        embedding=_unit(dim, 1), meta={"source": "cam-3"},
+        embedding=_unit(dim, 1), meta={"source": "cam-3"}, scores=[0.25],
     )
     bad = m.Image(batch_id=batch.id, monitor_id=monitor.id, uri="b.jpg", status="failed", failure_reason="truncated")
     baseline = m.Baseline(
@@ -57,7 +59,7 @@ def _fill_every_table(session: Session, dim: int = 8) -> None:
     session.flush()
     audit = m.Audit(monitor_id=monitor.id, baseline_id=baseline.id, dim=dim, direction=_unit(dim, 3), status="done")
     session.add_all([
-        m.ImageScore(image_id=ok.id, bank_id=bank.id, scores=[0.25]),
+        m.ImageScore(image_id=ok.id, bank_id=rescored.id, scores=[0.5]),  # scored again against another bank
         m.BaselineConcept(baseline_id=baseline.id, concept_id=concept.id, n=1, scores=[0.2]),
         audit,
     ])
@@ -150,3 +152,25 @@ def test_constraints_protect_the_data(engine):
         insert_image(uri="y.png", sha256="f" * 64, monitor_id=ids["monitor_id"] + 1)
     with pytest.raises(IntegrityError, match="ck_batch_status"), Session(engine) as session, session.begin():
         session.add(m.Batch(monitor_id=ids["monitor_id"], external_id="d2", source_uri="x", status="lost"))
+
+
+
+def test_0003_moves_scores_against_the_batch_bank_between_the_image_row_and_image_score(engine):
+    """Downgrade puts image.scores back as image_score rows of the batch's bank; upgrade moves the
+    rows of each batch's (monitor's) bank into the image rows and leaves other banks' rows alone."""
+    with Session(engine) as session, session.begin():
+        _fill_every_table(session)
+    scores = "SELECT c.version, s.scores FROM image_score s JOIN concept_bank c ON c.id = s.bank_id ORDER BY 1"
+    migrate.downgrade(engine, "0002")
+    with engine.connect() as conn:
+        assert conn.execute(text(scores)).all() == [(1, [0.25]), (2, [0.5])]
+
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT b.bank_id = m.bank_id FROM batch b JOIN monitor m ON m.id = b.monitor_id")
+                            ).scalar_one() is True
+        assert conn.execute(text("SELECT uri, scores FROM image ORDER BY uri")).all() == [("a.png", [0.25]),
+                                                                                          ("b.jpg", None)]
+        assert conn.execute(text(scores)).all() == [(2, [0.5])]
+    with pytest.raises(IntegrityError, match="ck_image_failed_has_no_scores"), engine.begin() as conn:
+        conn.execute(text("UPDATE image SET scores = ARRAY[0.1]::real[] WHERE status = 'failed'"))

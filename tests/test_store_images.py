@@ -88,7 +88,7 @@ def _counts(engine) -> tuple[int, int, int]:
     with engine.connect() as conn:
         return tuple(conn.execute(text(
             "SELECT (SELECT count(*) FROM image WHERE status='ok'), (SELECT count(*) FROM image WHERE status='failed'),"
-            " (SELECT count(*) FROM image_score)"
+            " (SELECT count(*) FROM image WHERE scores IS NOT NULL) + (SELECT count(*) FROM image_score)"
         )).one())
 
 
@@ -99,8 +99,8 @@ def test_store_chunk_stores_vectors_scores_and_failures(engine, monitor):
     assert (counts.ok, counts.failed, counts.skipped, counts.scores) == (30, 10, 0, 30)
     with engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT i.uri, i.embedding::text AS v, s.scores, i.meta, i.failure_reason, i.width "
-            "FROM image i LEFT JOIN image_score s ON s.image_id = i.id ORDER BY i.uri"
+            "SELECT i.uri, i.embedding::text AS v, i.scores, i.meta, i.failure_reason, i.width "
+            "FROM image i ORDER BY i.uri"
         )).all()
     ok_rows = [r for r in rows if r.failure_reason is None]
     stored = np.array([[float(x) for x in r.v.strip("[]").split(",")] for r in ok_rows], dtype=np.float32)
@@ -250,8 +250,8 @@ def test_chunks_longer_than_a_block_store_the_right_vector_and_scores_on_each_ro
     assert (counts.ok, counts.failed, counts.skipped) == (sum(r is None for r in reasons[450:]), 250 - 200, 450)
     with engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT i.uri, i.meta, i.embedding::text AS v, s.scores "
-            "FROM image i JOIN image_score s ON s.image_id = i.id ORDER BY i.uri"
+            "SELECT i.uri, i.meta, i.embedding::text AS v, i.scores "
+            "FROM image i WHERE i.status = 'ok' ORDER BY i.uri"
         )).all()
     assert [r.uri for r in rows] == ok_uris
     assert [r.meta for r in rows] == [m for m, r in zip(chunk.meta, reasons, strict=True) if r is None]
@@ -259,3 +259,60 @@ def test_chunks_longer_than_a_block_store_the_right_vector_and_scores_on_each_ro
     np.testing.assert_array_equal(stored, chunk.embeddings)
     np.testing.assert_array_equal(np.array([r.scores for r in rows], dtype=np.float32), chunk.scores)
     assert _counts(engine) == (n_ok, n - n_ok, n_ok)
+
+
+def _second_bank(engine, monitor: dict[str, int]) -> int:
+    """Another bank (a new version of the monitor's), as after the monitor's bank changed."""
+    with engine.begin() as conn:
+        return conn.execute(text(
+            "INSERT INTO concept_bank (name, version, clip_model_id, dim) SELECT name, version + 1, clip_model_id, dim "
+            "FROM concept_bank WHERE id = :b RETURNING id"), {"b": monitor["bank_id"]}).scalar_one()
+
+
+def test_scores_go_in_the_image_row_against_the_batch_bank_and_never_mix_banks(engine, monitor):
+    """A batch takes the bank of its first scored chunk (it was opened without one); a run resumed
+    with another bank stores its scores as image_score rows of that bank, and each bank reads back
+    only its own scores."""
+    from t2c_monitor.store.audits import batch_scores
+
+    full = _chunk(40)
+    n_first = sum(r is None for r in full.failure_reason[:20])
+    first = ImageChunk(uris=full.uris[:20], failure_reason=full.failure_reason[:20],
+                       embeddings=full.embeddings[:n_first], scores=full.scores[:n_first], sha256=full.sha256[:20])
+    with engine.begin() as conn:
+        assert store_chunk(conn, chunk=first, **monitor).scores == n_first
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT bank_id FROM batch")).scalar_one() == monitor["bank_id"]
+        assert conn.execute(text("SELECT count(*) FROM image_score")).scalar_one() == 0
+    new_bank = _second_bank(engine, monitor)
+    with engine.begin() as conn:
+        counts = store_chunk(conn, chunk=full, **{**monitor, "bank_id": new_bank})
+    assert (counts.ok, counts.skipped, counts.scores) == (full.n_ok - n_first, 20, full.n_ok - n_first)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT bank_id FROM batch")).scalar_one() == monitor["bank_id"]  # kept
+        np.testing.assert_array_equal(batch_scores(conn, monitor["batch_id"], monitor["bank_id"]),
+                                      full.scores[:n_first])
+        np.testing.assert_array_equal(batch_scores(conn, monitor["batch_id"], new_bank), full.scores[n_first:])
+        assert conn.execute(text("SELECT count(*) FROM image_score WHERE bank_id = :b"),
+                            {"b": new_bank}).scalar_one() == full.n_ok - n_first
+
+
+def test_replace_scores_fills_the_image_rows_for_the_batch_bank_and_image_score_for_others(engine, monitor):
+    from t2c_monitor.store.audits import batch_scores, ok_image_ids, replace_scores
+
+    chunk = _chunk(12)
+    with engine.begin() as conn:
+        store_chunk(conn, chunk=ImageChunk(uris=chunk.uris, failure_reason=chunk.failure_reason,
+                                           embeddings=chunk.embeddings, scores=chunk.scores), **monitor)
+        conn.execute(text("UPDATE image SET scores = NULL WHERE id = (SELECT min(id) FROM image WHERE status='ok')"))
+    new_bank = _second_bank(engine, monitor)
+    with engine.begin() as conn:
+        ids = ok_image_ids(conn, monitor["batch_id"])
+        assert len(batch_scores(conn, monitor["batch_id"], monitor["bank_id"])) == len(ids) - 1  # a partial set
+        assert len(batch_scores(conn, monitor["batch_id"], new_bank)) == 0
+        replace_scores(conn, monitor["batch_id"], monitor["bank_id"], ids, chunk.scores + 1)
+        replace_scores(conn, monitor["batch_id"], new_bank, ids, chunk.scores + 2)
+    with engine.connect() as conn:
+        np.testing.assert_array_equal(batch_scores(conn, monitor["batch_id"], monitor["bank_id"]), chunk.scores + 1)
+        np.testing.assert_array_equal(batch_scores(conn, monitor["batch_id"], new_bank), chunk.scores + 2)
+        assert conn.execute(text("SELECT count(DISTINCT bank_id) FROM image_score")).scalar_one() == 1

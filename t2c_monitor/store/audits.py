@@ -47,8 +47,22 @@ def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str]
     return [(int(r.id), str(r.external_id)) for r in reversed(rows)]
 
 
+def _is_batch_bank(conn: Connection, batch_id: int, bank_id: int) -> bool:
+    """Whether ``bank_id`` is the bank the batch's ``image.scores`` are against (else: ``image_score``)."""
+    return conn.execute(
+        text("SELECT bank_id = :bank FROM batch WHERE id = :b"), {"b": batch_id, "bank": bank_id}
+    ).scalar() is True
+
+
 def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
-    """Concept scores ``(n, k)`` of a batch's ok images against one bank."""
+    """Concept scores ``(n, k)`` of a batch's ok images against one bank: those it was ingested with
+    are in the image rows, those against another bank in ``image_score``; by image id."""
+    if _is_batch_bank(conn, batch_id, bank_id):
+        return read_matrix(
+            conn,
+            "SELECT scores FROM image WHERE batch_id = %(b)s AND status = 'ok' AND scores IS NOT NULL ORDER BY id",
+            {"b": batch_id},
+        )
     return read_matrix(
         conn,
         "SELECT s.scores FROM image_score s JOIN image i ON i.id = s.image_id "
@@ -64,11 +78,32 @@ def ok_image_ids(conn: Connection, batch_id: int) -> list[int]:
 
 
 def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: list[int], scores: np.ndarray) -> None:
-    """Store a batch's scores against a bank (e.g. a new bank version), replacing any partial set."""
+    """Store a batch's scores against a bank (e.g. a new bank version), replacing any partial set:
+    in the image rows for the batch's own bank, else as ``image_score`` rows."""
     from t2c_monitor.store import copy
 
+    if _is_batch_bank(conn, batch_id, bank_id):
+        conn.execute(
+            text("UPDATE image SET scores = NULL WHERE batch_id = :b AND scores IS NOT NULL AND id <> ALL(:ids)"),
+            {"b": batch_id, "ids": list(image_ids)},
+        )
+        conn.execute(
+            text("CREATE TEMPORARY TABLE t2c_new_scores (image_id bigint PRIMARY KEY, scores real[]) ON COMMIT DROP")
+        )
+        copy.copy_into(conn, "t2c_new_scores", [
+            copy.int_column("image_id", image_ids, bits=64),
+            copy.real_array_column("scores", scores),
+        ])
+        conn.execute(
+            text("UPDATE image i SET scores = n.scores FROM t2c_new_scores n "
+                 "WHERE i.id = n.image_id AND i.batch_id = :b"),
+            {"b": batch_id},
+        )
+        conn.execute(text("DROP TABLE t2c_new_scores"))
+        return
     conn.execute(
-        text("DELETE FROM image_score s USING image i WHERE i.id = s.image_id AND i.batch_id = :b AND s.bank_id = :bank"),
+        text("DELETE FROM image_score s USING image i "
+             "WHERE i.id = s.image_id AND i.batch_id = :b AND s.bank_id = :bank"),
         {"b": batch_id, "bank": bank_id},
     )
     copy.copy_into(conn, "image_score", [

@@ -30,14 +30,17 @@ class BatchSummary:
         return dict(self.__dict__)
 
 
-def open_batch(conn: Connection, *, monitor_id: int, external_id: str, source_uri: str) -> tuple[int, str]:
-    """The batch row for (monitor, external id), created if new; returns (id, status before this run)."""
+def open_batch(conn: Connection, *, monitor_id: int, external_id: str, source_uri: str,
+               bank_id: int | None = None) -> tuple[int, str]:
+    """The batch row for (monitor, external id), created if new with ``bank_id`` (the monitor's bank
+    now: the one its images' ``image.scores`` are against); returns (id, status before this run).
+    A reopened batch keeps its bank (``store.images`` stores scores against another apart)."""
     row = conn.execute(
         text(
-            "INSERT INTO batch (monitor_id, external_id, source_uri) VALUES (:m, :e, :s) "
+            "INSERT INTO batch (monitor_id, external_id, source_uri, bank_id) VALUES (:m, :e, :s, :bank) "
             "ON CONFLICT (monitor_id, external_id) DO NOTHING RETURNING id, status"
         ),
-        {"m": monitor_id, "e": external_id, "s": source_uri},
+        {"m": monitor_id, "e": external_id, "s": source_uri, "bank": bank_id},
     ).one_or_none()
     if row is None:
         row = conn.execute(

@@ -1,8 +1,12 @@
 """Storing ingested images and their concept scores, exactly once, by binary COPY.
 
-A chunk goes straight into ``image`` and ``image_score`` by binary COPY, with ids taken from the
-sequence beforehand; an image that repeats the content (sha256) of one earlier in the chunk is
-recorded as a failed duplicate naming the first copy. The batch's unique constraints on URI and on
+A chunk goes straight into ``image`` by binary COPY, with ids taken from the sequence beforehand,
+each image's concept scores in its row (``image.scores``, against the bank of its batch:
+``batch.bank_id``, no per-row key). A batch opened without a bank takes the bank of its first
+scored chunk. Scores against another bank (a batch resumed by a monitor whose bank changed since
+the batch was opened) are never mixed into the row: they go to ``image_score`` under their bank,
+as audits' rescoring stores them. An image that repeats the content (sha256) of one earlier in
+the chunk is recorded as a failed duplicate naming the first copy. The batch's unique constraints on URI and on
 the content of ok images see anything the batch already holds (a rerun, a run killed half way, a
 second run racing this one): the write is then undone to a savepoint, the URIs the batch holds are
 dropped from the chunk, images whose content it holds as ok become failed duplicates, and the rest
@@ -121,11 +125,12 @@ def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: in
     if not chunk.uris:
         return StoredCounts(0, 0, 0, 0)
     conn.execute(text("SET LOCAL synchronous_commit = off"))  # durable with the batch: see the module docstring
+    in_row = chunk.scores is not None and chunk.n_ok > 0 and _batch_bank(conn, batch_id, bank_id) == bank_id
     stored: tuple[set[str], dict[str, str]] = (set(), {})  # first, as if the batch held none of it
     for attempt in range(_ATTEMPTS):
         try:
             with conn.begin_nested():
-                return _write(conn, batch_id, monitor_id, bank_id, chunk, *stored)
+                return _write(conn, batch_id, monitor_id, bank_id, chunk, *stored, in_row=in_row)
         except IntegrityError as exc:
             # a unique constraint saw an image the batch holds (a rerun, or a run racing this one):
             # filter against what it holds now and write again; anything else is a real error
@@ -133,6 +138,19 @@ def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: in
                 raise
         stored = _already_stored(conn, batch_id, chunk)
     raise AssertionError("unreachable")
+
+
+def _batch_bank(conn: Connection, batch_id: int, bank_id: int) -> int:
+    """The bank the batch's ``image.scores`` are against; a batch without one takes ``bank_id``."""
+    batch_bank = conn.execute(text("SELECT bank_id FROM batch WHERE id = :b"), {"b": batch_id}).scalar_one_or_none()
+    if batch_bank is None:  # rare (batches are opened with their monitor's bank): the row lock is brief
+        batch_bank = conn.execute(
+            text("UPDATE batch SET bank_id = COALESCE(bank_id, :bank) WHERE id = :b RETURNING bank_id"),
+            {"b": batch_id, "bank": bank_id},
+        ).scalar_one_or_none()
+    if batch_bank is None:
+        raise ValueError(f"batch {batch_id} does not exist")
+    return int(batch_bank)
 
 
 def _new_ids(conn: Connection, n: int) -> np.ndarray:
@@ -146,15 +164,16 @@ def _new_ids(conn: Connection, n: int) -> np.ndarray:
 
 
 def _write(conn: Connection, batch_id: int, monitor_id: int, bank_id: int | None, chunk: ImageChunk,
-           stored_uris: set[str], stored_content: dict[str, str]) -> StoredCounts:
+           stored_uris: set[str], stored_content: dict[str, str], *, in_row: bool) -> StoredCounts:
     n = len(chunk.uris)
     keep, reasons = _new_rows(chunk, stored_uris, stored_content)
     if not keep:
         return StoredCounts(0, 0, n, 0)
     rows = _Rows(chunk, keep, reasons, _new_ids(conn, len(keep)))
-    copy.copy_blocks(conn, "image", (rows.image_columns(block, batch_id, monitor_id) for block in rows.blocks()))
-    n_scores = 0
-    if chunk.scores is not None and rows.n_ok:
+    images = (rows.image_columns(block, batch_id, monitor_id, with_scores=in_row) for block in rows.blocks())
+    copy.copy_blocks(conn, "image", images)
+    n_scores = rows.n_ok if in_row else 0
+    if chunk.scores is not None and rows.n_ok and not in_row:  # another bank than the batch's: never mixed
         scores = (rows.score_columns(block, bank_id) for block in rows.blocks())
         n_scores = copy.copy_blocks(conn, "image_score", scores)
     return StoredCounts(ok=rows.n_ok, failed=len(keep) - rows.n_ok, skipped=n - len(keep), scores=n_scores)
@@ -181,10 +200,12 @@ class _Rows:
             return values[block]
         return [values[i] for i in self.keep[block]]
 
-    def image_columns(self, block: slice, batch_id: int, monitor_id: int) -> list[copy.Column]:
+    def image_columns(self, block: slice, batch_id: int, monitor_id: int, *,
+                      with_scores: bool) -> list[copy.Column]:
         chunk, ok = self.chunk, self.ok[block]
         n, dim = len(ok), chunk.embeddings.shape[1]
-        return [
+        vector_rows = self.vector_row[block][ok]
+        columns = [
             copy.int_column("id", self.ids[block], bits=64),
             copy.int_column("batch_id", np.full(n, batch_id)),
             copy.int_column("monitor_id", np.full(n, monitor_id)),
@@ -198,8 +219,11 @@ class _Rows:
             copy.text_column("status", ["ok" if o else "failed" for o in ok]),
             copy.text_column("failure_reason", self.reasons[block]),
             copy.int_column("dim", [dim if o else None for o in ok]),
-            copy.vector_column("embedding", chunk.embeddings[self.vector_row[block][ok]], present=ok),
+            copy.vector_column("embedding", chunk.embeddings[vector_rows], present=ok),
         ]
+        if with_scores:
+            columns.append(copy.real_array_column("scores", chunk.scores[vector_rows], present=ok))
+        return columns
 
     def score_columns(self, block: slice, bank_id: int | None) -> list[copy.Column]:
         ok = self.ok[block]

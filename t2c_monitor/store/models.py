@@ -197,6 +197,9 @@ class Batch(Base):
     n_failed: Mapped[int] = mapped_column(Integer, server_default="0")
     timings: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"), comment="seconds per stage")
     error: Mapped[str | None] = mapped_column(Text)
+    bank_id: Mapped[int | None] = mapped_column(
+        ForeignKey("concept_bank.id"), comment="the bank image.scores are against"
+    )
 
 
 class Image(Base):
@@ -208,6 +211,8 @@ class Image(Base):
     Vectors stay in the row (``toast_tuple_target``): pgvector stores them uncompressed, and a 512-d
     vector is just over the default 2 kB threshold, so each row also went to the TOAST table and
     its index. Only vectors too wide for a page (near 2,000-d) still move out of line.
+    ``scores`` are against the batch's bank (``batch.bank_id``), so they need no per-row key to
+    a bank; scores against other banks are rows of ``image_score``.
     """
 
     __tablename__ = "image"
@@ -227,6 +232,7 @@ class Image(Base):
             "(status = 'ok') = (embedding IS NOT NULL AND failure_reason IS NULL)", name="ok_has_embedding"
         ),
         CheckConstraint("embedding IS NULL OR vector_dims(embedding) = dim", name="embedding_dim"),
+        CheckConstraint("status = 'ok' OR scores IS NULL", name="failed_has_no_scores"),
         {"postgresql_with": {"toast_tuple_target": IMAGE_TOAST_TUPLE_TARGET}},
     )
 
@@ -245,10 +251,14 @@ class Image(Base):
     dim: Mapped[int | None] = mapped_column(Integer)
     embedding: Mapped[list[float] | None] = mapped_column(Vector(), comment="unit-norm aligned vector")
     created_at: Mapped[datetime] = _created()
+    scores: Mapped[list[float] | None] = mapped_column(
+        ARRAY(REAL), comment="concept scores against batch.bank_id, in concept order"
+    )
 
 
 class ImageScore(Base):
-    """The concept scores of one image against one bank, in the bank's concept order."""
+    """The concept scores of one image against a bank other than its batch's (those are ``image.scores``),
+    in the bank's concept order: batches rescored after their monitor's bank changed."""
 
     __tablename__ = "image_score"
 
