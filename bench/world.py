@@ -3,7 +3,9 @@
 Builds (or loads) the world, generates held-out images, fits an exact aligner from the shape-only
 source encoder to the world CLIP, and measures against the generator's ground truth: aligner R²,
 zero-shot accuracy per factor in CLIP space and aligned space (class vectors from the default
-concept bank), and per effect the AUROC of its concept score in both spaces.
+concept bank), and per effect the AUROC of its concept score in both spaces. Then the drift
+semantics (t2c_monitor/world/drift_check.py): every single planted shift must be flagged, ranked
+first and in the right direction, and 20 clean audits may flag at most once in total.
 
     python bench/world.py [--seed 0] [--quick] [--rebuild] [--threads N]
 
@@ -46,6 +48,10 @@ def main() -> None:
     parser.add_argument("--models-dir", default=None)
     parser.add_argument("--n-fit", type=int, default=4000)
     parser.add_argument("--n-test", type=int, default=2000)
+    parser.add_argument("--n-ref", type=int, default=4000, help="baseline images of the drift check")
+    parser.add_argument("--n-cur", type=int, default=500, help="window images of each drift audit")
+    parser.add_argument("--clean-audits", type=int, default=20)
+    parser.add_argument("--no-drift", action="store_true", help="skip the drift semantics check")
     args = parser.parse_args()
 
     import torch
@@ -75,7 +81,29 @@ def main() -> None:
     print(f"{'effect AUROC':<12}{'CLIP':>8}{'aligned':>9}", file=sys.stderr)
     for effect, scores in result["effect_auroc"].items():
         print(f"{effect:<12}{scores['clip']:>8.3f}{scores['aligned']:>9.3f}", file=sys.stderr)
+    drift = None
+    if not args.no_drift:
+        import tempfile
+        from pathlib import Path
+
+        from t2c_monitor.world.drift_check import drift_semantics, fit_world_aligner
+
+        print(f"drift semantics: each planted shift in {args.n_cur} images against {args.n_ref} baseline images, "
+              f"and {args.clean_audits} clean audits (aligned space, default KS settings) ...", file=sys.stderr)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            aligner = fit_world_aligner(world, Path(tmp) / "aligner", n_fit=args.n_fit)
+            drift = drift_semantics(world, aligner, n_ref=args.n_ref, n_cur=args.n_cur, clean_audits=args.clean_audits)
+        drift["seconds"] = round(time.perf_counter() - started, 1)
+        for spec, check in drift["shifts"].items():
+            print(f"  {spec:<22} {check['concept']:<8} flagged={check['flagged']!s:<5} rank={check['rank']} "
+                  f"top={check['top']} ks={check['ks_stat']}", file=sys.stderr)
+        print(f"  {drift['shifts_ok']}/{drift['shifts_total']} planted shifts ranked first the right way; "
+              f"{drift['clean_flags']} flags in {drift['clean_audits']} clean audits", file=sys.stderr)
     met = targets_met(result)
+    if drift is not None:
+        met["drift_shifts_first"] = drift["shifts_ok"] == drift["shifts_total"]
+        met["drift_clean_at_most_one_flag"] = drift["clean_flags"] <= 1
     missed = [k for k, ok in met.items() if not ok]
     print("all targets met" if not missed else f"targets missed: {', '.join(missed)}", file=sys.stderr)
 
@@ -92,6 +120,7 @@ def main() -> None:
         "eval_seconds": round(eval_seconds, 1),
         "n_fit": args.n_fit, "n_test": args.n_test, "seed": args.seed, "quick": args.quick,
         "world_key": world.metadata["key"],
+        "drift": drift,
         "targets_met": all(met.values()),
         "targets_missed": missed,
     }

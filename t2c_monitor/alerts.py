@@ -11,10 +11,10 @@ A channel (see ``monitors.WebhookChannel`` and friends) is one of
 
 ``deliver_alerts`` sends one audit's message to each channel, unless the same drift was already
 alerted on that channel within the quiet period, in which case the alert is recorded as
-``suppressed``. A drift is the same when its headline (the three concepts ranked first, with
-their directions) was all in an earlier alert: concepts are correlated, so an ongoing shift drags
-a changing tail of minor concepts along, and paging again for each would be crying wolf; a new
-concept among the leaders is news and is sent. Each send is tried ``1 + retries`` times with
+``suppressed``. A drift is the same when its leading concept (ranked first, same direction) was
+flagged in an earlier alert: concepts are correlated, so an ongoing shift drags a changing tail of
+minor concepts along (more grass backgrounds, hence fewer gray ones), and paging again for each
+would be crying wolf; a new leader is news and is sent. Each send is tried ``1 + retries`` times with
 doubling waits; every attempt is counted on the alert row, and a send that still fails is kept
 ``failed`` with its (redacted) error for ``retry_failed_alerts`` (run at the start of every audit
 flow and by ``t2c alerts retry``). The audit is stored before any alert is attempted, so a failed
@@ -115,7 +115,7 @@ def build_message(summary: Any, *, report: str | None) -> AlertMessage:
     return AlertMessage(subject=subject, text=payload["text"], payload=payload)
 
 
-HEADLINE_CONCEPTS = 3
+HEADLINE_CONCEPTS = 1  # how many leading concepts identify a drift for the quiet period
 
 
 def drift_key(payload: dict[str, Any], top: int | None = None) -> set[tuple[str, int]]:
