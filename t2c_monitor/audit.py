@@ -179,14 +179,14 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
         baseline = audit_store.active_baseline(conn, record.id, monitor)
         _check_not_stale(record, baseline)
         window_last = None if (batches is not None or since or until) else last
+        in_baseline = set(baseline.batch_ids)
         chosen = [(b, e) for b, e in audit_store.stored_batches(
             conn, record.id, external_ids=batches, last=window_last, since=since, until=until)
-            if b not in set(baseline.batch_ids)]
+            if b not in in_baseline]
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")
         embeddings = np.concatenate([audit_store.batch_embeddings(conn, b) for b, _ in chosen])
-        image_ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
     scores = np.concatenate([batch_scores(db, record, b) for b, _ in chosen])
     reference = SortedReference.from_sorted(baseline.sorted_scores)
     result = detector.detect(reference, scores, record.concept_names)
@@ -210,7 +210,8 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
         return summary
     from t2c_monitor.report import write_audit_report
 
-    with db.engine.connect() as conn:
+    with db.engine.connect() as conn:  # the report's example images: the window's rows in score order
+        image_ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
         uris = alert_store.image_uris(conn, image_ids)
     path = write_audit_report(Path(report_dir) / monitor / f"audit-{audit_id}", summary, result=result,
                               reference=baseline.sorted_scores, current=scores,

@@ -7,7 +7,7 @@ alert is retried with the same content.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -54,13 +54,6 @@ def failed_alerts(conn: Connection, monitor_id: int | None = None) -> list[dict[
     return [dict(r) for r in conn.execute(text(sql + " ORDER BY al.id"), params).mappings().all()]
 
 
-def audit_alerts(conn: Connection, audit_id: int) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        text("SELECT id, channel, status, attempts, last_error, created_at, sent_at FROM alert "
-             "WHERE audit_id = :a ORDER BY id"), {"a": audit_id}).mappings().all()
-    return [dict(r) for r in rows]
-
-
 def list_alerts(conn: Connection, monitor_id: int, *, limit: int = 50) -> list[dict[str, Any]]:
     rows = conn.execute(
         text("SELECT al.id, al.audit_id, al.channel, al.status, al.attempts, al.last_error, al.created_at, "
@@ -79,13 +72,3 @@ def insert_report(conn: Connection, *, audit_id: int, path: str) -> int:
 def image_uris(conn: Connection, image_ids: list[int]) -> dict[int, str]:
     rows = conn.execute(text("SELECT id, uri FROM image WHERE id = ANY(:ids)"), {"ids": list(image_ids)}).all()
     return {int(r.id): str(r.uri) for r in rows}
-
-
-def audit_row(conn: Connection, audit_id: int) -> dict[str, Any]:
-    row = conn.execute(text("SELECT a.*, m.name AS monitor FROM audit a JOIN monitor m ON m.id = a.monitor_id "
-                            "WHERE a.id = :a"), {"a": audit_id}).mappings().one()
-    return {k: v for k, v in row.items() if k != "direction"}
-
-
-def latest_audit_time(conn: Connection, monitor_id: int) -> datetime | None:
-    return conn.execute(text("SELECT max(started_at) FROM audit WHERE monitor_id = :m"), {"m": monitor_id}).scalar()
