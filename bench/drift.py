@@ -122,7 +122,7 @@ def main() -> None:
     # every audit reads them and runs SortedReference.from_sorted + detect (what run_audit does)
     log("baseline build: sorting each concept's scores once (stored sorted) ...")
     start = time.perf_counter()
-    stored = np.sort(ref.T, axis=1)
+    stored = np.sort(np.ascontiguousarray(ref.T), axis=1)  # (k, n) rows, as read back from baseline_concept
     build_sort_seconds = time.perf_counter() - start
     log(f"  {build_sort_seconds:.2f} s")
     log("audit against the stored baseline (SortedReference.from_sorted + KSDriftDetector.detect) ...")

@@ -96,7 +96,7 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
         raise ConfigError(f"The reference batches of {monitor} hold {n_images} stored images; a baseline needs at "
                           "least 20 (a few thousand give stable audits).")
     sample = reservoir.sample()
-    sorted_scores = np.sort(sample.T, axis=1)
+    sorted_scores = np.sort(np.ascontiguousarray(sample.T), axis=1)  # one contiguous row per concept
     with db.engine.begin() as conn:
         baseline_id = audit_store.insert_baseline(
             conn, monitor_id=record.id, aligner_id=record.aligner_id, bank_id=record.bank_id,
