@@ -269,10 +269,14 @@ class _Moments:
     """Shifted sums for least squares: ``S_xx``, ``S_xy``, ``s_x``, ``s_y``, ``n``, accumulated in float64.
 
     Rows are shifted by the first chunk's means before accumulating, so a large common offset in
-    the features does not cancel catastrophically when the sums are centred. On CPU the Gram
-    matrix uses BLAS ``syrk`` (one triangle: half the work of a full matmul). ``precision``:
+    the features does not cancel catastrophically when the sums are centred. ``precision``:
     ``float64`` computes each chunk's products in float64 too; ``mixed`` computes them in float32
     (about twice as fast on CPU) and adds them to the float64 totals.
+
+    On CPU every product goes through scipy's BLAS: ``syrk`` for the Gram matrix (one triangle,
+    half the work of a full matmul) and ``gemm`` for ``X^T Y``, with the shifted chunk written into
+    a reused buffer. Mixing in torch's matmul made two thread pools (OpenMP and the BLAS's own)
+    take turns spinning on the same two cores: 0.45 s per 8192-row chunk instead of 0.31 s.
     """
 
     def __init__(self, d_in: int, d_out: int, device: torch.device, precision: str) -> None:
@@ -283,13 +287,15 @@ class _Moments:
         f64 = dict(dtype=torch.float64, device=device)
         self._cpu_blas = device.type == "cpu"
         if self._cpu_blas:  # syrk fills the upper triangle of a Fortran-ordered array
+            self._np_dtype = np.float64 if precision == "float64" else np.float32
             self._S_xx_np = np.zeros((d_in, d_in), dtype=np.float64, order="F")
+            self._S_xy_np = np.zeros((d_in, d_out), dtype=np.float64, order="F")
             self.S_xx = torch.from_numpy(self._S_xx_np)
-            if self.chunk_dtype == torch.float32:
-                self._chunk_gram = np.zeros((d_in, d_in), dtype=np.float32, order="F")
+            self.S_xy = torch.from_numpy(self._S_xy_np)
+            self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         else:
             self.S_xx = torch.zeros((d_in, d_in), **f64)
-        self.S_xy = torch.zeros((d_in, d_out), **f64)
+            self.S_xy = torch.zeros((d_in, d_out), **f64)
         self.s_x = torch.zeros(d_in, **f64)
         self.s_y = torch.zeros(d_out, **f64)
 
@@ -297,24 +303,45 @@ class _Moments:
         if self.shift_x is None:
             self.shift_x = X.to(self.device, torch.float64).mean(dim=0)
             self.shift_y = Y.to(self.device, torch.float64).mean(dim=0)
-        X = X.to(self.device, self.chunk_dtype) - self.shift_x.to(self.chunk_dtype)
-        Y = Y.to(self.device, self.chunk_dtype) - self.shift_y.to(self.chunk_dtype)
-        if not self._cpu_blas:
-            self.S_xx += (X.T @ X).to(torch.float64)
-        elif self.chunk_dtype == torch.float64:
-            from scipy.linalg.blas import dsyrk
-
-            # X.T of a C-ordered (n, d) array is a Fortran-ordered (d, n) array: A A^T = X^T X, no copy.
-            dsyrk(1.0, X.numpy().T, beta=1.0, c=self._S_xx_np, trans=0, lower=0, overwrite_c=1)
+        if self._cpu_blas:
+            self._add_blas(X, Y)
         else:
-            from scipy.linalg.blas import ssyrk
-
-            ssyrk(1.0, X.numpy().T, beta=0.0, c=self._chunk_gram, trans=0, lower=0, overwrite_c=1)
-            np.add(self._S_xx_np, self._chunk_gram, out=self._S_xx_np)
-        self.S_xy += (X.T @ Y).to(torch.float64)
-        self.s_x += X.sum(dim=0, dtype=torch.float64)
-        self.s_y += Y.sum(dim=0, dtype=torch.float64)
+            X = X.to(self.device, self.chunk_dtype) - self.shift_x.to(self.chunk_dtype)
+            Y = Y.to(self.device, self.chunk_dtype) - self.shift_y.to(self.chunk_dtype)
+            self.S_xx += (X.T @ X).to(torch.float64)
+            self.S_xy += (X.T @ Y).to(torch.float64)
+            # a reduction in the chunk's own dtype, then float64 (a float64-dtype sum over float32
+            # rows converts element by element: 20x slower)
+            self.s_x += X.sum(dim=0).to(torch.float64)
+            self.s_y += Y.sum(dim=0).to(torch.float64)
         self.n += X.shape[0]
+
+    def _shifted(self, X: Tensor, Y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk minus the shift, in the chunk dtype, written into buffers reused across chunks."""
+        rows = X.shape[0]
+        if self._buffers is None or self._buffers[0].shape[0] < rows:
+            self._buffers = (np.empty((rows, X.shape[1]), self._np_dtype), np.empty((rows, Y.shape[1]), self._np_dtype))
+        x, y = self._buffers[0][:rows], self._buffers[1][:rows]
+        for src, shift, out in ((X, self.shift_x, x), (Y, self.shift_y, y)):
+            src = src.detach().cpu()
+            if src.dtype not in (torch.float32, torch.float64):  # half, bfloat16, integers: numpy has no view
+                src = src.to(self.chunk_dtype)
+            np.subtract(src.numpy(), shift.numpy().astype(self._np_dtype), out=out)
+        return x, y
+
+    def _add_blas(self, X: Tensor, Y: Tensor) -> None:
+        from scipy.linalg import blas
+
+        x, y = self._shifted(X, Y)
+        # x.T of a C-ordered (n, d) array is a Fortran-ordered (d, n) array: A A^T = X^T X, no copy.
+        if self._np_dtype == np.float64:
+            blas.dsyrk(1.0, x.T, beta=1.0, c=self._S_xx_np, trans=0, lower=0, overwrite_c=1)
+            blas.dgemm(1.0, x.T, y.T, beta=1.0, c=self._S_xy_np, trans_b=1, overwrite_c=1)
+        else:
+            self._S_xx_np += blas.ssyrk(1.0, x.T, trans=0, lower=0)
+            self._S_xy_np += blas.sgemm(1.0, x.T, y.T, trans_b=1)
+        self.s_x += torch.from_numpy(x.sum(axis=0).astype(np.float64))
+        self.s_y += torch.from_numpy(y.sum(axis=0).astype(np.float64))
 
     def centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Covariance-scale sums around the data means, and the means: ``(C_xx, C_xy, mean_x, mean_y)``."""

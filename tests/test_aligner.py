@@ -76,6 +76,18 @@ def test_mixed_precision_products_agree_with_float64():
         fit_exact([(X, Y)], precision="float16")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_chunks_in_other_dtypes_fit_like_float32(dtype):
+    # half-precision features (as an encoder under autocast returns them) have no numpy view: the
+    # CPU path converts them; float64 chunks are read as they are
+    X, Y, _, _ = planted(1500, noise=0.5)
+    X, Y = X.to(dtype), Y.to(dtype)
+    fit = fit_exact(iter_chunks(X, Y, 400), device="cpu")
+    reference = fit_exact(iter_chunks(X.float(), Y.float(), 400), device="cpu")
+    torch.testing.assert_close(fit.W, reference.W, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(fit.b, reference.b, atol=1e-6, rtol=1e-6)
+
+
 def test_ridge_shrinks_weights_but_not_the_bias():
     X, Y, _, _ = planted(1000, noise=0.5)
     norms = [float(fit_exact([(X, Y)], ridge=r, device="cpu").W.norm()) for r in (0.0, 0.1, 10.0)]
