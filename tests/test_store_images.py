@@ -226,6 +226,26 @@ def test_copy_blocks_streams_every_block_in_order(engine):
         copy.copy_blocks(conn, "c", iter([[copy.int_column("i", [1])], [copy.int_column("j", [2])]]))
 
 
+def test_copy_refused_half_way_stops_the_encoder_thread_and_raises_the_database_error(engine):
+    """Blocks are encoded by a thread ahead of the server; when the server refuses a row (here a
+    duplicate key in the second block) the error raised is the database's and no encoder thread
+    is left behind."""
+    import threading
+
+    from sqlalchemy.exc import IntegrityError
+
+    def blocks():
+        for b in range(50):
+            ids = [0] if b == 1 else list(range(10 * b + 1, 10 * b + 11))  # block 1 repeats id 0
+            yield [copy.int_column("i", ids)]
+
+    with pytest.raises(IntegrityError, match="duplicate key"), engine.begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE u (i int PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO u VALUES (0)"))
+        copy.copy_blocks(conn, "u", blocks())
+    assert not [t for t in threading.enumerate() if t.name == "t2c-copy-encode"]
+
+
 def test_chunks_longer_than_a_block_store_the_right_vector_and_scores_on_each_row(engine, monitor):
     """Rows are encoded a block at a time; failures, skipped rows and block edges must not shift them."""
     n = 700

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -189,37 +191,75 @@ def encode(columns: Sequence[Column]) -> bytes:
 
 
 class _Stream(io.RawIOBase):
-    """The COPY stream of successive blocks of rows, each encoded only when libpq asks for more.
+    """The COPY stream of successive blocks of rows, encoded by a thread ahead of libpq's reads.
 
-    libpq sends while the server stores, so Python encodes the next block while the server stores
-    the previous one, instead of encoding everything first and then waiting for the server.
+    libpq sends a block (releasing the GIL) while the server stores it, and the encoder thread
+    builds the next blocks meanwhile (``_AHEAD`` at most), so the server always has rows waiting.
+    Encoding inside ``read`` instead left the server idle while each block was built: a block is
+    larger than the socket buffer, so libpq returns only once the server has nearly caught up.
     """
+
+    _AHEAD = 2
+    _DONE = object()
 
     def __init__(self, first: Sequence[Column], rest: Iterator[Sequence[Column]]) -> None:
         self.names = [c.name for c in first]
-        self.rows = len(first[0].fields)
-        self._pending: list[bytes] = [_SIGNATURE, _rows(first)]
-        self._rest: Iterator[Sequence[Column]] | None = rest
+        self.rows = 0
         self.error: Exception | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=self._AHEAD)
+        self._stop = threading.Event()
+        self._pending: list[bytes] = [_SIGNATURE]
+        self._finished = False
+        self._thread = threading.Thread(target=self._encode, args=(first, rest), name="t2c-copy-encode", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _encode(self, first: Sequence[Column], rest: Iterator[Sequence[Column]]) -> None:
+        try:
+            block: Sequence[Column] | None = first
+            while block is not None:
+                if [c.name for c in block] != self.names:
+                    raise ValueError(f"every block must have the columns {self.names}, got {[c.name for c in block]}")
+                if not self._put((_rows(block), len(block[0].fields))):
+                    return
+                block = next(rest, None)
+            self._put(self._DONE)
+        except Exception as exc:  # handed to read(): psycopg2 cancels the COPY, copy_blocks raises it as it was
+            self._put(exc)
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:  # a whole block whatever the size asked: libpq takes any length
-        try:
-            while not self._pending and self._rest is not None:
-                block = next(self._rest, None)
-                if block is None:
-                    self._pending, self._rest = [_TRAILER], None
-                elif [c.name for c in block] != self.names:
-                    raise ValueError(f"every block must have the columns {self.names}, got {[c.name for c in block]}")
-                else:
-                    self._pending.append(_rows(block))
-                    self.rows += len(block[0].fields)
-        except Exception as exc:  # psycopg2 turns it into a cancelled COPY; copy_blocks raises it as it was
-            self.error = exc
-            raise
-        return self._pending.pop(0) if self._pending else b""
+        if self._pending:
+            return self._pending.pop(0)
+        if self._finished:
+            return b""
+        item = self._queue.get()
+        if item is self._DONE:
+            self._finished = True
+            return _TRAILER
+        if isinstance(item, Exception):
+            self._finished = True
+            self.error = item
+            raise item
+        data, rows = item
+        self.rows += rows
+        return data
+
+    def close(self) -> None:
+        """Stop the encoder (a COPY the server refused stops reading half way) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+        super().close()
 
 
 def copy_into(conn: Connection, table: str, columns: Sequence[Column]) -> int:
@@ -231,8 +271,9 @@ def copy_into(conn: Connection, table: str, columns: Sequence[Column]) -> int:
 
 def copy_blocks(conn: Connection, table: str, blocks: Iterable[Sequence[Column]]) -> int:
     """COPY rows given as successive blocks of columns (the same columns in each) into ``table``
-    on ``conn``'s transaction; returns the row count. Each block is built only once the previous
-    one is sent, so a generator of blocks overlaps Python's work with the server's."""
+    on ``conn``'s transaction; returns the row count. A generator of blocks is run by an encoder
+    thread a few blocks ahead of the server, so Python's work overlaps the server's: it must not
+    use ``conn`` (nor anything else that is not thread-safe)."""
     rest = (block for block in blocks if block and len(block[0].fields))
     first = next(rest, None)
     if first is None:
@@ -248,6 +289,7 @@ def copy_blocks(conn: Connection, table: str, blocks: Iterable[Sequence[Column]]
             raise stream.error from None
         raise DBAPIError.instance(statement, None, exc, psycopg2.Error) from None
     finally:
+        stream.close()
         cursor.close()
     return stream.rows
 
