@@ -19,7 +19,7 @@ def demo(
     shift), audit each day with alerts to a local webhook, and print what was flagged."""
     import os
 
-    from rich.table import Table
+    from rich.table import Column, Table
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
     from t2c_monitor.demo import run_demo
@@ -30,7 +30,8 @@ def demo(
     if as_json:
         emit_json(result.to_dict())
         return
-    table = Table("day", "images", "planted shift", "flagged concepts", "alerts", title="What the audits said")
+    folded = [Column(name, overflow="fold") for name in ("planted shift", "flagged concepts", "alerts")]
+    table = Table("day", "images", *folded, title="What the audits said")  # fold: specs have no space to wrap at
     for day in result.days:
         table.add_row(day.batch, str(day.images), day.shift or "", ", ".join(day.flagged) or "[green]none[/]",
                       ", ".join(day.alerts))
