@@ -3,7 +3,7 @@
 Stages, measured in one run on the same JPEG files:
 - decode: read + decode + the encoder's preprocessing, on the pipeline's decode threads;
 - encode: pre-decoded tensors through the encoder, aligner and concept scoring;
-- store: precomputed vectors and scores stored by binary COPY (``store_chunk``);
+- store: precomputed vectors and scores stored by binary COPY (``ChunkWriter``, as ingest stores);
 - end to end: ``t2c_monitor.ingest.ingest`` (what each flow shard runs), and the Prefect flow.
 The serial bound is ``1 / (1/decode + 1/encode + 1/store)``: what running the stages one after the
 other would give. Overlapping them should reach at least 0.9x of it on a CPU.
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--decode-threads", type=int, default=2)
+    parser.add_argument("--store-writers", type=int, default=2, help="database connections storing chunks")
     parser.add_argument("--device", default=None)
     parser.add_argument("--skip-flow", action="store_true", help="do not time the Prefect flow")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each measurement; the fastest counts")
@@ -100,7 +101,7 @@ def main() -> None:
     from t2c_monitor.sources import resolve_source
     from t2c_monitor.store import open_database
     from t2c_monitor.store.embedded import start_embedded
-    from t2c_monitor.store.images import ImageChunk, store_chunk
+    from t2c_monitor.store.images import ChunkWriter, ImageChunk
 
     tmp = Path(tempfile.mkdtemp(prefix="t2c-bench-ingest-"))
     with console.status(f"writing {args.images} JPEGs of {args.size}px"):
@@ -115,7 +116,8 @@ def main() -> None:
     runtime = load_runtime(db, "bench", device=args.device)
     items = resolve_source(tmp / "images")
     n = len(items)
-    opts = IngestOptions(batch_size=args.batch_size, chunk_size=args.chunk_size, decode_threads=args.decode_threads)
+    opts = IngestOptions(batch_size=args.batch_size, chunk_size=args.chunk_size, decode_threads=args.decode_threads,
+                         store_writers=args.store_writers)
 
     # warm-up: first calls allocate and pick kernels
     warm = torch.stack([runtime.encoder.preprocess(im) for im in fit_images[: args.batch_size]])
@@ -136,18 +138,18 @@ def main() -> None:
 
     def store_all(vectors, scores, run):
         plan = plan_batch(db, runtime.record, items, source_uri="store-only", batch_id=f"store-only-{run}")
-        for lo in range(0, n, opts.chunk_size):
-            hi = min(lo + opts.chunk_size, n)
-            chunk = ImageChunk(uris=[i.uri for i in items[lo:hi]], failure_reason=[None] * (hi - lo),
-                               embeddings=vectors[lo:hi], scores=scores[lo:hi],
-                               sha256=[f"{lo + j:064x}" for j in range(hi - lo)])
-            with db.engine.begin() as conn:
-                store_chunk(conn, batch_id=plan.batch_id, monitor_id=runtime.record.id,
-                            bank_id=runtime.record.bank_id, chunk=chunk)
+        with ChunkWriter(db.engine, batch_id=plan.batch_id, monitor_id=runtime.record.id,
+                         bank_id=runtime.record.bank_id, writers=opts.store_writers) as writer:
+            for lo in range(0, n, opts.chunk_size):
+                hi = min(lo + opts.chunk_size, n)
+                writer.submit(ImageChunk(uris=[i.uri for i in items[lo:hi]], failure_reason=[None] * (hi - lo),
+                                         embeddings=vectors[lo:hi], scores=scores[lo:hi],
+                                         sha256=[f"{lo + j:064x}" for j in range(hi - lo)]))
 
     def end_to_end(run):
         summary = ingest(db, "bench", tmp / "images", batch_id=f"end-to-end-{run}", runtime=runtime,
-                         batch_size=opts.batch_size, chunk_size=opts.chunk_size, decode_threads=opts.decode_threads)
+                         batch_size=opts.batch_size, chunk_size=opts.chunk_size, decode_threads=opts.decode_threads,
+                         store_writers=opts.store_writers)
         if summary.n_ok != n:
             raise SystemExit(f"end-to-end stored {summary.n_ok} of {n} images: {summary}")
         return summary
@@ -177,7 +179,7 @@ def main() -> None:
         "images": n, "image_size": args.size, "encoder": args.encoder, "clip": args.clip,
         "dim": runtime.aligner.d_out, "concepts": int(runtime.bank.shape[0]),
         "device": str(resolve_device(args.device)), "torch_threads": torch.get_num_threads(),
-        "decode_threads": opts.decode_threads, "batch_size": opts.batch_size,
+        "decode_threads": opts.decode_threads, "store_writers": opts.store_writers, "batch_size": opts.batch_size,
         "decode_img_per_s": round(rates["decode"], 1), "encode_img_per_s": round(rates["encode"], 1),
         "store_rows_per_s": round(rates["store"], 1), "serial_bound_img_per_s": round(serial_bound, 1),
         "end_to_end_img_per_s": round(n / end_to_end_s, 1),

@@ -2,17 +2,20 @@
 
 The same rows (512-d unit vectors with concept scores and metadata) go into a fresh database
 through each path, on a throwaway embedded PostgreSQL. The COPY path is the production one
-(``store.images.store_chunk``: images with their scores in the row, every constraint of the schema),
-timed end to end per chunk including commits. The paths take turns ``--repeat`` times, each run on
-a fresh database, so that a burst of load from elsewhere on a shared machine hits them alike; the
-fastest run of each counts and every run is listed. Also compares the two ways of storing concept
+(``store.images.ChunkWriter`` over ``store_chunk``, as ``ingest`` stores: images with their
+scores in the row, every constraint of the schema, one transaction per chunk), timed end to end
+including commits, with ``--writers`` connections (ingest's default ``store_writers``: 2) and
+with one (``copy_1_writer``: the ORM and execute_values paths use one connection too). The
+paths take turns ``--repeat`` times, each run on a fresh database, so that a burst of load from
+elsewhere on a shared machine hits them alike; the fastest run of each counts and every run is
+listed. Also compares the two ways of storing concept
 scores (one real[] per image vs one row per image and concept).
 
 The width has no HNSW index, as after ``t2c ingest`` (ingestion never builds one). Once
 ``store.vectors.ensure_hnsw_index`` has built one, every later row of that width is inserted into
 it too; ``--hnsw`` measures that case (it is far slower: use fewer ``--rows``).
 
-    python bench/store.py [--rows 20000] [--dim 512] [--concepts 100] [--repeat 2] [--hnsw]
+    python bench/store.py [--rows 20000] [--dim 512] [--concepts 100] [--writers 2] [--repeat 2] [--hnsw]
 
 The last line of stdout is one JSON object.
 """
@@ -39,7 +42,7 @@ from t2c_monitor.store import models as m
 from t2c_monitor.store.copy import copy_into, int_column, real_array_column
 from t2c_monitor.store.embedded import start_embedded
 from t2c_monitor.store.engine import make_engine
-from t2c_monitor.store.images import ImageChunk, store_chunk
+from t2c_monitor.store.images import ChunkWriter, ImageChunk
 from t2c_monitor.store.vectors import ensure_hnsw_index, vector_literal
 
 console = Console(stderr=True)
@@ -83,18 +86,18 @@ def make_rows(n: int, dim: int, k: int, seed: int = 0):
     return vectors, scores, uris, sha, meta
 
 
-def bench_copy(engine, ids, rows, chunk_size: int) -> float:
+def bench_copy(engine, ids, rows, chunk_size: int, writers: int) -> float:
+    """The production path: ``ChunkWriter`` (as ``ingest`` uses it) storing chunks by ``store_chunk``."""
     vectors, scores, uris, sha, meta = rows
     started = time.perf_counter()
-    for lo in range(0, len(uris), chunk_size):
-        hi = lo + chunk_size
-        chunk = ImageChunk(
-            uris=uris[lo:hi], failure_reason=[None] * len(uris[lo:hi]), embeddings=vectors[lo:hi],
-            scores=scores[lo:hi], sha256=sha[lo:hi], meta=meta[lo:hi],
-            width=[224] * len(uris[lo:hi]), height=[224] * len(uris[lo:hi]),
-        )
-        with engine.begin() as conn:
-            store_chunk(conn, chunk=chunk, **ids)
+    with ChunkWriter(engine, writers=writers, **ids) as writer:
+        for lo in range(0, len(uris), chunk_size):
+            hi = lo + chunk_size
+            writer.submit(ImageChunk(
+                uris=uris[lo:hi], failure_reason=[None] * len(uris[lo:hi]), embeddings=vectors[lo:hi],
+                scores=scores[lo:hi], sha256=sha[lo:hi], meta=meta[lo:hi],
+                width=[224] * len(uris[lo:hi]), height=[224] * len(uris[lo:hi]),
+            ))
     return time.perf_counter() - started
 
 
@@ -179,16 +182,19 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--concepts", type=int, default=100)
     parser.add_argument("--chunk", type=int, default=2_000)
+    parser.add_argument("--writers", type=int, default=2, help="connections of the COPY path (ingest's store_writers)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each path, taking turns; the fastest counts")
     parser.add_argument("--hnsw", action="store_true", help="build the width's HNSW index before storing")
     args = parser.parse_args()
 
-    paths = [("copy", bench_copy), ("orm", bench_orm), ("execute_values", bench_execute_values)]
+    paths = [("copy", lambda *a: bench_copy(*a, writers=args.writers)),
+             ("copy_1_writer", lambda *a: bench_copy(*a, writers=1)),
+             ("orm", bench_orm), ("execute_values", bench_execute_values)]
     with tempfile.TemporaryDirectory(prefix="t2c-bench-store-") as tmp:
         server = start_embedded(Path(tmp) / "pgdata", delete_on_exit=True)
         rows = make_rows(args.rows, args.dim, args.concepts)
         results = {"rows": args.rows, "dim": args.dim, "concepts": args.concepts, "chunk": args.chunk,
-                   "repeat": args.repeat, "hnsw_index": args.hnsw}
+                   "writers": args.writers, "repeat": args.repeat, "hnsw_index": args.hnsw}
         runs: dict[str, list[float]] = {name: [] for name, _ in paths}
         for run in range(args.repeat):
             for name, fn in paths:
@@ -216,6 +222,7 @@ def main() -> None:
             results[f"{name}_median_rows_per_s"] = round(args.rows / statistics.median(seconds), 1)
             results[f"{name}_runs_rows_per_s"] = [round(args.rows / s, 1) for s in seconds]
         results["copy_vs_orm"] = round(results["copy_rows_per_s"] / results["orm_rows_per_s"], 1)
+        results["copy_1_writer_vs_orm"] = round(results["copy_1_writer_rows_per_s"] / results["orm_rows_per_s"], 1)
         results["copy_vs_execute_values"] = round(results["copy_rows_per_s"] / results["execute_values_rows_per_s"], 1)
         results["load_average"] = round(os.getloadavg()[0], 2)
     print(json.dumps(results))

@@ -9,8 +9,9 @@ batch from its rows and marks it ``stored`` or ``failed``.
 
 Inside ``ingest_items`` the stages overlap: worker threads read, decode and preprocess images
 ahead of the encoder (bounded prefetch, in order), the encoder and aligner run on the device in
-batches, and one writer thread stores each finished chunk by binary COPY while the next one is
-embedded. Bad images never stop the batch: each is stored as a failed row with its reason.
+batches, and writer threads (``store_writers``, each with its own connection) store finished
+chunks by binary COPY while the next ones are embedded. Bad images never stop the batch: each
+is stored as a failed row with its reason.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from t2c_monitor.progress import progress_bar
 from t2c_monitor.sources import SourceItem, content_batch_id, resolve_source
 from t2c_monitor.store import Database
 from t2c_monitor.store import batches as batch_store
-from t2c_monitor.store.images import ImageChunk, store_chunk
+from t2c_monitor.store.images import ChunkWriter, ImageChunk
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
 
 STAGES = ("decode", "encode", "align_score", "store")
@@ -44,6 +45,7 @@ class IngestOptions:
     batch_size: int = 64
     chunk_size: int = 512
     decode_threads: int = 2
+    store_writers: int = 2
     max_image_pixels: int = 64_000_000
     max_image_bytes: int | None = 64 * 1024**2
     progress: bool = False
@@ -59,6 +61,7 @@ class IngestOptions:
             "batch_size": ingest.get("batch_size", cls.batch_size),
             "chunk_size": ingest.get("chunk_size", cls.chunk_size),
             "decode_threads": ingest.get("decode_threads", cls.decode_threads),
+            "store_writers": ingest.get("store_writers", cls.store_writers),
             "max_image_pixels": settings.max_image_pixels,
             "max_image_bytes": settings.max_image_bytes,
             "progress": progress,
@@ -224,14 +227,7 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
         pixels = preprocess(result.image) if isinstance(result, DecodedImage) else None
         return result, pixels, time.perf_counter() - started
 
-    def store(chunk: ImageChunk) -> None:
-        started = time.perf_counter()
-        with db.engine.begin() as conn:
-            store_chunk(conn, batch_id=batch_id, monitor_id=record.id, bank_id=record.bank_id, chunk=chunk)
-        timings["store"] += time.perf_counter() - started
-
     chunk, waiting, seen = _Chunk(), [], {}
-    writing: Future | None = None
 
     def embed_waiting() -> None:
         if not waiting:
@@ -242,17 +238,19 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
         vectors, scores = runtime.align_and_score(features)
         timings["encode"] += encoded - started
         timings["align_score"] += time.perf_counter() - encoded
-        for (item, result, _), v, s in zip(waiting, vectors, scores):
+        for (item, result, _), v, s in zip(waiting, vectors, scores, strict=True):
             chunk.add(item, result, None)
             chunk.vectors.append(v[None])
             chunk.scores.append(s[None])
         waiting.clear()
 
     progress = progress_bar(f"ingesting into {record.name}", len(items), options.progress)
+    writer = ChunkWriter(db.engine, batch_id=batch_id, monitor_id=record.id, bank_id=record.bank_id,
+                         writers=options.store_writers)
     with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="t2c-decode") as readers, \
-            ThreadPoolExecutor(1, thread_name_prefix="t2c-store") as writer, progress as advance:
+            writer, progress as advance:
         depth = max(2 * options.batch_size, 4 * options.decode_threads)
-        for item, (result, pixels, seconds) in zip(items, _prefetch(readers, decode, items, depth)):
+        for item, (result, pixels, seconds) in zip(items, _prefetch(readers, decode, items, depth), strict=True):
             timings["decode"] += seconds
             if isinstance(result, FailedImage):
                 chunk.add(item, result, result.reason)
@@ -264,18 +262,15 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
                 if len(waiting) >= options.batch_size:
                     embed_waiting()
             if len(chunk) >= options.chunk_size:
-                if writing is not None:
-                    writing.result()  # at most one chunk waits for the database
-                writing = writer.submit(store, chunk.freeze(dim, k))
+                writer.submit(chunk.freeze(dim, k))  # waits while store_writers chunks are being stored
                 chunk = _Chunk()
                 if log:
                     log(f"{record.name}: {len(seen)} images embedded")
             advance(1)
         embed_waiting()
-        if writing is not None:
-            writing.result()
         if len(chunk):
-            writer.submit(store, chunk.freeze(dim, k)).result()
+            writer.submit(chunk.freeze(dim, k))
+    timings["store"] = writer.seconds
     return timings
 
 

@@ -59,6 +59,7 @@ class IngestConfig(_Strict):
     batch_size: int = Field(64, ge=1, le=4096, description="images per encoder forward pass")
     chunk_size: int = Field(512, ge=1, le=100_000, description="images per database transaction")
     decode_threads: int = Field(2, ge=1, le=64, description="threads decoding images while the encoder runs")
+    store_writers: int = Field(2, ge=1, le=16, description="database connections storing chunks at once")
     workers: int = Field(1, ge=1, le=256, description="Dask workers (shards) for one batch")
     dask_address: str | None = Field(None, description="an existing Dask scheduler; default a LocalCluster")
 

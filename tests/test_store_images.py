@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import insert_monitor_rows
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from t2c_monitor.store import copy
-from t2c_monitor.store.images import ImageChunk, store_chunk
+from t2c_monitor.store.images import ChunkWriter, ImageChunk, store_chunk
 
 
 def test_every_column_type_round_trips(engine):
@@ -336,3 +337,53 @@ def test_replace_scores_fills_the_image_rows_for_the_batch_bank_and_image_score_
         np.testing.assert_array_equal(batch_scores(conn, monitor["batch_id"], monitor["bank_id"]), chunk.scores + 1)
         np.testing.assert_array_equal(batch_scores(conn, monitor["batch_id"], new_bank), chunk.scores + 2)
         assert conn.execute(text("SELECT count(DISTINCT bank_id) FROM image_score")).scalar_one() == 1
+
+
+def _slice(chunk: ImageChunk, lo: int, hi: int) -> ImageChunk:
+    ok_before = sum(r is None for r in chunk.failure_reason[:lo])
+    ok_in = sum(r is None for r in chunk.failure_reason[lo:hi])
+    return ImageChunk(
+        uris=chunk.uris[lo:hi], failure_reason=chunk.failure_reason[lo:hi],
+        embeddings=chunk.embeddings[ok_before : ok_before + ok_in], scores=chunk.scores[ok_before : ok_before + ok_in],
+        sha256=chunk.sha256[lo:hi], meta=chunk.meta[lo:hi],
+    )
+
+
+def _stored_rows(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT uri, status, failure_reason, embedding::text, scores, meta::text FROM image ORDER BY uri"
+        ))]
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_chunk_writer_stores_what_store_chunk_stores_whatever_the_writers(engine, monitor, writers):
+    full = _chunk(90)
+    with engine.begin() as conn:
+        store_chunk(conn, chunk=full, **monitor)
+    expected = _stored_rows(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM image"))
+    with ChunkWriter(engine, writers=writers, **monitor) as writer:
+        for lo in range(0, 90, 20):  # five chunks, up to three stored at once
+            writer.submit(_slice(full, lo, lo + 20))
+    assert (writer.counts.ok, writer.counts.failed, writer.counts.skipped) == (68, 22, 0)
+    assert _stored_rows(engine) == expected
+    with ChunkWriter(engine, writers=writers, **monitor) as again:  # a rerun stores nothing twice
+        for lo in range(0, 90, 30):
+            again.submit(_slice(full, lo, lo + 30))
+    assert (again.counts.ok, again.counts.skipped) == (0, 90)
+    assert _stored_rows(engine) == expected
+
+
+def test_chunk_writer_raises_a_chunk_error_and_keeps_the_other_chunks(engine, monitor):
+    full = _chunk(40)
+    bad = _slice(full, 20, 40)
+    bad.meta = [{"note": "nul \x00 byte"}] * 20  # jsonb refuses \u0000: the server rejects this chunk
+    with pytest.raises(DataError, match="unsupported Unicode escape sequence"), \
+            ChunkWriter(engine, writers=2, **monitor) as writer:
+        writer.submit(_slice(full, 0, 20))
+        writer.submit(bad)
+    assert [r[0] for r in _stored_rows(engine)] == full.uris[:20]
+    with pytest.raises(ValueError, match="writers must be at least 1"):
+        ChunkWriter(engine, writers=0, **monitor)

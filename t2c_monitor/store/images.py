@@ -21,12 +21,15 @@ stored (``batches.finish_batch``) makes every chunk before it durable.
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from t2c_monitor.store import copy
@@ -233,3 +236,66 @@ class _Rows:
             copy.int_column("bank_id", np.full(len(rows), bank_id)),
             copy.real_array_column("scores", self.chunk.scores[rows]),
         ]
+
+
+class ChunkWriter:
+    """Stores the chunks of one batch on up to ``writers`` connections at once, each chunk in its
+    own transaction (``store_chunk``), while the caller prepares the next ones.
+
+    One connection keeps one server process busy; the server's side of a COPY (parsing rows,
+    the heap, four index entries and a foreign-key check per row) is most of a store's work, so a
+    second connection roughly doubles what a server with cores to spare stores per second. Chunks
+    are independent: ids are drawn per chunk, a failure in one leaves the others stored, and a
+    rerun fills in what is missing. ``submit`` blocks while ``writers`` chunks are in flight (at
+    most that many wait in memory). Leaving the ``with`` block waits for every chunk and raises
+    the first error.
+    """
+
+    def __init__(self, engine: Engine, *, batch_id: int, monitor_id: int, bank_id: int | None,
+                 writers: int = 2) -> None:
+        if writers < 1:
+            raise ValueError(f"writers must be at least 1, got {writers}")
+        self.engine, self.writers = engine, writers
+        self._ids = {"batch_id": batch_id, "monitor_id": monitor_id, "bank_id": bank_id}
+        self._pool = ThreadPoolExecutor(writers, thread_name_prefix="t2c-store")
+        self._in_flight: list[Future] = []
+        self.counts = StoredCounts(0, 0, 0, 0)
+        self.seconds = 0.0
+        """Time spent in ``store_chunk`` summed over chunks (writers overlap, so it can exceed wall time)."""
+        self._lock = threading.Lock()
+
+    def _store(self, chunk: ImageChunk) -> None:
+        started = time.perf_counter()
+        with self.engine.begin() as conn:
+            stored = store_chunk(conn, chunk=chunk, **self._ids)
+        with self._lock:
+            c = self.counts
+            self.counts = StoredCounts(c.ok + stored.ok, c.failed + stored.failed, c.skipped + stored.skipped,
+                                       c.scores + stored.scores)
+            self.seconds += time.perf_counter() - started
+
+    def submit(self, chunk: ImageChunk) -> None:
+        """Queue ``chunk``; waits first while ``writers`` chunks are in flight, raising an earlier chunk's error."""
+        while len(self._in_flight) >= self.writers:
+            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._in_flight.remove(future)
+                future.result()
+        self._in_flight.append(self._pool.submit(self._store, chunk))
+
+    def close(self) -> None:
+        """Wait for every chunk; raise the first error after all have finished."""
+        try:
+            errors = [f.exception() for f in self._in_flight]
+            self._in_flight.clear()
+            first = next((e for e in errors if e is not None), None)
+            if first is not None:
+                raise first
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
