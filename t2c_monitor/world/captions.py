@@ -81,7 +81,8 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     return f"{place}, {opening}{subject}{tail}"
 
 
-def focus_caption(scene: Scene, rng: np.random.Generator, detail: float = 0.25) -> tuple[str, tuple[int, ...]]:
+def focus_caption(scene: Scene, rng: np.random.Generator, detail: float = 0.25,
+                  effect_only: float = 0.0) -> tuple[str, tuple[int, ...]]:
     """A short caption about the shape, and what it says as codes (``Scene.codes`` order, UNSAID elsewhere).
 
     It always names the shape; size, colour and background each with probability ``detail``;
@@ -90,10 +91,18 @@ def focus_caption(scene: Scene, rng: np.random.Generator, detail: float = 0.25) 
     agrees with what it does say. Such captions give the contrastive loss what full captions
     hardly do (DESIGN section 5: shape was not learned): a text matching all stars against all
     other shapes, a text matching all blurred images against sharp ones.
+
+    With probability ``effect_only``, an image with effects is instead captioned by one of its
+    effects alone ("blurry", "in the snow"): the bare phrasings the concept bank scores with,
+    matching every image with that effect whatever its shape.
     """
     codes = [UNSAID] * (len(FACTORS) + len(EFFECTS))
     truth = scene.codes()
     names = list(FACTORS) + list(EFFECTS)
+    if effect_only > 0 and scene.effects and rng.random() < effect_only:
+        effect = _pick(rng, scene.effects)
+        codes[names.index(effect)] = truth[names.index(effect)]
+        return _pick(rng, EFFECT_PHRASES[effect]), tuple(codes)
     said = {"shape"} | {f for f in ("color", "size", "background") if rng.random() < detail}
     effects = [e for e in scene.effects if rng.random() < 0.5]
     for name in (*said, *effects):
