@@ -28,7 +28,7 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
     "black": (18, 18, 18),
 }
 RADIUS_RANGE: dict[str, tuple[float, float]] = {"small": (9.0, 12.0), "large": (18.0, 23.0)}
-BLUR_RADIUS = 2.6
+BLUR_RADIUS = 3.2  # 2.6 was the effect the CLIP saw least (AUROC 0.86); 3.2 with bare "blurry" captions: 0.98
 SNOW_FLAKES = (45, 80)
 FOG_ALPHA = (0.38, 0.48)
 FOG_RGB = np.array([208, 210, 214], dtype=np.float32)
