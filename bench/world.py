@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="retrain even if the world is cached")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training (default: all cores)")
     parser.add_argument("--models-dir", default=None)
-    parser.add_argument("--n-fit", type=int, default=4000)
+    parser.add_argument("--n-fit", type=int, default=10_000, help="aligner pairs (512x128 weights: 4000 overfit)")
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--n-ref", type=int, default=4000, help="baseline images of the drift check")
     parser.add_argument("--n-cur", type=int, default=500, help="window images of each drift audit")

@@ -127,7 +127,7 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
     world = build_world(seed=0, quick=quick, progress=progress)
     lap("world")
     aligner = fit_world_aligner(world, root / ("aligner-quick" if quick else "aligner"),
-                                n_fit=1500 if quick else 4000, progress=progress)
+                                n_fit=1500 if quick else 10_000, progress=progress)
     lap("aligner")
 
     monitor_file = root / "monitors.yaml"

@@ -29,7 +29,8 @@ SHIFTS: dict[str, tuple[str, int]] = {
 }
 
 
-def fit_world_aligner(world: Any, out: Path, *, n_fit: int = 4000, seed: int = 515151, progress: bool = False) -> Path:
+def fit_world_aligner(world: Any, out: Path, *, n_fit: int = 10_000, seed: int = 515151,
+                      progress: bool = False) -> Path:
     """Fit the exact aligner source encoder -> CLIP on ``n_fit`` fresh world images and save it to
     ``out`` (reused when already there for this world)."""
     import json

@@ -38,7 +38,7 @@ def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) 
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def evaluate_world(world, *, n_fit: int = 4000, n_test: int = 2000, seed: int = 424242, ridge: float = 0.0,
+def evaluate_world(world, *, n_fit: int = 10_000, n_test: int = 2000, seed: int = 424242, ridge: float = 0.0,
                    device: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Fit an aligner from the world's source encoder to its CLIP on fresh images and score it.
 
