@@ -60,8 +60,9 @@ class Recipe:
 # itself classified shapes at 0.30, so once the CLIP learned shape (640 steps: 0.84) the source
 # could not map it (R² 0.58). Now: 800 CLIP steps of 160 (more updates for a third more images),
 # bare effect phrasings as 30% of an effected image's focus captions, a stronger blur (render.py),
-# and 180 source steps: R² 0.76, shape 0.82, colour 0.92 (aligned 0.86x), every effect AUROC
-# >= 0.98. More source steps trade aligned colour for R² (300: R² 0.80, colour 0.80x; 100:
+# and 180 source steps. bench/world.py (aligner on 10,000 pairs; 4,000 overfit its 512x128 weights:
+# R² 0.748): R² 0.77, CLIP shape 0.83, colour 0.92 (aligned 0.86x), every effect AUROC >= 0.978,
+# build 313 s. More source steps trade aligned colour for R² (300: R² 0.80, colour 0.80x; 100:
 # R² 0.69, colour 0.87x).
 FULL = Recipe(clip_images=16000, clip_steps=800, clip_batch=160, source_images=8000, source_steps=180,
               lm_captions=16000, lm_steps=200, focus_detail=0.2, focus_effect_only=0.3)
