@@ -121,7 +121,7 @@ def test_concurrent_demos_share_one_embedded_server(tmp_path):
     procs = [subprocess.Popen([t2c, "db", "up", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
-    for proc, (out, err) in zip(procs, outs):
+    for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0, err
         assert '"schema_at_head": true' in out
     db = open_database(Settings(home=tmp_path / "state"))
@@ -129,6 +129,19 @@ def test_concurrent_demos_share_one_embedded_server(tmp_path):
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     assert migrate.status(db.engine).at_head
     db.engine.dispose()
+
+
+def test_an_empty_pgdata_directory_is_initialised_like_a_missing_one(tmp_path):
+    """start_embedded makes pgdata itself before pgserver looks (pgserver's own mkdir raced between
+    two processes starting at once): an existing empty directory must start a fresh server."""
+    from t2c_monitor.store.embedded import start_embedded
+
+    (tmp_path / "pgdata").mkdir()
+    engine = make_engine(start_embedded(tmp_path / "pgdata", delete_on_exit=True))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    engine.dispose()
+    assert (tmp_path / "pgdata" / "PG_VERSION").exists()
 
 
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):

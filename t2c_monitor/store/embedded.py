@@ -34,7 +34,10 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
     """
     pgserver = _pgserver()
     pgdata = Path(pgdata).expanduser().resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # made here, race-free: pgserver creates a missing pgdata with exist_ok=False before taking its
+    # start-up lock, so two processes starting on a fresh home raced and one failed (FileExistsError);
+    # an empty pgdata is initialised under the lock like a missing one
+    pgdata.mkdir(parents=True, exist_ok=True)
     try:
         server = pgserver.get_server(pgdata, cleanup_mode="delete" if delete_on_exit else None)
     except Exception as exc:
