@@ -190,10 +190,9 @@ class SortedReference:
         rows = np.ascontiguousarray(sorted_scores)  # row-major, as from_scores builds it: same sums, same bits
         if rows.ndim != 2 or rows.shape[1] < 2:
             raise ValueError(f"sorted baseline scores must be (concepts, n >= 2), got shape {rows.shape}")
-        k, n = rows.shape
+        k = rows.shape[0]
         mean = np.empty(k)
         var = np.empty(k)
-
         _threaded(lambda j0, j1: _moments(rows[j0:j1], mean[j0:j1], var[j0:j1]), k, _default_workers(workers))
         return cls(rows, mean, np.sqrt(var))
 

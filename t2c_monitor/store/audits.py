@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import Connection, text
 
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.store.batches import batch_bank
 from t2c_monitor.store.copy import read_matrix
 
 
@@ -47,17 +48,10 @@ def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str]
     return [(int(r.id), str(r.external_id)) for r in reversed(rows)]
 
 
-def _is_batch_bank(conn: Connection, batch_id: int, bank_id: int) -> bool:
-    """Whether ``bank_id`` is the bank the batch's ``image.scores`` are against (else: ``image_score``)."""
-    return conn.execute(
-        text("SELECT bank_id = :bank FROM batch WHERE id = :b"), {"b": batch_id, "bank": bank_id}
-    ).scalar() is True
-
-
 def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
     """Concept scores ``(n, k)`` of a batch's ok images against one bank: those it was ingested with
     are in the image rows, those against another bank in ``image_score``; by image id."""
-    if _is_batch_bank(conn, batch_id, bank_id):
+    if batch_bank(conn, batch_id) == bank_id:  # else: image_score
         return read_matrix(
             conn,
             "SELECT scores FROM image WHERE batch_id = %(b)s AND status = 'ok' AND scores IS NOT NULL ORDER BY id",
@@ -82,7 +76,7 @@ def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: lis
     in the image rows for the batch's own bank, else as ``image_score`` rows."""
     from t2c_monitor.store import copy
 
-    if _is_batch_bank(conn, batch_id, bank_id):
+    if batch_bank(conn, batch_id) == bank_id:  # else: image_score
         conn.execute(
             text("UPDATE image SET scores = NULL WHERE batch_id = :b AND scores IS NOT NULL AND id <> ALL(:ids)"),
             {"b": batch_id, "ids": list(image_ids)},

@@ -50,6 +50,11 @@ def open_batch(conn: Connection, *, monitor_id: int, external_id: str, source_ur
     return int(row.id), str(row.status)
 
 
+def batch_bank(conn: Connection, batch_id: int) -> int | None:
+    """The bank the batch's ``image.scores`` are against (None: not set yet, or no such batch)."""
+    return conn.execute(text("SELECT bank_id FROM batch WHERE id = :b"), {"b": batch_id}).scalar_one_or_none()
+
+
 def set_status(conn: Connection, batch_id: int, status: str, *, error: str | None = None) -> None:
     conn.execute(
         text("UPDATE batch SET status = :s, error = :e WHERE id = :id"), {"s": status, "e": error, "id": batch_id}

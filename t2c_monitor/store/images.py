@@ -32,7 +32,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from t2c_monitor.store import copy
+from t2c_monitor.store import batches, copy
 
 
 @dataclass
@@ -145,15 +145,15 @@ def store_chunk(conn: Connection, *, batch_id: int, monitor_id: int, bank_id: in
 
 def _batch_bank(conn: Connection, batch_id: int, bank_id: int) -> int:
     """The bank the batch's ``image.scores`` are against; a batch without one takes ``bank_id``."""
-    batch_bank = conn.execute(text("SELECT bank_id FROM batch WHERE id = :b"), {"b": batch_id}).scalar_one_or_none()
-    if batch_bank is None:  # rare (batches are opened with their monitor's bank): the row lock is brief
-        batch_bank = conn.execute(
+    bank = batches.batch_bank(conn, batch_id)
+    if bank is None:  # rare (batches are opened with their monitor's bank): the row lock is brief
+        bank = conn.execute(
             text("UPDATE batch SET bank_id = COALESCE(bank_id, :bank) WHERE id = :b RETURNING bank_id"),
             {"b": batch_id, "bank": bank_id},
         ).scalar_one_or_none()
-    if batch_bank is None:
+    if bank is None:
         raise ValueError(f"batch {batch_id} does not exist")
-    return int(batch_bank)
+    return int(bank)
 
 
 def _new_ids(conn: Connection, n: int) -> np.ndarray:
