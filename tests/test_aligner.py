@@ -65,6 +65,14 @@ def test_chunked_fit_equals_one_shot_fit():
     torch.testing.assert_close(one_shot.b, solution[-1].float(), atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("precision, ridge", [("float64", 0.0), ("mixed", 0.0), ("float64", 0.3)])
+def test_in_sample_r2_from_the_sums_equals_scoring_the_training_pairs(precision, ridge):
+    X, Y, _, _ = planted(1200, noise=0.8)
+    fit = fit_exact(iter_chunks(X, Y, 250), ridge=ridge, device="cpu", precision=precision)
+    assert 0.3 < fit.fit_info["r2_train"] < 0.999  # noisy enough that the figure means something
+    assert fit.fit_info["r2_train"] == pytest.approx(evaluate(fit, X, Y).r2, abs=1e-5)
+
+
 def test_mixed_precision_products_agree_with_float64():
     X, Y, _, _ = planted(3000, noise=0.5)
     exact = fit_exact(iter_chunks(X, Y, 500), device="cpu")
@@ -74,6 +82,26 @@ def test_mixed_precision_products_agree_with_float64():
     assert abs(evaluate(mixed, X, Y).r2 - evaluate(exact, X, Y).r2) < 1e-6
     with pytest.raises(ValueError, match="precision"):
         fit_exact([(X, Y)], precision="float16")
+
+
+@pytest.mark.parametrize("precision", ["float64", "mixed"])
+def test_torch_sums_used_on_gpus_equal_the_cpu_blas_sums(precision):
+    # the torch path runs on CUDA; here it runs on the CPU so both paths are checked on every machine
+    from t2c_monitor.aligner import _Moments
+
+    X, Y, _, _ = planted(900, noise=0.5)
+    X = X + 40.0  # a large common offset: the shift keeps it from cancelling catastrophically
+    sums = {}
+    for use_blas in (True, False):
+        moments = _Moments(X.shape[1], Y.shape[1], torch.device("cpu"), precision, blas=use_blas)
+        for x, y in iter_chunks(X, Y, 200):
+            moments.add(x, y)
+        sums[use_blas] = moments.centred()
+    tol = 1e-10 if precision == "float64" else 1e-5
+    for blas_part, torch_part in zip(sums[True], sums[False], strict=True):
+        torch.testing.assert_close(blas_part, torch_part, atol=tol, rtol=tol)
+    design = X.double() - X.double().mean(dim=0)
+    torch.testing.assert_close(sums[True][0], design.T @ design / len(X), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
