@@ -79,7 +79,9 @@ class BankDefinition:
 
     def prompts(self, concept: Concept) -> list[str]:
         """Every text encoded for ``concept``: phrasings x templates (x classes)."""
-        subjects = [f"{c} {p}" for c in self.classes for p in concept.phrasings] if self.classes else list(concept.phrasings)
+        subjects = (
+            [f"{c} {p}" for c in self.classes for p in concept.phrasings] if self.classes else list(concept.phrasings)
+        )
         return [template.format(subject) for subject in subjects for template in self.templates]
 
 
@@ -122,8 +124,10 @@ def _check_unique(concepts: Sequence[Concept], wheres: Sequence[str]) -> None:
     for concept, where in zip(concepts, wheres, strict=True):
         key = _normalise_key(concept.name)
         if key in seen:
-            raise ConfigError(f"Duplicate concept {concept.name!r} at {where} (first at {seen[key]}): "
-                              "remove one, or merge them as phrasings of one concept with '|'.")
+            raise ConfigError(
+                f"Duplicate concept {concept.name!r} at {where} (first at {seen[key]}): "
+                "remove one, or merge them as phrasings of one concept with '|'."
+            )
         seen[key] = where
 
 
@@ -171,12 +175,26 @@ def parse_bank_yaml(
     wheres = [f"{source}: concepts[{i}]" for i in range(len(doc["concepts"]))]
     concepts = [_make_concept(raw, where) for raw, where in zip(doc["concepts"], wheres, strict=True)]
     bank_name = name or doc.get("name") or Path(source).stem
-    return _definition(bank_name, version if version is not None else doc.get("version", 1), concepts, wheres,
-                       templates if templates is not None else doc.get("templates"), doc.get("classes") or (), source)
+    return _definition(
+        bank_name,
+        version if version is not None else doc.get("version", 1),
+        concepts,
+        wheres,
+        templates if templates is not None else doc.get("templates"),
+        doc.get("classes") or (),
+        source,
+    )
 
 
-def _definition(name: str, version: Any, concepts: list[Concept], wheres: list[str],
-                templates: str | Sequence[str] | None, classes: Sequence[str], source: str) -> BankDefinition:
+def _definition(
+    name: str,
+    version: Any,
+    concepts: list[Concept],
+    wheres: list[str],
+    templates: str | Sequence[str] | None,
+    classes: Sequence[str],
+    source: str,
+) -> BankDefinition:
     if not concepts:
         raise ConfigError(f"{source} defines no concepts: write one concept per line (or a 'concepts' list).")
     _check_unique(concepts, wheres)
@@ -207,8 +225,9 @@ def load_bank_definition(
         raise ConfigError(f"Cannot read concept bank file {str(path)!r}: {exc}.") from exc
     if path.suffix.lower() in {".yaml", ".yml"}:
         return parse_bank_yaml(text, name=name, version=version, templates=templates, source=str(path))
-    return parse_bank_text(text, name=name or path.stem, version=1 if version is None else version,
-                           templates=templates, source=str(path))
+    return parse_bank_text(
+        text, name=name or path.stem, version=1 if version is None else version, templates=templates, source=str(path)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,12 +241,15 @@ def _identity_dict(identity: ModelIdentity | dict | None) -> dict | None:
 def _describe(identity: dict | None) -> str:
     if not identity:
         return "(unrecorded CLIP model)"
-    return (f"{identity.get('kind')}:{identity.get('name')} (weights {identity.get('weights')}, "
-            f"sha256 {str(identity.get('weights_sha256', ''))[:12]}, dim {identity.get('dim')})")
+    return (
+        f"{identity.get('kind')}:{identity.get('name')} (weights {identity.get('weights')}, "
+        f"sha256 {str(identity.get('weights_sha256', ''))[:12]}, dim {identity.get('dim')})"
+    )
 
 
-def check_same_space(bank_clip: ModelIdentity | dict | None, other_clip: ModelIdentity | dict | None,
-                     *, what: str = "aligned vectors") -> None:
+def check_same_space(
+    bank_clip: ModelIdentity | dict | None, other_clip: ModelIdentity | dict | None, *, what: str = "aligned vectors"
+) -> None:
     """Refuse to compare a bank's vectors with ``what`` from another CLIP space (or an unknown one).
 
     Both sides are ``ModelIdentity`` objects or their dicts; they must agree in kind, weights
@@ -238,12 +260,14 @@ def check_same_space(bank_clip: ModelIdentity | dict | None, other_clip: ModelId
         missing = "the bank" if not bank else what
         raise SpaceMismatchError(
             f"Cannot check that {what} and the concept bank share a CLIP space: {missing} records no CLIP model "
-            f"(bank: {_describe(bank)}; {what}: {_describe(other)}). Re-create it with its CLIP identity recorded.")
+            f"(bank: {_describe(bank)}; {what}: {_describe(other)}). Re-create it with its CLIP identity recorded."
+        )
     if any(bank.get(k) != other.get(k) for k in ("kind", "weights_sha256", "dim")):
         raise SpaceMismatchError(
             f"The concept bank was encoded with {_describe(bank)}, but the {what} live in the space of "
             f"{_describe(other)}: re-encode the bank with that CLIP model (`t2c concepts encode ... --clip SPEC`) "
-            "or use an aligner fitted to the bank's CLIP model.")
+            "or use an aligner fitted to the bank's CLIP model."
+        )
 
 
 @dataclass
@@ -281,8 +305,10 @@ class ConceptBank:
         try:
             return keys.index(_normalise_key(concept))
         except ValueError:
-            raise ConfigError(f"Concept {concept!r} is not in bank {self.name} v{self.version}; "
-                              f"it has: {', '.join(self.concept_names)}.") from None
+            raise ConfigError(
+                f"Concept {concept!r} is not in bank {self.name} v{self.version}; "
+                f"it has: {', '.join(self.concept_names)}."
+            ) from None
 
     def check_space(self, clip: ModelIdentity | dict | None, *, what: str = "aligned vectors") -> None:
         """Raise ``SpaceMismatchError`` unless ``clip`` is the CLIP model this bank was encoded with."""
@@ -290,10 +316,19 @@ class ConceptBank:
 
     def to_metadata(self) -> dict:
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
-            "clip": self.clip, "templates": list(self.templates), "classes": list(self.classes),
-            "concepts": [{"name": n, "phrasings": list(p)} for n, p in zip(self.concept_names, self.phrasings, strict=True)],
-            "k": self.k, "dim": self.dim, "created_at": self.created_at,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "clip": self.clip,
+            "templates": list(self.templates),
+            "classes": list(self.classes),
+            "concepts": [
+                {"name": n, "phrasings": list(p)} for n, p in zip(self.concept_names, self.phrasings, strict=True)
+            ],
+            "k": self.k,
+            "dim": self.dim,
+            "created_at": self.created_at,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -317,25 +352,38 @@ class ConceptBank:
         meta_path, vectors_path = directory / METADATA_FILE, directory / VECTORS_FILE
         for needed in (meta_path, vectors_path):
             if not needed.is_file():
-                raise ModelLoadError(f"Concept bank file {needed} is missing: pass the directory written by "
-                                     "`t2c concepts encode --out` (it holds bank.json and vectors.safetensors).")
+                raise ModelLoadError(
+                    f"Concept bank file {needed} is missing: pass the directory written by "
+                    "`t2c concepts encode --out` (it holds bank.json and vectors.safetensors)."
+                )
         try:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"Concept bank metadata {meta_path} is not valid JSON ({exc}): re-encode the bank.") from exc
+            raise ModelLoadError(
+                f"Concept bank metadata {meta_path} is not valid JSON ({exc}): re-encode the bank."
+            ) from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ModelLoadError(f"{meta_path} is not concept bank metadata (no 'format': '{FORMAT}').")
         if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelLoadError(f"Concept bank {directory} has format version {meta['format_version']}, newer than "
-                                 f"this t2c-monitor reads ({FORMAT_VERSION}): upgrade t2c-monitor.")
+            raise ModelLoadError(
+                f"Concept bank {directory} has format version {meta['format_version']}, newer than "
+                f"this t2c-monitor reads ({FORMAT_VERSION}): upgrade t2c-monitor."
+            )
         if meta.get("vectors_sha256") != hashlib.sha256(vectors_path.read_bytes()).hexdigest():
-            raise ModelLoadError(f"Concept vectors {vectors_path} do not match the checksum in {meta_path} "
-                                 "(corrupt or replaced file): re-encode the bank.")
+            raise ModelLoadError(
+                f"Concept vectors {vectors_path} do not match the checksum in {meta_path} "
+                "(corrupt or replaced file): re-encode the bank."
+            )
         concepts = meta["concepts"]
         bank = cls(
-            name=meta["name"], version=int(meta["version"]), clip=meta["clip"], templates=tuple(meta["templates"]),
-            concept_names=tuple(c["name"] for c in concepts), phrasings=tuple(tuple(c["phrasings"]) for c in concepts),
-            vectors=load_file(str(vectors_path))["vectors"], classes=tuple(meta.get("classes") or ()),
+            name=meta["name"],
+            version=int(meta["version"]),
+            clip=meta["clip"],
+            templates=tuple(meta["templates"]),
+            concept_names=tuple(c["name"] for c in concepts),
+            phrasings=tuple(tuple(c["phrasings"]) for c in concepts),
+            vectors=load_file(str(vectors_path))["vectors"],
+            classes=tuple(meta.get("classes") or ()),
             created_at=meta.get("created_at", ""),
         )
         if expect_clip is not None:
@@ -356,7 +404,9 @@ def _warn_truncated(definition: BankDefinition, clip: ClipModel) -> None:
             warnings.warn(
                 f"Concept {concept.name!r}: prompt {longest!r} has {n} tokens, more than the context length {limit} "
                 f"of {clip.identity.name}; it is truncated. Shorten the concept text.",
-                ConceptTruncatedWarning, stacklevel=3)
+                ConceptTruncatedWarning,
+                stacklevel=3,
+            )
 
 
 def average_prompt_embeddings(embeddings: Tensor, owners: Tensor, k: int) -> Tensor:
@@ -366,8 +416,9 @@ def average_prompt_embeddings(embeddings: Tensor, owners: Tensor, k: int) -> Ten
     return F.normalize(sums, dim=1)
 
 
-def encode_texts_as_concepts(clip: ClipModel, prompt_lists: Sequence[Sequence[str]], *, batch_size: int = 256,
-                             progress: bool = False) -> Tensor:
+def encode_texts_as_concepts(
+    clip: ClipModel, prompt_lists: Sequence[Sequence[str]], *, batch_size: int = 256, progress: bool = False
+) -> Tensor:
     """Unit vectors ``(k, d)``, one per list of prompts, averaged the way banks are."""
     prompts = [p for plist in prompt_lists for p in plist]
     owners = torch.tensor([i for i, plist in enumerate(prompt_lists) for _ in plist], dtype=torch.long)
@@ -375,14 +426,21 @@ def encode_texts_as_concepts(clip: ClipModel, prompt_lists: Sequence[Sequence[st
     return average_prompt_embeddings(embeddings, owners, len(prompt_lists))
 
 
-def encode_bank(definition: BankDefinition, clip: ClipModel, *, batch_size: int = 256,
-                progress: bool = False) -> ConceptBank:
+def encode_bank(
+    definition: BankDefinition, clip: ClipModel, *, batch_size: int = 256, progress: bool = False
+) -> ConceptBank:
     """Encode every concept of ``definition`` with ``clip``'s text tower into a ``ConceptBank``."""
     _warn_truncated(definition, clip)
-    vectors = encode_texts_as_concepts(clip, [definition.prompts(c) for c in definition.concepts],
-                                       batch_size=batch_size, progress=progress)
+    vectors = encode_texts_as_concepts(
+        clip, [definition.prompts(c) for c in definition.concepts], batch_size=batch_size, progress=progress
+    )
     return ConceptBank(
-        name=definition.name, version=definition.version, clip=clip.identity.to_dict(),
-        templates=definition.templates, concept_names=tuple(c.name for c in definition.concepts),
-        phrasings=tuple(c.phrasings for c in definition.concepts), vectors=vectors, classes=definition.classes,
+        name=definition.name,
+        version=definition.version,
+        clip=clip.identity.to_dict(),
+        templates=definition.templates,
+        concept_names=tuple(c.name for c in definition.concepts),
+        phrasings=tuple(c.phrasings for c in definition.concepts),
+        vectors=vectors,
+        classes=definition.classes,
     )

@@ -40,7 +40,9 @@ def check_template(template: str) -> str:
     try:
         fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as exc:
-        raise ConfigError(f"Template {template!r} is not a valid format string ({exc}): write e.g. 'a photo of {{}}.'") from exc
+        raise ConfigError(
+            f"Template {template!r} is not a valid format string ({exc}): write e.g. 'a photo of {{}}.'"
+        ) from exc
     if fields != [""]:
         raise ConfigError(
             f"Template {template!r} must contain exactly one '{{}}' where the concept goes (found {len(fields)} "
@@ -62,8 +64,10 @@ def resolve_templates(templates: str | Sequence[str] | None = None) -> tuple[str
             return ("{}",)
         if "{}" in templates:
             return (check_template(templates),)
-        raise ConfigError(f"Unknown template set {templates!r}: use one of {', '.join(TEMPLATE_SETS)}, "
-                          "or a list of format strings with one '{}'.")
+        raise ConfigError(
+            f"Unknown template set {templates!r}: use one of {', '.join(TEMPLATE_SETS)}, "
+            "or a list of format strings with one '{}'."
+        )
     resolved = tuple(check_template(str(t)) for t in templates)
     if not resolved:
         raise ConfigError("The template list is empty: give at least one template, e.g. ['a photo of {}.'].")

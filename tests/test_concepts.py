@@ -47,14 +47,25 @@ def test_templates_default_to_the_papers_seven_and_check_user_templates() -> Non
 
 
 def test_bank_vectors_are_normalised_template_averages(tiny_clip) -> None:
-    definition = parse_bank_text("red\nat night | in the dark  # two phrasings\n", name="t",
-                                 templates=["a photo of {}.", "{} in a video game"])
+    definition = parse_bank_text(
+        "red\nat night | in the dark  # two phrasings\n", name="t", templates=["a photo of {}.", "{} in a video game"]
+    )
     bank = encode_bank(definition, tiny_clip)
     assert bank.concept_names == ("red", "at night") and bank.vectors.shape == (2, tiny_clip.dim)
     torch.testing.assert_close(bank.vectors.norm(dim=1), torch.ones(2))
     torch.testing.assert_close(bank.vectors[0], hand_vector(tiny_clip, ["a photo of red.", "red in a video game"]))
-    torch.testing.assert_close(bank.vectors[1], hand_vector(tiny_clip, [
-        "a photo of at night.", "at night in a video game", "a photo of in the dark.", "in the dark in a video game"]))
+    torch.testing.assert_close(
+        bank.vectors[1],
+        hand_vector(
+            tiny_clip,
+            [
+                "a photo of at night.",
+                "at night in a video game",
+                "a photo of in the dark.",
+                "in the dark in a video game",
+            ],
+        ),
+    )
     # normalising before averaging matters: the mean of raw embeddings points elsewhere
     with torch.no_grad():
         raw = tiny_clip.model.encode_text(tiny_clip.tokenizer(["a photo of red.", "red in a video game"]))
@@ -65,22 +76,28 @@ def test_bank_vectors_are_normalised_template_averages(tiny_clip) -> None:
 def test_class_conditioned_concepts_average_over_classes(tiny_clip) -> None:
     definition = parse_bank_yaml(
         "name: ctx\ntemplates: ['a photo of the {}.']\nclasses: [dog, red car]\nconcepts:\n  - in a tree\n",
-        source="ctx.yaml")
+        source="ctx.yaml",
+    )
     bank = encode_bank(definition, tiny_clip)
     assert bank.classes == ("dog", "red car")
-    torch.testing.assert_close(bank.vectors[0], hand_vector(
-        tiny_clip, ["a photo of the dog in a tree.", "a photo of the red car in a tree."]))
+    torch.testing.assert_close(
+        bank.vectors[0], hand_vector(tiny_clip, ["a photo of the dog in a tree.", "a photo of the red car in a tree."])
+    )
 
 
 def test_yaml_banks_name_version_and_phrasings(tmp_path: Path) -> None:
     path = tmp_path / "world.yaml"
     path.write_text(
         "name: shapes-world\nversion: 3\ntemplates: plain\nconcepts:\n"
-        "  - red\n  - at night | in the dark\n  - name: snow\n    phrasings: [in the snow, covered in snow]\n")
+        "  - red\n  - at night | in the dark\n  - name: snow\n    phrasings: [in the snow, covered in snow]\n"
+    )
     definition = load_bank_definition(path)
     assert (definition.name, definition.version, definition.templates) == ("shapes-world", 3, ("{}",))
     assert [(c.name, c.phrasings) for c in definition.concepts] == [
-        ("red", ("red",)), ("at night", ("at night", "in the dark")), ("snow", ("in the snow", "covered in snow"))]
+        ("red", ("red",)),
+        ("at night", ("at night", "in the dark")),
+        ("snow", ("in the snow", "covered in snow")),
+    ]
     text_file = tmp_path / "colours.txt"
     text_file.write_text("# colours\nred\n\n  blue   green  # a comment\n")
     plain = load_bank_definition(text_file, version=2)
@@ -128,7 +145,12 @@ def test_bank_save_load_round_trip_and_corruption(tiny_clip, tmp_path: Path) -> 
     bank.save(tmp_path / "bank")
     loaded = ConceptBank.load(tmp_path / "bank", expect_clip=tiny_clip.identity)
     assert (loaded.name, loaded.version, loaded.concept_names, loaded.phrasings, loaded.templates) == (
-        "colours", 4, ("red", "blue"), (("red",), ("blue", "azure")), PAPER_TEMPLATES)
+        "colours",
+        4,
+        ("red", "blue"),
+        (("red",), ("blue", "azure")),
+        PAPER_TEMPLATES,
+    )
     assert torch.equal(loaded.vectors, bank.vectors) and loaded.clip == bank.clip
     assert loaded.index(" BLUE ") == 1
     meta = json.loads((tmp_path / "bank" / "bank.json").read_text())

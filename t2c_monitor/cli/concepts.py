@@ -18,13 +18,18 @@ def register(app: typer.Typer) -> None:
 @concepts_app.command()
 def encode(
     bankfile: Path = typer.Argument(
-        ..., help="Bank file: plain text (one concept per line, 'a | b' phrasings) or YAML."),
+        ..., help="Bank file: plain text (one concept per line, 'a | b' phrasings) or YAML."
+    ),
     clip: str = typer.Option(
-        ..., "--clip", help="CLIP model spec, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k or open_clip:cfg.json@ckpt.pt."),
+        ..., "--clip", help="CLIP model spec, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k or open_clip:cfg.json@ckpt.pt."
+    ),
     out: Path = typer.Option(..., "--out", help="Directory to write bank.json and vectors.safetensors to."),
     templates: list[str] = typer.Option(
-        None, "--template", help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable. "
-        "Default: the file's templates, else the paper's 7."),
+        None,
+        "--template",
+        help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable. "
+        "Default: the file's templates, else the paper's 7.",
+    ),
     name: str = typer.Option(None, help="Bank name (default: the file's name)."),
     version: int = typer.Option(None, help="Bank version (default: the file's version, else 1)."),
     device: str = typer.Option(None, help="Torch device (default: T2C_DEVICE, auto)."),
@@ -41,10 +46,20 @@ def encode(
         model = create_clip_model(clip, device=device)
         bank = encode_bank(definition, model, batch_size=batch_size, progress=not as_json)
         bank.save(out)
-    payload = {"out": str(out), "name": bank.name, "version": bank.version, "k": bank.k, "dim": bank.dim,
-               "templates": len(bank.templates), "classes": len(bank.classes), "clip": bank.clip}
+    payload = {
+        "out": str(out),
+        "name": bank.name,
+        "version": bank.version,
+        "k": bank.k,
+        "dim": bank.dim,
+        "templates": len(bank.templates),
+        "classes": len(bank.classes),
+        "clip": bank.clip,
+    }
     if as_json:
         emit_json(payload)
         return
-    console.print(f"bank [bold]{bank.name}[/] v{bank.version}: {bank.k} concepts x {bank.dim} dims "
-                  f"({len(bank.templates)} templates) encoded with {model.identity}, saved to {out}")
+    console.print(
+        f"bank [bold]{bank.name}[/] v{bank.version}: {bank.k} concepts x {bank.dim} dims "
+        f"({len(bank.templates)} templates) encoded with {model.identity}, saved to {out}"
+    )
