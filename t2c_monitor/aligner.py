@@ -215,9 +215,18 @@ class Aligner:
                 f"aligner weights in {weights_path} are {aligner.d_in}->{aligner.d_out} but {meta_path} says "
                 f"{meta.get('d_in')}->{meta.get('d_out')}: {REFIT_HINT}"
             )
-        _check_identity("source encoder", aligner.source, expect_source, aligner.d_in, directory)
-        _check_identity("CLIP model", aligner.clip, expect_clip, aligner.d_out, directory)
+        aligner.check_models(source=expect_source, clip=expect_clip, where=str(directory))
         return aligner
+
+    def check_models(self, *, source: dict | None = None, clip: dict | None = None, where: str = "") -> None:
+        """Refuse use with another source encoder or CLIP model than the aligner was fitted for.
+
+        ``source`` / ``clip`` are ``ModelIdentity.to_dict()`` of the models in use (None: not
+        checked); they must match the recorded ones in kind, weights_sha256 and dim. The message
+        names both models. ``where`` names the aligner (its directory) in that message.
+        """
+        _check_identity("source encoder", self.source, source, self.d_in, where)
+        _check_identity("CLIP model", self.clip, clip, self.d_out, where)
 
 
 def _describe(identity: dict | None) -> str:
@@ -230,19 +239,20 @@ def _describe(identity: dict | None) -> str:
     )
 
 
-def _check_identity(role: str, stored: dict | None, expected: dict | None, width: int, where: Path) -> None:
+def _check_identity(role: str, stored: dict | None, expected: dict | None, width: int, where: str) -> None:
     """Refuse an aligner whose recorded model differs from the one the caller will use."""
     if expected is None:
         return
+    name = f"aligner {where}" if where else "the aligner"
     if stored is None:
         raise SpaceMismatchError(
-            f"aligner {where} records no {role} identity, so it cannot be checked against "
+            f"{name} records no {role} identity, so it cannot be checked against "
             f"{_describe(expected)}: {REFIT_HINT} (it records both identities)"
         )
     keys = ("kind", "weights_sha256", "dim")
     if any(stored.get(k) != expected.get(k) for k in keys) or expected.get("dim") != width:
         raise SpaceMismatchError(
-            f"aligner {where} was fitted for {role} {_describe(stored)}, but the {role} in use is "
+            f"{name} was fitted for {role} {_describe(stored)}, but the {role} in use is "
             f"{_describe(expected)}: {REFIT_HINT}"
         )
 
@@ -625,50 +635,86 @@ def evaluate(
     chunk_rows: int = 65536,
 ) -> AlignmentMetrics:
     """Score ``aligner`` on held-out pairs ``(X, Y)``; zero-shot figures need labels and class vectors."""
-    from t2c_monitor.scoring import zero_shot_accuracy
-
     X, Y = torch.as_tensor(X), torch.as_tensor(Y)
     _check_pairs(X, Y)
-    if X.shape[0] < 2:
-        raise ValueError(f"X holds {X.shape[0]} pairs: R² needs at least 2")
-    if Y.shape[1] != aligner.d_out:
-        raise SpaceMismatchError(
-            f"Y has width {Y.shape[1]} but the aligner outputs {aligner.d_out}-d vectors of CLIP model "
-            f"{_describe(aligner.clip)}: embed with that CLIP model, or {REFIT_HINT}"
-        )
     if (labels is None) != (class_vectors is None):
         raise ValueError("labels and class_vectors go together: pass both for zero-shot accuracy, or neither")
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"labels must be 1-d with one entry per pair ({X.shape[0]}), got shape {tuple(labels.shape)}"
+            )
+    chunks = (
+        (X[i : i + chunk_rows], Y[i : i + chunk_rows], None if labels is None else labels[i : i + chunk_rows])
+        for i in range(0, X.shape[0], chunk_rows)
+    )
+    return evaluate_chunks(aligner, chunks, class_vectors=class_vectors, source_accuracy=source_accuracy)
+
+
+def evaluate_chunks(
+    aligner: Aligner,
+    chunks: Iterable[tuple[Tensor, Tensor, Tensor | None]],
+    *,
+    class_vectors: Tensor | None = None,
+    source_accuracy: float | None = None,
+    progress: bool = False,
+    total_rows: int | None = None,
+) -> AlignmentMetrics:
+    """``evaluate`` over ``(X, Y, labels)`` chunks, streamed: the pairs never need to fit in memory.
+
+    ``labels`` may be None in every chunk, or a tensor in every chunk (then ``class_vectors`` is
+    required); zero-shot predictions are counted chunk by chunk.
+    """
+    from t2c_monitor.scoring import zero_shot_predict
+
     if source_accuracy is not None and not 0.0 <= source_accuracy <= 1.0:
         raise ValueError(f"source_accuracy must be a fraction in [0, 1], got {source_accuracy}")
-
-    n = X.shape[0]
-    sse = 0.0
-    cos_sum = 0.0
-    y_sum = torch.zeros(Y.shape[1], dtype=torch.float64)
-    y_sq = torch.zeros(Y.shape[1], dtype=torch.float64)
-    aligned_parts = []
-    for start in range(0, n, chunk_rows):
-        pred = aligner.transform(X[start : start + chunk_rows].cpu())
-        true = Y[start : start + chunk_rows].to("cpu", torch.float32)
-        sse += float(((pred.double() - true.double()) ** 2).sum())
-        cos_sum += float(F.cosine_similarity(pred, true, dim=1).double().sum())
-        y_sum += true.double().sum(dim=0)
-        y_sq += (true.double() ** 2).sum(dim=0)
-        if labels is not None:
-            aligned_parts.append(pred)
-    sst = float((y_sq - y_sum**2 / n).sum())
-    r2 = 1.0 - sse / sst if sst > 0 else float("nan")
-
-    aligned_acc = clip_acc = retained = vs_source = None
-    if labels is not None and class_vectors is not None:
+    if class_vectors is not None:
         class_vectors = torch.as_tensor(class_vectors)
         if class_vectors.ndim != 2 or class_vectors.shape[1] != aligner.d_out:
             raise SpaceMismatchError(
                 f"class_vectors have shape {tuple(class_vectors.shape)} but the aligner outputs {aligner.d_out}-d "
                 f"vectors of CLIP model {_describe(aligner.clip)}: encode the class texts with that CLIP model"
             )
-        aligned_acc = zero_shot_accuracy(torch.cat(aligned_parts), class_vectors, labels)
-        clip_acc = zero_shot_accuracy(Y.to(torch.float32), class_vectors, labels)
+    n = labelled = aligned_correct = clip_correct = 0
+    sse = cos_sum = 0.0
+    y_sum = torch.zeros(aligner.d_out, dtype=torch.float64)
+    y_sq = torch.zeros(aligner.d_out, dtype=torch.float64)
+    with progress_bar("evaluating the aligner", total_rows, progress) as advance:
+        for X, Y, labels in chunks:
+            X, Y = torch.as_tensor(X), torch.as_tensor(Y)
+            _check_pairs(X, Y)
+            if Y.shape[1] != aligner.d_out:
+                raise SpaceMismatchError(
+                    f"Y has width {Y.shape[1]} but the aligner outputs {aligner.d_out}-d vectors of CLIP model "
+                    f"{_describe(aligner.clip)}: embed with that CLIP model, or {REFIT_HINT}"
+                )
+            pred = aligner.transform(X.cpu())
+            true = Y.to("cpu", torch.float32)
+            sse += float(((pred.double() - true.double()) ** 2).sum())
+            cos_sum += float(F.cosine_similarity(pred, true, dim=1).double().sum())
+            y_sum += true.double().sum(dim=0)
+            y_sq += (true.double() ** 2).sum(dim=0)
+            n += X.shape[0]
+            if labels is not None:
+                if class_vectors is None:
+                    raise ValueError("labels and class_vectors go together: pass class_vectors for zero-shot accuracy")
+                labels = torch.as_tensor(labels).to(torch.long)
+                aligned_correct += int((zero_shot_predict(pred, class_vectors) == labels).sum())
+                clip_correct += int((zero_shot_predict(true, class_vectors) == labels).sum())
+                labelled += X.shape[0]
+            advance(X.shape[0])
+    if n < 2:
+        raise ValueError(f"the pairs number {n}: R² needs at least 2")
+    if labelled not in (0, n):
+        raise ValueError(f"{labelled} of {n} pairs have labels: give labels for every chunk or for none")
+    sst = float((y_sq - y_sum**2 / n).sum())
+    r2 = 1.0 - sse / sst if sst > 0 else float("nan")
+
+    aligned_acc = clip_acc = retained = vs_source = None
+    if labelled:
+        aligned_acc, clip_acc = aligned_correct / n, clip_correct / n
         retained = aligned_acc / clip_acc if clip_acc > 0 else None
         if source_accuracy is not None and source_accuracy > 0:
             vs_source = aligned_acc / source_accuracy

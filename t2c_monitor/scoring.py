@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.device import resolve_device
-from t2c_monitor.errors import ConfigError, ImageDecodeError, SpaceMismatchError
+from t2c_monitor.errors import ConfigError, ImageDecodeError
+from t2c_monitor.sources import IMAGE_EXTENSIONS
 
 
 def _check_pair(embeddings: Tensor, vectors: Tensor, vectors_name: str) -> None:
@@ -84,9 +85,6 @@ def zero_shot_accuracy(embeddings: Tensor, class_vectors: Tensor, labels: Tensor
 # ----------------------------------------------------------------------------------------------
 # zero-shot classification of a labelled image folder
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 @dataclass
 class ZeroShotReport:
     """Zero-shot accuracy of an aligned encoder next to CLIP's own, on the same images."""
@@ -107,13 +105,18 @@ class ZeroShotReport:
 
 
 def list_labelled_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
-    """Images of ``root/<class_name>/*.png|jpg|jpeg``: (paths, label indices, sorted class names)."""
+    """Images of ``root/<class_name>/*``: (paths, label indices, sorted class names).
+
+    Image files are those ingest lists (``t2c_monitor.sources.IMAGE_EXTENSIONS``).
+    """
     root = Path(root)
     if not root.is_dir():
-        raise ConfigError(f"Image folder {str(root)!r} does not exist: give a folder laid out as ROOT/<class_name>/*.png.")
+        raise ConfigError(
+            f"Image folder {str(root)!r} does not exist: give a folder laid out as ROOT/<class_name>/*.png."
+        )
     paths, labels, classes = [], [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             continue
         classes.append(class_dir.name)
@@ -130,15 +133,13 @@ def class_prompt(class_name: str) -> str:
     return class_name.replace("_", " ").strip()
 
 
-def _check_aligner_spaces(aligner: Any, encoder: Any, clip: Any) -> None:
-    from t2c_monitor.concepts import check_same_space
+def class_text_vectors(clip: Any, classes: Sequence[str], templates: str | Sequence[str] | None = None) -> Tensor:
+    """One unit text vector per class folder name: its phrase in every template, averaged as concept banks are."""
+    from t2c_monitor.concepts import encode_texts_as_concepts
+    from t2c_monitor.templates import resolve_templates
 
-    check_same_space(clip.identity, aligner.clip, what="aligner outputs")
-    source = aligner.source
-    if not source or any(source.get(k) != encoder.identity.to_dict()[k] for k in ("kind", "weights_sha256", "dim")):
-        raise SpaceMismatchError(
-            f"The aligner was fitted on features of {source or '(unrecorded encoder)'}, but the encoder in use is "
-            f"{encoder.identity}: fit an aligner for this encoder (`t2c aligner fit`).")
+    template_list = resolve_templates(templates)
+    return encode_texts_as_concepts(clip, [[t.format(class_prompt(c)) for t in template_list] for c in classes])
 
 
 def zero_shot_folder(
@@ -160,16 +161,13 @@ def zero_shot_folder(
     Images are decoded as ingest decodes them (``t2c_monitor.images``); those that cannot be are
     listed in ``failed`` with the reason and left out of both accuracies.
     """
-    from t2c_monitor.concepts import encode_texts_as_concepts
     from t2c_monitor.encoders import batch_starts
     from t2c_monitor.images import decode_image
-    from t2c_monitor.templates import resolve_templates
 
-    _check_aligner_spaces(aligner, encoder, clip)
+    aligner.check_models(source=encoder.identity.to_dict(), clip=clip.identity.to_dict())
     paths, labels, classes = list_labelled_images(root)
-    template_list = resolve_templates(templates)
     phrases = [class_prompt(c) for c in classes]
-    class_vectors = encode_texts_as_concepts(clip, [[t.format(p) for t in template_list] for p in phrases])
+    class_vectors = class_text_vectors(clip, classes, templates)
     aligned, clip_embeddings, kept, failed = [], [], [], []
     for start in batch_starts(len(paths), batch_size, "zero-shot: encoding images", progress):
         images = []

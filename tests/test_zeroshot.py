@@ -106,13 +106,15 @@ def test_undecodable_images_are_listed_and_the_rest_scored(models, folder: Path,
 def test_an_aligner_of_other_models_is_refused(models, folder: Path, aligner: Aligner) -> None:
     encoder, clip = models
     other = create_source_encoder("timm:resnet10t")
-    with pytest.raises(SpaceMismatchError, match="fit an aligner for this encoder"):
+    with pytest.raises(SpaceMismatchError, match="fitted for source encoder .*test_resnet.* in use is .*resnet10t"):
         zero_shot_folder(folder, other, aligner, clip)
     foreign = Aligner(W=aligner.W, b=aligner.b, feature_mean=aligner.feature_mean,
                       feature_variance=aligner.feature_variance, n_train=aligner.n_train, method="exact",
                       source=aligner.source, clip=dict(aligner.clip, weights_sha256="0" * 64))
-    with pytest.raises(SpaceMismatchError, match="re-encode the bank|aligner"):
+    refusal = "fitted for CLIP model .*sha256 000000000000.* CLIP model in use is"
+    with pytest.raises(SpaceMismatchError, match=refusal) as refused:
         zero_shot_folder(folder, encoder, foreign, clip)
+    assert "concept bank" not in str(refused.value)  # the aligner's space is the subject, not a bank
 
 
 def test_cli_zeroshot_and_concepts_encode(models, folder: Path, aligner: Aligner, clip_config: Path, tmp_path: Path) -> None:
