@@ -98,6 +98,80 @@ def test_bad_arguments_are_named(cli, tmp_path):
     assert result.exit_code == 2 and "--method" in result.output
 
 
+def tiny_clip_config(tmp_path):
+    config = tmp_path / "tiny-clip.json"
+    config.write_text(
+        json.dumps(
+            {
+                "embed_dim": 16,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            }
+        )
+    )
+    return config
+
+
+def test_eval_streams_a_feature_file_in_chunks(cli, tmp_path):
+    features = tmp_path / "pairs.safetensors"
+    X, Y = write_pairs(features, n=300, source=SOURCE, clip=CLIP)
+    out = tmp_path / "aligner"
+    run_json(cli, ["aligner", "fit", "--features", str(features), "--out", str(out), "--json"])
+    whole = run_json(cli, ["aligner", "eval", str(out), "--features", str(features), "--json"])
+    chunked = run_json(cli, ["aligner", "eval", str(out), "--features", str(features), "--chunk-rows", "7", "--json"])
+    for key in ("r2", "cosine", "aligned_accuracy", "clip_accuracy"):
+        assert chunked["metrics"][key] == pytest.approx(whole["metrics"][key], abs=1e-9)
+    assert chunked["metrics"]["n"] == 300 and chunked["warnings"] == []
+
+
+def test_a_feature_file_without_identities_is_warned_about(cli, tmp_path):
+    features = tmp_path / "pairs.npz"
+    write_pairs(features, n=120)
+    fitted = run_json(cli, ["aligner", "fit", "--features", str(features), "--out", str(tmp_path / "a"), "--json"])
+    assert len(fitted["warnings"]) == 1
+    assert "records no source encoder or CLIP model identity" in fitted["warnings"][0]
+    assert "--save-features" in fitted["warnings"][0]
+    result = CliRunner().invoke(cli, ["aligner", "fit", "--features", str(features), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0 and "warning:" in result.output
+
+
+def test_class_folders_give_zero_shot_accuracy_and_bad_images_are_skipped(cli, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("T2C_DEVICE", "cpu")
+    images = tmp_path / "images"
+    colours = {"red_square": (220, 30, 30), "blue_square": (30, 30, 220)}
+    for name, rgb in colours.items():
+        (images / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (40, 40), tuple(max(0, c - 8 * i) for c in rgb)).save(images / name / f"{i}.png")
+    (images / "red_square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    (images / "blue_square" / "notes.webp").write_bytes(b"")  # an empty file with an image suffix
+    pairs = tmp_path / "pairs.safetensors"
+    clip = f"open_clip:{tiny_clip_config(tmp_path)}"
+    model_args = ["--images", str(images), "--encoder", "timm:resnet10t", "--clip", clip]
+    out = tmp_path / "aligner"
+    fitted = run_json(
+        cli,
+        ["aligner", "fit", *model_args, "--ridge", "1e-2", "--holdout", "0.3", "--save-features", str(pairs),
+         "--template", "a photo of a {}.", "--out", str(out), "--json"],
+    )
+    assert sorted(f["path"].rsplit("/", 1)[-1] for f in fitted["failed"]) == ["broken.png", "notes.webp"]
+    assert all(f["reason"] for f in fitted["failed"])
+    assert fitted["n_train"] + fitted["n_holdout"] == 20  # the 20 good images, nothing lost
+    for key in ("aligned_accuracy", "clip_accuracy"):
+        assert 0.0 <= fitted["metrics"][key] <= 1.0
+    from t2c_monitor.aligner import open_feature_file
+
+    stored = open_feature_file(pairs)
+    labels = stored.get("labels")
+    assert sorted(labels.tolist()) == [0] * 10 + [1] * 10  # classes sorted by name: blue_square, red_square
+    assert tuple(stored.get("class_vectors").shape) == (2, 16)
+    evaluated = run_json(cli, ["aligner", "eval", str(out), "--features", str(pairs), "--json"])
+    assert evaluated["metrics"]["n"] == 20 and evaluated["metrics"]["clip_accuracy"] is not None
+
+
 def test_fit_and_eval_from_an_image_folder(cli, tmp_path, monkeypatch):
     """Images embedded by a tiny random timm encoder and a tiny random open_clip model, no network."""
     pytest.importorskip("t2c_monitor.encoders")
@@ -111,16 +185,7 @@ def test_fit_and_eval_from_an_image_folder(cli, tmp_path, monkeypatch):
     for i in range(24):
         pixels = (torch.rand(48, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(images / f"{i:02d}.png")
-    config = tmp_path / "tiny-clip.json"
-    config.write_text(
-        json.dumps(
-            {
-                "embed_dim": 16,
-                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-            }
-        )
-    )
+    config = tiny_clip_config(tmp_path)
     out = tmp_path / "aligner"
     pairs = tmp_path / "pairs.safetensors"
     model_args = ["--images", str(images), "--encoder", "timm:resnet10t", "--clip", f"open_clip:{config}"]

@@ -9,21 +9,24 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, TemplateOption, chosen_templates, console, emit_json, user_errors
 
 if TYPE_CHECKING:
     import torch
 
     from t2c_monitor.aligner import Aligner, AlignmentMetrics, PairedFeatures
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
 aligner_app = typer.Typer(help="Fit and evaluate aligners (source features -> CLIP image space).", no_args_is_help=True)
 
 FeaturesOption = typer.Option(
     None, "--features", help="Paired features: .safetensors or .npz holding X (n, d_in) and Y (n, d_out)."
 )
-ImagesOption = typer.Option(None, "--images", help="Folder of images to embed with --encoder and --clip.")
+ImagesOption = typer.Option(
+    None,
+    "--images",
+    help="Folder of images to embed with --encoder and --clip. Laid out as DIR/<class_name>/*, the class "
+    "names also give zero-shot and retained accuracy.",
+)
 EncoderOption = typer.Option(None, "--encoder", help="Source encoder spec (timm name or model path), with --images.")
 ClipOption = typer.Option(None, "--clip", help="CLIP model spec (open_clip name or config path), with --images.")
 DeviceOption = typer.Option(None, "--device", help="Torch device (default: T2C_DEVICE, 'auto').")
@@ -51,6 +54,7 @@ def fit(
     save_features: Path | None = typer.Option(
         None, "--save-features", help="With --images: also write the paired embeddings to this file."
     ),
+    templates: list[str] = TemplateOption,
     device: str | None = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -69,10 +73,12 @@ def fit(
         raise typer.BadParameter(f"use 'float64' or 'mixed', got {precision!r}", param_hint="--precision")
     with user_errors(), tempfile.TemporaryDirectory(prefix="t2c-aligner-") as scratch:
         started = time.perf_counter()
-        paired = _paired_source(features, images, encoder, clip, device, save_features, Path(scratch))
-        aligner, metrics, n_holdout = _fit_and_score(
-            paired, method, ridge, holdout, seed, chunk_rows, device, precision
+        paired, failed = _paired_source(
+            features, images, encoder, clip, device, save_features, Path(scratch), templates
         )
+        warnings = _unrecorded_identities(paired)
+        fitted = _fit_and_score(paired, method, ridge, holdout, seed, chunk_rows, device, precision)
+        aligner, metrics, n_holdout = fitted
         aligner.metrics = {**metrics.to_dict(), "split": "holdout" if n_holdout else "train"}
         aligner.save(out)
         payload = {
@@ -86,6 +92,8 @@ def fit(
             "source": aligner.source,
             "clip": aligner.clip,
             "fit_info": {k: v for k, v in aligner.fit_info.items() if k != "epoch_losses_scaled"},
+            "failed": failed,
+            "warnings": warnings,
             "seconds": round(time.perf_counter() - started, 3),
         }
     if as_json:
@@ -93,6 +101,7 @@ def fit(
         return
     console.print(f"[green]aligner written[/] to {out} ({aligner.method}, {aligner.d_in} -> {aligner.d_out})")
     _print_metrics(aligner.metrics, "held-out" if n_holdout else "training (no holdout)")
+    _print_problems(failed, warnings)
 
 
 @aligner_app.command("eval")
@@ -105,27 +114,70 @@ def evaluate_command(
     source_accuracy: float | None = typer.Option(
         None, "--source-accuracy", help="The source model's own accuracy, reported next to the aligned accuracy."
     ),
+    templates: list[str] = TemplateOption,
+    chunk_rows: int = typer.Option(65536, "--chunk-rows", help="Rows per chunk read from the feature file."),
     device: str | None = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Score a saved aligner on paired features or images (refused if they come from other models)."""
-    from t2c_monitor.aligner import Aligner, evaluate
+    from t2c_monitor.aligner import Aligner, evaluate_chunks
 
+    if chunk_rows < 1:
+        raise typer.BadParameter(f"must be >= 1, got {chunk_rows}", param_hint="--chunk-rows")
     with user_errors(), tempfile.TemporaryDirectory(prefix="t2c-aligner-") as scratch:
-        paired = _paired_source(features, images, encoder, clip, device, None, Path(scratch))
+        paired, failed = _paired_source(features, images, encoder, clip, device, None, Path(scratch), templates)
+        warnings = _unrecorded_identities(paired)
         aligner = Aligner.load(aligner_path, expect_source=paired.source, expect_clip=paired.clip)
-        X = paired.rows("X", 0, paired.n)
-        Y = paired.rows("Y", 0, paired.n)
-        labels, class_vectors = paired.get("labels"), paired.get("class_vectors")
-        if labels is None or class_vectors is None:
-            labels = class_vectors = None
-        metrics = evaluate(aligner, X, Y, labels=labels, class_vectors=class_vectors, source_accuracy=source_accuracy)
-        payload = {"aligner": str(aligner_path), "method": aligner.method, "metrics": metrics.to_dict()}
+        class_vectors = paired.get("class_vectors")
+        labelled = class_vectors is not None and paired.get("labels") is not None
+
+        def chunks():
+            for start in range(0, paired.n, chunk_rows):
+                stop = min(start + chunk_rows, paired.n)
+                labels = paired.rows("labels", start, stop) if labelled else None
+                yield paired.rows("X", start, stop), paired.rows("Y", start, stop), labels
+
+        metrics = evaluate_chunks(
+            aligner,
+            chunks(),
+            class_vectors=class_vectors if labelled else None,
+            source_accuracy=source_accuracy,
+            progress=not as_json,
+            total_rows=paired.n,
+        )
+        payload = {
+            "aligner": str(aligner_path),
+            "method": aligner.method,
+            "metrics": metrics.to_dict(),
+            "failed": failed,
+            "warnings": warnings,
+        }
     if as_json:
         emit_json(payload)
         return
     console.print(f"aligner {aligner_path} ({aligner.method}, {aligner.d_in} -> {aligner.d_out}) on {paired.path}")
     _print_metrics(metrics.to_dict(), "evaluation")
+    _print_problems(failed, warnings)
+
+
+def _unrecorded_identities(paired: PairedFeatures) -> list[str]:
+    """Warnings for a feature file that does not say which models made it (nothing can be checked)."""
+    roles = (("source encoder", paired.source), ("CLIP model", paired.clip))
+    missing = [role for role, identity in roles if not identity]
+    if not missing:
+        return []
+    return [
+        f"feature file {paired.path} records no {' or '.join(missing)} identity, so it cannot be checked against "
+        "the aligner's models and a fitted aligner records none: write it with `t2c aligner fit --images DIR "
+        "--save-features FILE`, or with save_feature_file(..., source=..., clip=...)"
+    ]
+
+
+def _print_problems(failed: list[dict[str, str]], warnings: list[str]) -> None:
+    for failure in failed:
+        console.print(f"[yellow]skipped[/] {failure['path']}: {failure['reason']}", highlight=False)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def _paired_source(
@@ -136,10 +188,12 @@ def _paired_source(
     device: str | None,
     save_features: Path | None,
     scratch: Path,
-) -> PairedFeatures:
-    """The pairs to work on: a feature file as is, or an image folder embedded by both models.
+    templates: list[str] | None = None,
+) -> tuple[PairedFeatures, list[dict[str, str]]]:
+    """The pairs to work on, and the images that could not be decoded (path and reason).
 
-    Embeddings of an image folder go to ``save_features``, or to a file in ``scratch`` otherwise.
+    A feature file is used as it is. An image folder is embedded by both models, into
+    ``save_features`` or a file in ``scratch``.
     """
     from t2c_monitor.aligner import open_feature_file
 
@@ -150,55 +204,103 @@ def _paired_source(
     if features is not None:
         if save_features is not None:
             raise typer.BadParameter("only with --images", param_hint="--save-features")
-        return open_feature_file(features)
+        if templates:
+            raise typer.BadParameter("class prompts are for --images class folders", param_hint="--template")
+        return open_feature_file(features), []
     if encoder is None or clip is None:
         raise typer.BadParameter("--images needs both --encoder SPEC and --clip SPEC", param_hint="--encoder/--clip")
     target = save_features if save_features is not None else scratch / "pairs.safetensors"
-    _embed_folder(images, encoder, clip, device, target)
-    return open_feature_file(target)
+    failed = _embed_folder(images, encoder, clip, device, target, chosen_templates(templates))
+    return open_feature_file(target), failed
 
 
-def _embed_folder(folder: Path, encoder_spec: str, clip_spec: str, device: str | None, target: Path) -> None:
-    """Embed every image under ``folder`` with the source encoder and CLIP; write the pairs to ``target``."""
+def _folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str]]:
+    """Image files under ``folder`` (ingest's extensions), sorted; labels and class names when every
+    image sits in a class subfolder ``folder/<class_name>/`` and there are at least two classes."""
+    from t2c_monitor.sources import IMAGE_EXTENSIONS
+
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    classes = sorted({p.parent.name for p in paths})
+    if len(classes) < 2 or any(p.parent.parent != folder for p in paths):
+        return paths, None, []
+    index = {name: i for i, name in enumerate(classes)}
+    return paths, [index[p.parent.name] for p in paths], classes
+
+
+def _embed_folder(
+    folder: Path,
+    encoder_spec: str,
+    clip_spec: str,
+    device: str | None,
+    target: Path,
+    templates: str | list[str] | None,
+) -> list[dict[str, str]]:
+    """Embed every image under ``folder`` with the source encoder and CLIP; write the pairs to ``target``.
+
+    Images are decoded as ingest decodes them (EXIF orientation, transparency on white); one that
+    cannot be is skipped and returned with its reason. Class subfolders add labels and class text
+    vectors (the class names in ``templates``) for zero-shot accuracy.
+    """
     import torch
-    from PIL import Image, UnidentifiedImageError
     from rich.progress import Progress
 
     from t2c_monitor.aligner import save_feature_file
     from t2c_monitor.encoders import create_clip_model, create_source_encoder
     from t2c_monitor.errors import ImageDecodeError, T2CError
+    from t2c_monitor.images import decode_image
+    from t2c_monitor.scoring import class_text_vectors
+    from t2c_monitor.sources import IMAGE_EXTENSIONS
 
     if not folder.is_dir():
         raise T2CError(f"image folder {folder} does not exist: pass a directory of images with --images")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths, labels, classes = _folder_images(folder)
     if len(paths) < 2:
-        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
         raise T2CError(f"image folder {folder} holds {len(paths)} images ({kinds}): need at least 2")
     with console.status("loading the source encoder and the CLIP model"):
         source = create_source_encoder(encoder_spec, device=device)
         clip_model = create_clip_model(clip_spec, device=device)
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
+    kept: list[int] = []
+    failed: list[dict[str, str]] = []
     with Progress(console=console) as progress:
         task = progress.add_task("embedding images", total=len(paths))
         for start in range(0, len(paths), 256):
             batch = []
-            for path in paths[start : start + 256]:
+            for index in range(start, min(start + 256, len(paths))):
+                path = paths[index]
                 try:
-                    with Image.open(path) as image:
-                        batch.append(image.convert("RGB"))
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise ImageDecodeError(f"cannot decode image {path} ({exc}): remove or replace it") from exc
-            xs.append(source.encode_images(batch))
-            ys.append(clip_model.encode_images(batch))
-            progress.advance(task, len(batch))
+                    batch.append(decode_image(path.read_bytes(), str(path)).image)
+                    kept.append(index)
+                except ImageDecodeError as exc:
+                    failed.append({"path": str(path), "reason": str(exc)})
+                except OSError as exc:
+                    failed.append({"path": str(path), "reason": f"unreadable: {exc}"})
+            if batch:
+                xs.append(source.encode_images(batch))
+                ys.append(clip_model.encode_images(batch))
+            progress.advance(task, index + 1 - start)
+    if len(kept) < 2:
+        raise T2CError(
+            f"only {len(kept)} of {len(paths)} images under {folder} could be decoded (first failure: "
+            f"{failed[0]['path']}: {failed[0]['reason']}): need at least 2"
+        )
+    extra = {}
+    if labels is not None:
+        extra = {
+            "labels": torch.tensor([labels[i] for i in kept], dtype=torch.long),
+            "class_vectors": class_text_vectors(clip_model, classes, templates),
+        }
     save_feature_file(
         target,
         torch.cat(xs),
         torch.cat(ys),
         source=source.identity.to_dict(),
         clip=clip_model.identity.to_dict(),
+        **extra,
     )
+    return failed
 
 
 def _fit_and_score(

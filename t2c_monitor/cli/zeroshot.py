@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, TemplateOption, chosen_templates, console, emit_json, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -20,8 +20,7 @@ def zeroshot(
         ..., "--encoder", help="Source encoder spec, e.g. timm:resnet50.a1_in1k or timm:resnet10t@w.safetensors."),
     aligner: Path = typer.Option(..., "--aligner", help="Aligner directory written by `t2c aligner fit`."),
     clip: str = typer.Option(..., "--clip", help="CLIP model spec the aligner maps into."),
-    templates: list[str] = typer.Option(
-        None, "--template", help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable."),
+    templates: list[str] = TemplateOption,
     device: str = typer.Option(None, help="Torch device (default: T2C_DEVICE, auto)."),
     batch_size: int = typer.Option(64, help="Images per batch."),
     as_json: bool = JsonOption,
@@ -36,9 +35,8 @@ def zeroshot(
         clip_model = create_clip_model(clip, device=device)
         fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(),
                               expect_clip=clip_model.identity.to_dict())
-        chosen = None if not templates else (templates[0] if len(templates) == 1 else templates)
-        report = zero_shot_folder(folder, source, fitted, clip_model, templates=chosen, batch_size=batch_size,
-                                  progress=not as_json)
+        report = zero_shot_folder(folder, source, fitted, clip_model, templates=chosen_templates(templates),
+                                  batch_size=batch_size, progress=not as_json)
     if as_json:
         emit_json(report.to_dict())
         return
