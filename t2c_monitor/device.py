@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import nn
 
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.settings import get_settings
@@ -31,3 +32,12 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def use_channels_last(device: torch.device, image_module: nn.Module) -> bool:
+    """Channels-last memory for a convolutional image tower on CUDA, where it pays off.
+
+    A tower counts as convolutional with more than one 2-d convolution (a ViT has only its patch
+    embedding). On CPU the default layout is kept.
+    """
+    return device.type == "cuda" and sum(isinstance(m, nn.Conv2d) for m in image_module.modules()) > 1

@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from t2c_monitor.device import autocast, resolve_device
+from t2c_monitor.device import autocast, resolve_device, use_channels_last
 from t2c_monitor.errors import ConfigError, ModelLoadError
 
 KINDS = ("timm", "open_clip")
@@ -151,11 +151,6 @@ def state_dict_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _is_convnet(module: nn.Module) -> bool:
-    """More than one 2-d convolution: channels-last pays off (a ViT has only its patch embedding)."""
-    return sum(isinstance(m, nn.Conv2d) for m in module.modules()) > 1
-
-
 def batch_starts(n: int, batch_size: int, description: str, progress: bool) -> Iterator[int]:
     """Start offsets of batches, with a progress bar on stderr when asked for."""
     if batch_size < 1:
@@ -182,7 +177,7 @@ class _ImageTower:
         self.identity = identity
         self.preprocess = preprocess
         self.device = device
-        self._channels_last = device.type == "cuda" and _is_convnet(self._image_module())
+        self._channels_last = use_channels_last(device, self._image_module())
         if self._channels_last:
             self._image_module().to(memory_format=torch.channels_last)
 
@@ -454,6 +449,7 @@ def _register_clip_config(path: Path) -> str:
 
 
 def _clip_tag_cached(model_name: str, tag: str) -> tuple[bool, str]:
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
     from open_clip.pretrained import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(model_name, tag)
@@ -461,8 +457,14 @@ def _clip_tag_cached(model_name: str, tag: str) -> tuple[bool, str]:
         return os.path.isfile(cfg["file"]), cfg["file"]
     if cfg.get("hf_hub"):
         repo_id, filename = os.path.split(cfg["hf_hub"])
-        filename = filename or "open_clip_pytorch_model.bin"
-        names = [filename] + ([filename[:-4] + ".safetensors"] if filename.endswith((".bin", ".pth")) else [])
+        filename = filename or HF_WEIGHTS_NAME
+        # the safetensors file open_clip looks for first (pretrained._get_safe_alternatives)
+        if filename == HF_WEIGHTS_NAME:
+            names = [HF_SAFE_WEIGHTS_NAME, filename]
+        elif filename.endswith((".bin", ".pth")):
+            names = [filename[:-4] + ".safetensors", filename]
+        else:
+            names = [filename]
         return _hf_cached(repo_id, names), f"Hugging Face cache, repo {repo_id}"
     target = Path("~/.cache/clip").expanduser() / os.path.basename(cfg.get("url", ""))
     return target.is_file(), str(target)

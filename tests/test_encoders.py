@@ -67,6 +67,16 @@ def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+def hub_snapshot(cache: Path, repo_id: str) -> Path:
+    """The folder of a Hugging Face cache where ``repo_id``'s files at revision main are found."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return snapshot
+
+
 # ------------------------------------------------------------------------------------------ specs
 
 
@@ -193,10 +203,7 @@ def test_cached_hub_weights_load_offline_without_network(no_network: list, empty
     import timm
     from safetensors.torch import save_file
 
-    snapshot = empty_hub_cache / "models--timm--resnet10t.c3_in1k" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    snapshot = hub_snapshot(empty_hub_cache, "timm/resnet10t.c3_in1k")
     torch.manual_seed(3)
     published = timm.create_model("resnet10t").eval()
     save_file(published.state_dict(), str(snapshot / "model.safetensors"))
@@ -208,6 +215,44 @@ def test_cached_hub_weights_load_offline_without_network(no_network: list, empty
     with torch.no_grad():
         reference = published.forward_head(published.forward_features(pixels), pre_logits=True)
     torch.testing.assert_close(encoder.encode(pixels), reference)
+    assert no_network == []
+
+
+@pytest.mark.parametrize("filename", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+def test_cached_clip_tag_loads_offline_without_network(
+    filename: str, no_network: list, empty_hub_cache: Path, tiny_clip, tiny_clip_config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An open_clip pretrained tag routes to the Hugging Face cache: a checkpoint placed there under
+    either name open_clip publishes loads with no connection, and its weights are the ones saved."""
+    import open_clip
+    from open_clip import pretrained
+    from safetensors.torch import save_file
+
+    from t2c_monitor.encoders import hub_offline, state_dict_sha256
+
+    # open_clip has no public call to register a tag: add one for the tiny architecture, as its
+    # registry lists e.g. ViT-B-32's laion2b_s34b_b79k (hf_hub "ORG/REPO/" = the default file names)
+    monkeypatch.setitem(pretrained._PRETRAINED, "t2c_test_tiny_clip",
+                        {"t2c_tag": pretrained._pcfg(hf_hub="t2c-test/tiny-clip/")})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)  # not the factory's random-init seed: loading must replace the weights
+        published = open_clip.create_model("t2c_test_tiny_clip").eval()
+    state = {k: v.contiguous() for k, v in published.state_dict().items()}
+    snapshot = hub_snapshot(empty_hub_cache, "t2c-test/tiny-clip")
+    if filename.endswith(".safetensors"):
+        save_file(state, str(snapshot / filename))
+    else:
+        torch.save(state, snapshot / filename)
+
+    assert hub_offline()
+    model = create_clip_model(f"open_clip:{tiny_clip_config}@t2c_tag", device="cpu")
+    assert model.identity.weights == "t2c_tag"
+    assert model.identity.weights_sha256 == state_dict_sha256(published) != tiny_clip.identity.weights_sha256
+    loaded = model.model.state_dict()
+    assert set(loaded) == set(state)
+    for name, tensor in state.items():
+        assert torch.equal(loaded[name], tensor), name
     assert no_network == []
 
 
