@@ -868,10 +868,14 @@ def _parse_identity(raw: str | None, path: Path, key: str) -> dict | None:
 
 
 def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries whose behaviour an aligner depends on (None when not installed)."""
-    versions: dict[str, str | None] = {}
+    """Versions of Python and the libraries whose behaviour an aligner depends on (None when not installed)."""
+    import platform
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     distributions = (
         ("torch", "torch"),
+        ("numpy", "numpy"),
+        ("safetensors", "safetensors"),
         ("timm", "timm"),
         ("open_clip", "open_clip_torch"),
         ("t2c_monitor", "t2c-monitor"),
