@@ -223,8 +223,9 @@ class SourceEncoder(_ImageTower):
     the one ``preprocess`` was built from.
     """
 
-    def __init__(self, model: nn.Module, identity: ModelIdentity, preprocess: Callable, device: torch.device,
-                 data_config: dict):
+    def __init__(
+        self, model: nn.Module, identity: ModelIdentity, preprocess: Callable, device: torch.device, data_config: dict
+    ):
         super().__init__(model, identity, preprocess, device)
         self.data_config = data_config
 
@@ -235,8 +236,9 @@ class SourceEncoder(_ImageTower):
 class ClipModel(_ImageTower):
     """An open_clip model: the image tower (same API as ``SourceEncoder``) and the text tower."""
 
-    def __init__(self, model: nn.Module, identity: ModelIdentity, preprocess: Callable, device: torch.device,
-                 tokenizer: Callable):
+    def __init__(
+        self, model: nn.Module, identity: ModelIdentity, preprocess: Callable, device: torch.device, tokenizer: Callable
+    ):
         super().__init__(model, identity, preprocess, device)
         self.tokenizer = tokenizer
 
@@ -288,9 +290,7 @@ def _hf_cached(repo_id: str, filenames: Sequence[str]) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     repo_id, _, revision = repo_id.partition("@")
-    return any(
-        isinstance(try_to_load_from_cache(repo_id, name, revision=revision or None), str) for name in filenames
-    )
+    return any(isinstance(try_to_load_from_cache(repo_id, name, revision=revision or None), str) for name in filenames)
 
 
 def _not_cached_error(what: str, where: str, example: str) -> ModelLoadError:
@@ -303,8 +303,10 @@ def _not_cached_error(what: str, where: str, example: str) -> ModelLoadError:
 def _local_file(path: str, what: str) -> Path:
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
-        raise ModelLoadError(f"Weights file {path!r} for {what} does not exist: give the path of a "
-                             ".safetensors file or a torch checkpoint (or a hub tag).")
+        raise ModelLoadError(
+            f"Weights file {path!r} for {what} does not exist: give the path of a "
+            ".safetensors file or a torch checkpoint (or a hub tag)."
+        )
     return resolved
 
 
@@ -314,7 +316,8 @@ def _refuse_schema(kind: str, name: str) -> None:
         raise ModelLoadError(
             f"{kind} model name {name!r} uses a hub/local-dir schema, which is not supported: name the "
             f"architecture and pass its weights file, e.g. '{kind}:ARCH@/path/weights.safetensors'"
-            + (" (or a model config JSON: 'open_clip:/path/cfg.json@/path/ckpt.pt')." if kind == "open_clip" else "."))
+            + (" (or a model config JSON: 'open_clip:/path/cfg.json@/path/ckpt.pt')." if kind == "open_clip" else ".")
+        )
 
 
 def _unknown_name_error(kind: str, name: str, known: Sequence[str], how_to_list: str) -> ModelLoadError:
@@ -365,13 +368,16 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
     if arch.startswith("t2c_world_"):  # the shapes world's architectures register themselves with timm
         import t2c_monitor.world.source_model  # noqa: F401
     if not timm.is_model(arch):
-        raise _unknown_name_error("timm", arch, timm.list_models(),
-                                  "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`")
+        raise _unknown_name_error(
+            "timm", arch, timm.list_models(), "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`"
+        )
     known_tags = timm.list_pretrained(f"{arch}.*") if tag else []
     if tag and spec.name not in known_tags:
         tags = [t.split(".", 1)[1] for t in known_tags]
-        raise ModelLoadError(f"Unknown pretrained tag {tag!r} for timm model {arch}: known tags are "
-                             f"{', '.join(tags) or 'none'}; or give weights as a local file ('timm:{arch}@PATH').")
+        raise ModelLoadError(
+            f"Unknown pretrained tag {tag!r} for timm model {arch}: known tags are "
+            f"{', '.join(tags) or 'none'}; or give weights as a local file ('timm:{arch}@PATH')."
+        )
     cfg = get_pretrained_cfg(spec.name) if tag else None
     if spec.weights:
         path = _local_file(spec.weights, f"timm model {spec.name}")
@@ -380,11 +386,17 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
             head_cfg = cfg or get_pretrained_cfg(arch)
             n = _timm_head_width(state, head_cfg.classifier if head_cfg else None)
             with _seeded_init():
-                model = timm.create_model(spec.name, pretrained=True, num_classes=n,
-                                          pretrained_cfg_overlay=dict(state_dict=state, num_classes=n))
+                model = timm.create_model(
+                    spec.name,
+                    pretrained=True,
+                    num_classes=n,
+                    pretrained_cfg_overlay=dict(state_dict=state, num_classes=n),
+                )
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
-            raise ModelLoadError(f"Weights file {str(path)!r} cannot be loaded into timm model {spec.name}: {exc}. "
-                                 "Check that the file was saved from this architecture.") from exc
+            raise ModelLoadError(
+                f"Weights file {str(path)!r} cannot be loaded into timm model {spec.name}: {exc}. "
+                "Check that the file was saved from this architecture."
+            ) from exc
         model.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
         model.reset_classifier(0)
         return model, str(path)
@@ -392,12 +404,16 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
         if hub_offline():
             cached, where = _timm_weights_cached(cfg)
             if not cached:
-                raise _not_cached_error(f"timm model {spec.name}", where, f"'timm:{spec.name}@/path/weights.safetensors'")
+                raise _not_cached_error(
+                    f"timm model {spec.name}", where, f"'timm:{spec.name}@/path/weights.safetensors'"
+                )
         try:
             return timm.create_model(spec.name, pretrained=True, num_classes=0), tag
         except (RuntimeError, OSError, ValueError) as exc:
-            raise ModelLoadError(f"Weights of timm model {spec.name} could not be fetched or loaded ({exc}): "
-                                 f"the weights must be cached, or given as a local file ('timm:{spec.name}@PATH').") from exc
+            raise ModelLoadError(
+                f"Weights of timm model {spec.name} could not be fetched or loaded ({exc}): "
+                f"the weights must be cached, or given as a local file ('timm:{spec.name}@PATH')."
+            ) from exc
     with _seeded_init():
         return timm.create_model(arch, pretrained=False, num_classes=0), None
 
@@ -436,15 +452,19 @@ def _register_clip_config(path: Path) -> str:
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"Cannot read open_clip model config {str(path)!r}: {exc}.") from exc
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ModelLoadError(f"{str(path)!r} is not an open_clip model config: it needs the keys "
-                             "embed_dim, vision_cfg and text_cfg (see open_clip/model_configs/*.json).")
+        raise ModelLoadError(
+            f"{str(path)!r} is not an open_clip model config: it needs the keys "
+            "embed_dim, vision_cfg and text_cfg (see open_clip/model_configs/*.json)."
+        )
     name = path.stem
     known = open_clip.get_model_config(name)
     if known is None:
         open_clip.add_model_config(path)
     elif known != cfg:
-        raise ModelLoadError(f"open_clip already knows a different model config named {name!r}; "
-                             f"rename {str(path)!r} to a unique file name.")
+        raise ModelLoadError(
+            f"open_clip already knows a different model config named {name!r}; "
+            f"rename {str(path)!r} to a unique file name."
+        )
     return name
 
 
@@ -471,7 +491,9 @@ def _clip_tag_cached(model_name: str, tag: str) -> tuple[bool, str]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or Path(text).suffix in {".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt"}
+    return (
+        os.sep in text or "/" in text or Path(text).suffix in {".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt"}
+    )
 
 
 def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, str, str | None]:
@@ -483,15 +505,21 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
     if spec.name.endswith(".json") or os.path.isfile(os.path.expanduser(spec.name)):
         config_path = Path(spec.name).expanduser().resolve()
         if not config_path.is_file():
-            raise ModelLoadError(f"open_clip model config {spec.name!r} does not exist: give the path of a JSON "
-                                 "file with embed_dim, vision_cfg and text_cfg.")
+            raise ModelLoadError(
+                f"open_clip model config {spec.name!r} does not exist: give the path of a JSON "
+                "file with embed_dim, vision_cfg and text_cfg."
+            )
         model_name, identity_name = _register_clip_config(config_path), str(config_path)
     else:
         model_name = identity_name = spec.name
         if open_clip.get_model_config(model_name) is None:
-            raise _unknown_name_error("open_clip", model_name, open_clip.list_models(),
-                                      "`python -c \"import open_clip; print(open_clip.list_models())\"`, "
-                                      "or give the path of a model config JSON")
+            raise _unknown_name_error(
+                "open_clip",
+                model_name,
+                open_clip.list_models(),
+                '`python -c "import open_clip; print(open_clip.list_models())"`, '
+                "or give the path of a model config JSON",
+            )
     weights: str | None = None
     pretrained: str | None = None
     from_tag = bool(spec.pretrained) and is_pretrained_cfg(model_name, spec.pretrained)
@@ -499,23 +527,34 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
         if hub_offline():
             cached, where = _clip_tag_cached(model_name, spec.pretrained)
             if not cached:
-                raise _not_cached_error(f"open_clip model {model_name} ({spec.pretrained})", where,
-                                        f"'open_clip:{model_name}@/path/open_clip_model.safetensors'")
+                raise _not_cached_error(
+                    f"open_clip model {model_name} ({spec.pretrained})",
+                    where,
+                    f"'open_clip:{model_name}@/path/open_clip_model.safetensors'",
+                )
         pretrained = weights = spec.pretrained
     elif spec.pretrained:
         if not _looks_like_path(spec.pretrained):
             tags = list_pretrained_tags_by_model(model_name)
-            raise ModelLoadError(f"Unknown pretrained tag {spec.pretrained!r} for open_clip model {model_name}: "
-                                 f"known tags are {', '.join(tags) or 'none'}; or give a local checkpoint path.")
+            raise ModelLoadError(
+                f"Unknown pretrained tag {spec.pretrained!r} for open_clip model {model_name}: "
+                f"known tags are {', '.join(tags) or 'none'}; or give a local checkpoint path."
+            )
         pretrained = weights = str(_local_file(spec.pretrained, f"open_clip model {model_name}"))
     try:
         with _seeded_init():
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, pretrained_text=False, device="cpu")
+                model_name, pretrained=pretrained, pretrained_text=False, device="cpu"
+            )
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        fix = ("the weights must be cached, or given as a local file" if from_tag
-               else "check that the checkpoint was saved from this architecture")
-        raise ModelLoadError(f"open_clip model {spec} could not be created or its weights loaded ({exc}): {fix}.") from exc
+        fix = (
+            "the weights must be cached, or given as a local file"
+            if from_tag
+            else "check that the checkpoint was saved from this architecture"
+        )
+        raise ModelLoadError(
+            f"open_clip model {spec} could not be created or its weights loaded ({exc}): {fix}."
+        ) from exc
     return model, preprocess, model_name, identity_name, weights
 
 

@@ -220,7 +220,11 @@ def test_cached_hub_weights_load_offline_without_network(no_network: list, empty
 
 @pytest.mark.parametrize("filename", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
 def test_cached_clip_tag_loads_offline_without_network(
-    filename: str, no_network: list, empty_hub_cache: Path, tiny_clip, tiny_clip_config: Path,
+    filename: str,
+    no_network: list,
+    empty_hub_cache: Path,
+    tiny_clip,
+    tiny_clip_config: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An open_clip pretrained tag routes to the Hugging Face cache: a checkpoint placed there under
@@ -233,8 +237,9 @@ def test_cached_clip_tag_loads_offline_without_network(
 
     # open_clip has no public call to register a tag: add one for the tiny architecture, as its
     # registry lists e.g. ViT-B-32's laion2b_s34b_b79k (hf_hub "ORG/REPO/" = the default file names)
-    monkeypatch.setitem(pretrained._PRETRAINED, "t2c_test_tiny_clip",
-                        {"t2c_tag": pretrained._pcfg(hf_hub="t2c-test/tiny-clip/")})
+    monkeypatch.setitem(
+        pretrained._PRETRAINED, "t2c_test_tiny_clip", {"t2c_tag": pretrained._pcfg(hf_hub="t2c-test/tiny-clip/")}
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(11)  # not the factory's random-init seed: loading must replace the weights
         published = open_clip.create_model("t2c_test_tiny_clip").eval()
@@ -293,7 +298,9 @@ def test_clip_local_checkpoints_round_trip(tiny_clip, tiny_clip_config: Path, tm
     state = tiny_clip.model.state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "clip.safetensors"))
     torch.save(state, tmp_path / "clip.pt")
-    loaded = [create_clip_model(f"open_clip:{tiny_clip_config}@{tmp_path / name}") for name in ("clip.safetensors", "clip.pt")]
+    loaded = [
+        create_clip_model(f"open_clip:{tiny_clip_config}@{tmp_path / name}") for name in ("clip.safetensors", "clip.pt")
+    ]
     pixels = tiny_clip.preprocess(solid((10, 100, 250))).unsqueeze(0)
     for model in loaded:
         assert model.identity.weights_sha256 == tiny_clip.identity.weights_sha256
@@ -321,8 +328,10 @@ def test_world_architectures_load_by_name_in_a_fresh_process() -> None:
     import subprocess
     import sys
 
-    code = ("from t2c_monitor.encoders import create_source_encoder; "
-            "print(create_source_encoder('timm:t2c_world_resnet', device='cpu').dim)")
+    code = (
+        "from t2c_monitor.encoders import create_source_encoder; "
+        "print(create_source_encoder('timm:t2c_world_resnet', device='cpu').dim)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "512"
