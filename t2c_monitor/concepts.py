@@ -2,9 +2,11 @@
 
 A bank is defined in a plain text file or in YAML, then encoded with a CLIP model:
 
-Text file (one concept per line; ``#`` starts a comment; ``|`` separates phrasings of one
-concept, the first phrasing names it)::
+Text file (one concept per line; a line whose first non-blank character is ``#`` is a comment,
+while a ``#`` later in a line is part of the concept, as in ``C# code``; ``|`` separates phrasings
+of one concept, the first phrasing names it)::
 
+    # colours and scenes
     red
     at night | a night scene | in the dark
 
@@ -13,7 +15,7 @@ YAML::
     name: shapes-world
     version: 2
     templates: paper            # paper (default), imagenet80, plain, or a list of '{}' strings
-    classes: [circle, square]   # optional: class-conditioned concepts (paper, section 4.1)
+    classes: [circle, square]   # optional: class-conditioned concepts (paper, section 4.1); one name or a list
     concepts:
       - red
       - at night | in the dark
@@ -93,15 +95,50 @@ def _normalise_key(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip()).lower()
 
 
+def _string_list(value: Any, what: str) -> tuple[str, ...]:
+    """``value`` as names: ``None`` -> none, one string -> one name, a list of strings -> those names.
+
+    Anything else is refused: iterating a string would split it into letters, and YAML reads
+    ``yes`` or ``42`` as a boolean or a number.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(
+        f"{what} must be a string or a list of strings, got {value!r}; quote names that YAML reads as "
+        "numbers or booleans, e.g. ['42', 'yes']."
+    )
+
+
+def read_class_names(path: str | Path) -> tuple[str, ...]:
+    """Class names from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read class names file {str(path)!r}: {exc}.") from exc
+    names = tuple(s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#"))
+    if not names:
+        raise ConfigError(f"Class names file {str(path)!r} lists no classes: write one class name per line.")
+    return names
+
+
 def _make_concept(raw: Any, where: str) -> Concept:
     """One concept from a line (``a | b``), a string, or a mapping ``{name, phrasings}``."""
     if isinstance(raw, dict):
         unknown = set(raw) - {"name", "phrasings"}
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)} in concept; use 'name' and 'phrasings'.")
-        phrasings = raw.get("phrasings") or ([raw["name"]] if raw.get("name") else [])
-        if isinstance(phrasings, str):
+        phrasings = raw.get("phrasings")
+        if not phrasings:
+            phrasings = [str(raw["name"])] if raw.get("name") else []
+        elif isinstance(phrasings, str):
             phrasings = phrasings.split("|")
+        else:
+            phrasings = _string_list(phrasings, f"{where}: 'phrasings'")
         name = raw.get("name")
     elif isinstance(raw, str):
         phrasings, name = raw.split("|"), None
@@ -137,14 +174,18 @@ def parse_bank_text(
     name: str,
     version: int = 1,
     templates: str | Sequence[str] | None = None,
-    classes: Sequence[str] = (),
+    classes: str | Sequence[str] | None = None,
     source: str = "<text>",
 ) -> BankDefinition:
-    """A bank from plain text: one concept per line, ``#`` comments, ``a | b`` phrasings."""
+    """A bank from plain text: one concept per line, ``a | b`` phrasings.
+
+    A line whose first non-blank character is ``#`` is a comment; a ``#`` anywhere else is text
+    (``C# code`` is a concept, and so is ``red # not a comment``).
+    """
     concepts, wheres = [], []
     for number, line in enumerate(text.splitlines(), start=1):
-        content = line.split("#", 1)[0].strip()
-        if not content:
+        content = line.strip()
+        if not content or content.startswith("#"):
             continue
         where = f"{source}:{number}"
         concepts.append(_make_concept(content, where))
@@ -158,6 +199,7 @@ def parse_bank_yaml(
     name: str | None = None,
     version: int | None = None,
     templates: str | Sequence[str] | None = None,
+    classes: str | Sequence[str] | None = None,
     source: str = "<yaml>",
 ) -> BankDefinition:
     """A bank from YAML (name, version, templates, classes, concepts); arguments override the file."""
@@ -181,7 +223,7 @@ def parse_bank_yaml(
         concepts,
         wheres,
         templates if templates is not None else doc.get("templates"),
-        doc.get("classes") or (),
+        classes if classes is not None else _string_list(doc.get("classes"), f"{source}: 'classes'"),
         source,
     )
 
@@ -192,7 +234,7 @@ def _definition(
     concepts: list[Concept],
     wheres: list[str],
     templates: str | Sequence[str] | None,
-    classes: Sequence[str],
+    classes: str | Sequence[str] | None,
     source: str,
 ) -> BankDefinition:
     if not concepts:
@@ -204,10 +246,14 @@ def _definition(
         raise ConfigError(f"{source}: bank version must be an integer, got {version!r}.") from exc
     if not str(name).strip():
         raise ConfigError(f"{source}: the bank needs a name.")
-    class_names = tuple(re.sub(r"\s+", " ", str(c)).strip() for c in classes)
+    class_names = tuple(re.sub(r"\s+", " ", c).strip() for c in _string_list(classes, f"{source}: 'classes'"))
     if any(not c for c in class_names) or len({_normalise_key(c) for c in class_names}) != len(class_names):
-        raise ConfigError(f"{source}: class names must be non-empty and distinct, got {list(classes)!r}.")
-    return BankDefinition(str(name).strip(), version, tuple(concepts), resolve_templates(templates), class_names)
+        raise ConfigError(f"{source}: class names must be non-empty and distinct, got {list(class_names)!r}.")
+    try:
+        resolved = resolve_templates(templates)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: templates: {exc}") from exc
+    return BankDefinition(str(name).strip(), version, tuple(concepts), resolved, class_names)
 
 
 def load_bank_definition(
@@ -216,17 +262,26 @@ def load_bank_definition(
     name: str | None = None,
     version: int | None = None,
     templates: str | Sequence[str] | None = None,
+    classes: str | Sequence[str] | None = None,
 ) -> BankDefinition:
-    """Read a bank file: ``.yaml``/``.yml`` as YAML, anything else as plain text (named after the file)."""
+    """Read a bank file: ``.yaml``/``.yml`` as YAML, anything else as plain text (named after the file).
+
+    ``name``, ``version``, ``templates`` and ``classes``, when given, override what the file says.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"Cannot read concept bank file {str(path)!r}: {exc}.") from exc
     if path.suffix.lower() in {".yaml", ".yml"}:
-        return parse_bank_yaml(text, name=name, version=version, templates=templates, source=str(path))
+        return parse_bank_yaml(text, name=name, version=version, templates=templates, classes=classes, source=str(path))
     return parse_bank_text(
-        text, name=name or path.stem, version=1 if version is None else version, templates=templates, source=str(path)
+        text,
+        name=name or path.stem,
+        version=1 if version is None else version,
+        templates=templates,
+        classes=classes,
+        source=str(path),
     )
 
 

@@ -37,41 +37,64 @@ def imagenet80_templates() -> tuple[str, ...]:
 
 def check_template(template: str) -> str:
     """Return ``template`` if it has exactly one empty ``{}`` field and nothing else to format."""
+    hint = "write e.g. 'a photo of {}.' (literal braces as '{{' and '}}')"
     try:
         fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
     except ValueError as exc:
+        raise ConfigError(f"Template {template!r} is not a valid format string ({exc}): {hint}.") from exc
+    if not fields:
         raise ConfigError(
-            f"Template {template!r} is not a valid format string ({exc}): write e.g. 'a photo of {{}}.'"
-        ) from exc
+            f"Template {template!r} has no '{{}}' where the concept goes and is not a template set "
+            f"({', '.join(TEMPLATE_SETS)}): {hint}."
+        )
     if fields != [""]:
+        shown = ", ".join("{" + f + "}" for f in fields)
         raise ConfigError(
-            f"Template {template!r} must contain exactly one '{{}}' where the concept goes (found {len(fields)} "
-            "fields); write literal braces as '{{' and '}}'."
+            f"Template {template!r} must contain exactly one empty '{{}}' where the concept goes, "
+            f"but has {shown}: {hint}."
         )
     return template
 
 
+def _named_set(name: str) -> tuple[str, ...] | None:
+    if name == "paper":
+        return PAPER_TEMPLATES
+    if name == "imagenet80":
+        return imagenet80_templates()
+    if name == "plain":
+        return ("{}",)
+    return None
+
+
 def resolve_templates(templates: str | Sequence[str] | None = None) -> tuple[str, ...]:
-    """A named template set (``paper``, ``imagenet80``, ``plain``) or user templates -> checked templates."""
+    """Template sets (``paper``, ``imagenet80``, ``plain``) and/or format strings -> checked templates.
+
+    ``templates`` is one set name or template, or a list mixing both (``["paper", "{} at dusk"]``):
+    sets are expanded in place. A template written twice is refused (it would weigh double in the
+    average); a set's template that is already listed is kept once.
+    """
     if templates is None:
         templates = DEFAULT_TEMPLATE_SET
     if isinstance(templates, str):
-        if templates == "paper":
-            return PAPER_TEMPLATES
-        if templates == "imagenet80":
-            return imagenet80_templates()
-        if templates == "plain":
-            return ("{}",)
-        if "{}" in templates:
-            return (check_template(templates),)
+        templates = [templates]
+    if not isinstance(templates, Sequence):
         raise ConfigError(
-            f"Unknown template set {templates!r}: use one of {', '.join(TEMPLATE_SETS)}, "
-            "or a list of format strings with one '{}'."
+            f"Templates must be a template set name, a format string with '{{}}', or a list of them; got {templates!r}."
         )
-    resolved = tuple(check_template(str(t)) for t in templates)
+    resolved: list[str] = []
+    written: set[str] = set()
+    for item in templates:
+        if not isinstance(item, str):
+            raise ConfigError(f"Template {item!r} is not a string: quote it, e.g. 'a photo of {{}}.'.")
+        expanded = _named_set(item)
+        if expanded is not None:
+            resolved.extend(t for t in expanded if t not in resolved)
+            continue
+        if item in written:
+            raise ConfigError(f"Template {item!r} is repeated; list each template once.")
+        written.add(item)
+        if item not in resolved:
+            resolved.append(check_template(item))
     if not resolved:
         raise ConfigError("The template list is empty: give at least one template, e.g. ['a photo of {}.'].")
-    if len(set(resolved)) != len(resolved):
-        repeated = sorted({t for t in resolved if resolved.count(t) > 1})
-        raise ConfigError(f"Templates repeated: {repeated}; list each template once.")
-    return resolved
+    return tuple(resolved)

@@ -48,7 +48,7 @@ def test_templates_default_to_the_papers_seven_and_check_user_templates() -> Non
 
 def test_bank_vectors_are_normalised_template_averages(tiny_clip) -> None:
     definition = parse_bank_text(
-        "red\nat night | in the dark  # two phrasings\n", name="t", templates=["a photo of {}.", "{} in a video game"]
+        "red\n# two phrasings\nat night | in the dark\n", name="t", templates=["a photo of {}.", "{} in a video game"]
     )
     bank = encode_bank(definition, tiny_clip)
     assert bank.concept_names == ("red", "at night") and bank.vectors.shape == (2, tiny_clip.dim)
@@ -99,7 +99,7 @@ def test_yaml_banks_name_version_and_phrasings(tmp_path: Path) -> None:
         ("snow", ("in the snow", "covered in snow")),
     ]
     text_file = tmp_path / "colours.txt"
-    text_file.write_text("# colours\nred\n\n  blue   green  # a comment\n")
+    text_file.write_text("# colours\nred\n\n  blue   green  \n   # an indented comment\n")
     plain = load_bank_definition(text_file, version=2)
     assert (plain.name, plain.version, [c.name for c in plain.concepts]) == ("colours", 2, ["red", "blue green"])
 

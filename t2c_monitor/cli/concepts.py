@@ -27,8 +27,19 @@ def encode(
     templates: list[str] = typer.Option(
         None,
         "--template",
-        help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable. "
-        "Default: the file's templates, else the paper's 7.",
+        help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable, sets and "
+        "strings mix (--template paper --template '{} at dusk'). Default: the file's templates, else the paper's 7.",
+    ),
+    classes: list[str] = typer.Option(
+        None,
+        "--classes",
+        help="Condition every concept on this class ('a photo of the {class} {concept}'); repeatable. "
+        "Overrides the file's classes.",
+    ),
+    classes_file: Path = typer.Option(
+        None,
+        "--classes-file",
+        help="A text file of class names, one per line ('#' lines skipped), added to --classes.",
     ),
     name: str = typer.Option(None, help="Bank name (default: the file's name)."),
     version: int = typer.Option(None, help="Bank version (default: the file's version, else 1)."),
@@ -37,12 +48,14 @@ def encode(
     as_json: bool = JsonOption,
 ) -> None:
     """Encode BANKFILE with a CLIP model's text tower and save the bank with its vectors."""
-    from t2c_monitor.concepts import encode_bank, load_bank_definition
+    from t2c_monitor.concepts import encode_bank, load_bank_definition, read_class_names
     from t2c_monitor.encoders import create_clip_model
 
     with user_errors():
-        chosen = None if not templates else (templates[0] if len(templates) == 1 else templates)
-        definition = load_bank_definition(bankfile, name=name, version=version, templates=chosen)
+        class_names = list(classes or []) + list(read_class_names(classes_file) if classes_file else [])
+        definition = load_bank_definition(
+            bankfile, name=name, version=version, templates=templates or None, classes=class_names or None
+        )
         model = create_clip_model(clip, device=device)
         bank = encode_bank(definition, model, batch_size=batch_size, progress=not as_json)
         bank.save(out)
@@ -61,5 +74,6 @@ def encode(
         return
     console.print(
         f"bank [bold]{bank.name}[/] v{bank.version}: {bank.k} concepts x {bank.dim} dims "
-        f"({len(bank.templates)} templates) encoded with {model.identity}, saved to {out}"
+        f"({len(bank.templates)} templates{f', {len(bank.classes)} classes' if bank.classes else ''}) "
+        f"encoded with {model.identity}, saved to {out}"
     )

@@ -1,0 +1,86 @@
+"""Contracts of concept bank files and their encoding: YAML keys, comments, template lists, the
+`t2c concepts encode` options, bank directories that are incomplete, and streamed encoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from t2c_monitor.cli import app
+from t2c_monitor.concepts import (
+    ConceptBank,
+    parse_bank_text,
+    parse_bank_yaml,
+)
+from t2c_monitor.encoders import create_clip_model
+from t2c_monitor.errors import ConfigError
+from t2c_monitor.templates import PAPER_TEMPLATES, resolve_templates
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_clip_config):
+    return create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# bank files
+
+
+def test_yaml_names_take_one_string_or_a_list_of_strings() -> None:
+    assert parse_bank_yaml("classes: dog\nconcepts: [in a tree]\n", source="b.yaml").classes == ("dog",)
+    assert parse_bank_yaml("classes: [dog, red car]\nconcepts: [x]\n", source="b.yaml").classes == ("dog", "red car")
+    for bad in ("classes: 5", "classes: [dog, 1]", "classes: {dog: 1}", "classes: [[dog]]"):
+        with pytest.raises(ConfigError, match=r"b\.yaml: 'classes' must be a string or a list of strings"):
+            parse_bank_yaml(f"{bad}\nconcepts: [red]\n", source="b.yaml")
+    with pytest.raises(ConfigError, match=r"b\.yaml: concepts\[0\]: 'phrasings' must be a string or a list"):
+        parse_bank_yaml("concepts: [{name: x, phrasings: 5}]\n", source="b.yaml")
+    for bad in ("templates: 5", "templates: ['{}', 7]"):
+        with pytest.raises(ConfigError, match=r"b\.yaml: templates: Template"):
+            parse_bank_yaml(f"{bad}\nconcepts: [red]\n", source="b.yaml")
+
+
+def test_only_lines_starting_with_a_hash_are_comments() -> None:
+    bank = parse_bank_text("# languages\nC# code\n   # indented comment\nF# | F sharp\n", name="b")
+    assert [(c.name, c.phrasings) for c in bank.concepts] == [("C# code", ("C# code",)), ("F#", ("F#", "F sharp"))]
+
+
+def test_template_sets_expand_inside_lists_and_bad_templates_say_why() -> None:
+    assert resolve_templates(["paper", "{} at dusk"]) == (*PAPER_TEMPLATES, "{} at dusk")
+    both = resolve_templates(["paper", "imagenet80"])  # the paper's 7 are among the 80: each is kept once
+    assert both[:7] == PAPER_TEMPLATES and len(both) == len(set(both)) == 80
+    with pytest.raises(ConfigError, match=r"'a photo of' has no '\{\}' where the concept goes.*paper, imagenet80"):
+        resolve_templates(["paper", "a photo of"])
+    with pytest.raises(ConfigError, match=r"exactly one empty '\{\}'.*has \{\}, \{\}"):
+        resolve_templates(["{} and {}"])
+    with pytest.raises(ConfigError, match=r"'\{\} x' is repeated"):
+        resolve_templates(["{} x", "paper", "{} x"])
+
+
+def test_cli_encode_mixes_template_sets_and_conditions_on_classes(tiny_clip, tiny_clip_config, tmp_path: Path) -> None:
+    bankfile, classes_file = tmp_path / "places.txt", tmp_path / "classes.txt"
+    bankfile.write_text("in a tree\n")
+    classes_file.write_text("# animals\ncat\n\n")
+    command = ["concepts", "encode", str(bankfile), "--clip", f"open_clip:{tiny_clip_config}", "--device", "cpu"]
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [*command, "--out", str(tmp_path / "bank"), "--template", "plain", "--template", "a photo of the {}.",
+         "--classes", "dog", "--classes-file", str(classes_file), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bank = ConceptBank.load(tmp_path / "bank")
+    assert bank.templates == ("{}", "a photo of the {}.") and bank.classes == ("dog", "cat")
+    prompts = ["dog in a tree", "a photo of the dog in a tree.", "cat in a tree", "a photo of the cat in a tree."]
+    with torch.no_grad():
+        raw = tiny_clip.model.encode_text(tiny_clip.tokenizer(prompts))
+    torch.testing.assert_close(bank.vectors[0], F.normalize(F.normalize(raw, dim=1).mean(0), dim=0))
+
+    result = runner.invoke(app, [*command, "--out", str(tmp_path / "b2"), "--template", "paper", "--template", "{} x"])
+    assert result.exit_code == 0, result.output
+    assert ConceptBank.load(tmp_path / "b2").templates == (*PAPER_TEMPLATES, "{} x")
+    result = runner.invoke(app, [*command, "--out", str(tmp_path / "b3"), "--template", "a photo"])
+    assert result.exit_code == 2 and "'a photo' has no '{}'" in " ".join(result.output.split())
