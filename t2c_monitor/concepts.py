@@ -55,6 +55,8 @@ VECTORS_FILE = "vectors.safetensors"
 METADATA_FILE = "bank.json"
 FORMAT = "t2c-concept-bank"
 FORMAT_VERSION = 1
+REQUIRED_METADATA = ("name", "version", "clip", "templates", "concepts")
+REENCODE_HINT = "re-encode the bank with `t2c concepts encode BANKFILE --clip SPEC --out DIR`"
 
 
 class ConceptTruncatedWarning(UserWarning):
@@ -399,10 +401,42 @@ class ConceptBank:
         return directory
 
     @classmethod
+    def _from_metadata(cls, meta: dict, vectors: Tensor, directory: Path) -> ConceptBank:
+        """The bank that ``meta`` (bank.json) and ``vectors`` describe, or ``ModelLoadError`` saying what is wrong."""
+        meta_path = directory / METADATA_FILE
+        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        if missing:
+            raise ModelLoadError(f"Concept bank metadata {meta_path} lacks {missing}: {REENCODE_HINT}.")
+        try:
+            concepts = meta["concepts"]
+            bank = cls(
+                name=str(meta["name"]),
+                version=int(meta["version"]),
+                clip=meta["clip"],
+                templates=tuple(meta["templates"]),
+                concept_names=tuple(c["name"] for c in concepts),
+                phrasings=tuple(tuple(c["phrasings"]) for c in concepts),
+                vectors=vectors,
+                classes=tuple(meta.get("classes") or ()),
+                created_at=meta.get("created_at", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(
+                f"Concept bank {directory} is incomplete or inconsistent ({type(exc).__name__}: {exc}): "
+                f"{REENCODE_HINT}."
+            ) from exc
+        clip_dim = bank.clip.get("dim") if isinstance(bank.clip, dict) else None
+        for what, expected in (("the bank's CLIP model", clip_dim), ("'dim'", meta.get("dim"))):
+            if expected is not None and expected != bank.dim:
+                raise ModelLoadError(
+                    f"Concept vectors in {directory / VECTORS_FILE} are {bank.dim} wide, but {meta_path} records "
+                    f"{expected} for {what}: {REENCODE_HINT}."
+                )
+        return bank
+
+    @classmethod
     def load(cls, path: str | Path, *, expect_clip: ModelIdentity | dict | None = None) -> ConceptBank:
         """Read a bank written by ``save``; with ``expect_clip``, refuse a bank of another CLIP space."""
-        from safetensors.torch import load_file
-
         directory = Path(path)
         meta_path, vectors_path = directory / METADATA_FILE, directory / VECTORS_FILE
         for needed in (meta_path, vectors_path):
@@ -415,7 +449,7 @@ class ConceptBank:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ModelLoadError(
-                f"Concept bank metadata {meta_path} is not valid JSON ({exc}): re-encode the bank."
+                f"Concept bank metadata {meta_path} is not valid JSON ({exc}): {REENCODE_HINT}."
             ) from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ModelLoadError(f"{meta_path} is not concept bank metadata (no 'format': '{FORMAT}').")
@@ -427,23 +461,29 @@ class ConceptBank:
         if meta.get("vectors_sha256") != hashlib.sha256(vectors_path.read_bytes()).hexdigest():
             raise ModelLoadError(
                 f"Concept vectors {vectors_path} do not match the checksum in {meta_path} "
-                "(corrupt or replaced file): re-encode the bank."
+                f"(corrupt or replaced file): {REENCODE_HINT}."
             )
-        concepts = meta["concepts"]
-        bank = cls(
-            name=meta["name"],
-            version=int(meta["version"]),
-            clip=meta["clip"],
-            templates=tuple(meta["templates"]),
-            concept_names=tuple(c["name"] for c in concepts),
-            phrasings=tuple(tuple(c["phrasings"]) for c in concepts),
-            vectors=load_file(str(vectors_path))["vectors"],
-            classes=tuple(meta.get("classes") or ()),
-            created_at=meta.get("created_at", ""),
-        )
+        bank = cls._from_metadata(meta, _read_vectors(vectors_path), directory)
         if expect_clip is not None:
             bank.check_space(expect_clip, what="CLIP model in use")
         return bank
+
+
+def _read_vectors(path: Path) -> Tensor:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(
+            f"Concept vectors {path} are not a readable safetensors file ({exc}): {REENCODE_HINT}."
+        ) from exc
+    if "vectors" not in tensors:
+        raise ModelLoadError(
+            f"Concept vectors {path} hold no 'vectors' tensor (only {sorted(tensors)}): {REENCODE_HINT}."
+        )
+    return tensors["vectors"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from t2c_monitor.cli import app
@@ -17,7 +20,7 @@ from t2c_monitor.concepts import (
     parse_bank_yaml,
 )
 from t2c_monitor.encoders import create_clip_model
-from t2c_monitor.errors import ConfigError
+from t2c_monitor.errors import ConfigError, ModelLoadError
 from t2c_monitor.templates import PAPER_TEMPLATES, resolve_templates
 
 
@@ -84,3 +87,49 @@ def test_cli_encode_mixes_template_sets_and_conditions_on_classes(tiny_clip, tin
     assert ConceptBank.load(tmp_path / "b2").templates == (*PAPER_TEMPLATES, "{} x")
     result = runner.invoke(app, [*command, "--out", str(tmp_path / "b3"), "--template", "a photo"])
     assert result.exit_code == 2 and "'a photo' has no '{}'" in " ".join(result.output.split())
+
+
+# ----------------------------------------------------------------------------------------------
+# bank directories
+
+
+def small_bank(dim: int = 4) -> ConceptBank:
+    clip = {"kind": "open_clip", "name": "tiny", "weights": None, "weights_sha256": "0" * 64, "dim": dim}
+    return ConceptBank(name="colours", version=1, clip=clip, templates=("{}",), concept_names=("red", "blue"),
+                       phrasings=(("red",), ("blue",)), vectors=F.normalize(torch.randn(2, dim), dim=1))  # fmt: skip
+
+
+def rewrite(directory: Path, *, meta: dict | None = None, tensors: dict | None = None) -> None:
+    """Replace a saved bank's metadata and/or vectors, keeping the checksum valid."""
+    meta = meta if meta is not None else json.loads((directory / "bank.json").read_text())
+    if tensors is not None:
+        save_file(tensors, str(directory / "vectors.safetensors"))
+    meta["vectors_sha256"] = hashlib.sha256((directory / "vectors.safetensors").read_bytes()).hexdigest()
+    (directory / "bank.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("key", ["concepts", "name", "clip"])
+def test_load_refuses_metadata_missing_an_entry(key: str, tmp_path: Path) -> None:
+    directory = small_bank().save(tmp_path / "bank")
+    meta = json.loads((directory / "bank.json").read_text())
+    del meta[key]
+    rewrite(directory, meta=meta)
+    with pytest.raises(ModelLoadError, match=rf"bank\.json lacks \['{key}'\]: re-encode .*t2c concepts encode"):
+        ConceptBank.load(directory)
+
+
+def test_load_refuses_vectors_of_the_wrong_width_or_shape(tmp_path: Path) -> None:
+    directory = small_bank(dim=4).save(tmp_path / "bank")
+    rewrite(directory, tensors={"vectors": torch.zeros(2, 3)})
+    with pytest.raises(ModelLoadError, match=r"are 3 wide, but .*bank\.json records 4 .*t2c concepts encode"):
+        ConceptBank.load(directory)
+    rewrite(directory, tensors={"vectors": torch.zeros(3, 4)})
+    with pytest.raises(ModelLoadError, match=r"incomplete or inconsistent \(ValueError: vectors must be \(2, d\)"):
+        ConceptBank.load(directory)
+    rewrite(directory, tensors={"weights": torch.zeros(2, 4)})
+    with pytest.raises(ModelLoadError, match=r"no 'vectors' tensor \(only \['weights'\]\)"):
+        ConceptBank.load(directory)
+    meta = json.loads((directory / "bank.json").read_text())
+    rewrite(directory, meta=meta | {"concepts": ["red", "blue"]}, tensors={"vectors": torch.zeros(2, 4)})
+    with pytest.raises(ModelLoadError, match=r"incomplete or inconsistent \(TypeError"):
+        ConceptBank.load(directory)
