@@ -36,7 +36,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
+from t2c_monitor.progress import progress_bar
 from t2c_monitor.templates import resolve_templates
 
 if TYPE_CHECKING:
@@ -490,18 +491,17 @@ def _read_vectors(path: Path) -> Tensor:
 # encoding
 
 
-def _warn_truncated(definition: BankDefinition, clip: ClipModel) -> None:
+def _warn_if_truncated(concept: str, prompts: Sequence[str], clip: ClipModel) -> None:
+    """Warn once for ``concept`` if its longest prompt is cut at the tokenizer's context length."""
     limit = clip.context_length
-    for concept in definition.concepts:
-        longest = max(definition.prompts(concept), key=clip.count_tokens)
-        n = clip.count_tokens(longest)
-        if n > limit:
-            warnings.warn(
-                f"Concept {concept.name!r}: prompt {longest!r} has {n} tokens, more than the context length {limit} "
-                f"of {clip.identity.name}; it is truncated. Shorten the concept text.",
-                ConceptTruncatedWarning,
-                stacklevel=3,
-            )
+    n, longest = max((clip.count_tokens(p), p) for p in prompts)
+    if n > limit:
+        warnings.warn(
+            f"Concept {concept!r}: prompt {longest!r} has {n} tokens, more than the context length {limit} "
+            f"of {clip.identity.name}; it is truncated. Shorten the concept text.",
+            ConceptTruncatedWarning,
+            stacklevel=5,  # the caller of encode_bank (via the prompt generator and the encoding loop)
+        )
 
 
 def average_prompt_embeddings(embeddings: Tensor, owners: Tensor, k: int) -> Tensor:
@@ -511,24 +511,67 @@ def average_prompt_embeddings(embeddings: Tensor, owners: Tensor, k: int) -> Ten
     return F.normalize(sums, dim=1)
 
 
+def _encode_prompt_groups(
+    clip: ClipModel, groups: Iterable[Sequence[str]], k: int, *, batch_size: int, progress: bool
+) -> Tensor:
+    """``average_prompt_embeddings`` over ``k`` groups of prompts, streamed in batches of ``batch_size``.
+
+    Only one batch of prompts and embeddings is held at a time, plus a ``(k, d)`` sum of the
+    normalised embeddings per group, so a bank of 1000 classes x 80 templates per concept fits in
+    memory; batches run across group boundaries, so small groups still fill the text encoder.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sums = torch.zeros((k, clip.dim), dtype=torch.float32)
+    texts: list[str] = []
+    owners: list[int] = []
+
+    def flush() -> None:
+        if texts:
+            unit = F.normalize(clip.encode_text(texts, batch_size=batch_size).float(), dim=1)
+            sums.index_add_(0, torch.tensor(owners, dtype=torch.long), unit)
+            texts.clear()
+            owners.clear()
+
+    done = 0  # groups whose every prompt has been encoded
+    with progress_bar(f"encoding concepts ({clip.identity.name})", k, progress) as advance:
+        for i, prompts in enumerate(groups):
+            for prompt in prompts:
+                texts.append(prompt)
+                owners.append(i)
+                if len(texts) == batch_size:
+                    flush()
+                    advance(i - done)
+                    done = i
+            if not texts:
+                advance(i + 1 - done)
+                done = i + 1
+        flush()
+        advance(k - done)
+    return F.normalize(sums, dim=1)
+
+
 def encode_texts_as_concepts(
     clip: ClipModel, prompt_lists: Sequence[Sequence[str]], *, batch_size: int = 256, progress: bool = False
 ) -> Tensor:
     """Unit vectors ``(k, d)``, one per list of prompts, averaged the way banks are."""
-    prompts = [p for plist in prompt_lists for p in plist]
-    owners = torch.tensor([i for i, plist in enumerate(prompt_lists) for _ in plist], dtype=torch.long)
-    embeddings = clip.encode_text(prompts, batch_size=batch_size, progress=progress)
-    return average_prompt_embeddings(embeddings, owners, len(prompt_lists))
+    return _encode_prompt_groups(clip, prompt_lists, len(prompt_lists), batch_size=batch_size, progress=progress)
 
 
 def encode_bank(
     definition: BankDefinition, clip: ClipModel, *, batch_size: int = 256, progress: bool = False
 ) -> ConceptBank:
     """Encode every concept of ``definition`` with ``clip``'s text tower into a ``ConceptBank``."""
-    _warn_truncated(definition, clip)
-    vectors = encode_texts_as_concepts(
-        clip, [definition.prompts(c) for c in definition.concepts], batch_size=batch_size, progress=progress
-    )
+
+    def prompts() -> Iterator[list[str]]:
+        """One concept's prompts at a time (never all of them), each checked for truncation as it comes."""
+        for concept in definition.concepts:
+            texts = definition.prompts(concept)
+            _warn_if_truncated(concept.name, texts, clip)
+            yield texts
+
+    k = len(definition.concepts)
+    vectors = _encode_prompt_groups(clip, prompts(), k, batch_size=batch_size, progress=progress)
     return ConceptBank(
         name=definition.name,
         version=definition.version,

@@ -16,10 +16,12 @@ from typer.testing import CliRunner
 from t2c_monitor.cli import app
 from t2c_monitor.concepts import (
     ConceptBank,
+    encode_bank,
+    encode_texts_as_concepts,
     parse_bank_text,
     parse_bank_yaml,
 )
-from t2c_monitor.encoders import create_clip_model
+from t2c_monitor.encoders import ClipModel, create_clip_model
 from t2c_monitor.errors import ConfigError, ModelLoadError
 from t2c_monitor.templates import PAPER_TEMPLATES, resolve_templates
 
@@ -133,3 +135,41 @@ def test_load_refuses_vectors_of_the_wrong_width_or_shape(tmp_path: Path) -> Non
     rewrite(directory, meta=meta | {"concepts": ["red", "blue"]}, tensors={"vectors": torch.zeros(2, 4)})
     with pytest.raises(ModelLoadError, match=r"incomplete or inconsistent \(TypeError"):
         ConceptBank.load(directory)
+
+
+# ----------------------------------------------------------------------------------------------
+# encoding
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 256])
+def test_streamed_encoding_matches_one_pass_over_every_prompt(tiny_clip, batch_size: int) -> None:
+    groups = [["red", "crimson", "scarlet", "ruby"], ["blue"], ["green", "lime"]]
+    embeddings = tiny_clip.encode_text([p for g in groups for p in g])
+    owners = [i for i, g in enumerate(groups) for _ in g]
+    expected = torch.stack([F.normalize(F.normalize(embeddings[[j for j, o in enumerate(owners) if o == i]], dim=1)
+                                        .mean(0), dim=0) for i in range(len(groups))])  # fmt: skip
+    torch.testing.assert_close(encode_texts_as_concepts(tiny_clip, groups, batch_size=batch_size), expected)
+
+
+class SmallTextTower(ClipModel):
+    """A real CLIP model that, like an accelerator with little memory, takes at most ``limit`` texts at once."""
+
+    def __init__(self, clip: ClipModel, limit: int):
+        super().__init__(clip.model, clip.identity, clip.preprocess, clip.device, clip.tokenizer)
+        self.limit = limit
+
+    def encode_text(self, texts, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        if len(texts) > self.limit:
+            raise MemoryError(f"{len(texts)} texts at once; this text tower holds {self.limit}")
+        return super().encode_text(texts, batch_size=batch_size, progress=progress)
+
+
+def test_class_conditioned_banks_are_encoded_in_bounded_batches(tiny_clip, capsys) -> None:
+    classes = [f"class{i}" for i in range(40)]  # 40 classes x 2 templates x 4 concepts = 320 prompts
+    definition = parse_bank_text("\n".join(f"concept {i}" for i in range(4)), name="b", classes=classes,
+                                 templates=["a photo of the {}.", "{}"])  # fmt: skip
+    bank = encode_bank(definition, SmallTextTower(tiny_clip, limit=48), batch_size=48, progress=True)
+    assert "encoding concepts" in capsys.readouterr().err
+    one_batch = encode_bank(definition, tiny_clip, batch_size=10_000)
+    torch.testing.assert_close(bank.vectors, one_batch.vectors)
+    torch.testing.assert_close(bank.vectors.norm(dim=1), torch.ones(4))
