@@ -2,8 +2,8 @@
 
 A bank is defined in a plain text file or in YAML, then encoded with a CLIP model:
 
-Text file (one concept per line; a line whose first non-blank character is ``#`` is a comment,
-while a ``#`` later in a line is part of the concept, as in ``C# code``; ``|`` separates phrasings
+Text file (one concept per line; ``#`` at the start of a line or after a blank starts a comment,
+as in a shell, while a ``#`` inside a word is text, as in ``C# code``; ``|`` separates phrasings
 of one concept, the first phrasing names it)::
 
     # colours and scenes
@@ -116,14 +116,22 @@ def _string_list(value: Any, what: str) -> tuple[str, ...]:
     )
 
 
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+def _without_comment(line: str) -> str:
+    """The line without a shell-style comment (``#`` at its start or after a blank), stripped."""
+    return _COMMENT.sub("", line).strip()
+
+
 def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Class names from a text file: one per line; blank lines and lines starting with ``#`` are skipped."""
+    """Class names from a text file: one per line; blank lines and comments (``# ...``) are skipped."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"Cannot read class names file {str(path)!r}: {exc}.") from exc
-    names = tuple(s for s in (line.strip() for line in text.splitlines()) if s and not s.startswith("#"))
+    names = tuple(s for s in (_without_comment(line) for line in text.splitlines()) if s)
     if not names:
         raise ConfigError(f"Class names file {str(path)!r} lists no classes: write one class name per line.")
     return names
@@ -182,13 +190,13 @@ def parse_bank_text(
 ) -> BankDefinition:
     """A bank from plain text: one concept per line, ``a | b`` phrasings.
 
-    A line whose first non-blank character is ``#`` is a comment; a ``#`` anywhere else is text
-    (``C# code`` is a concept, and so is ``red # not a comment``).
+    ``#`` at the start of a line or after a blank starts a comment (``red  # a colour`` is ``red``);
+    a ``#`` inside a word is text (``C# code`` is a concept).
     """
     concepts, wheres = [], []
     for number, line in enumerate(text.splitlines(), start=1):
-        content = line.strip()
-        if not content or content.startswith("#"):
+        content = _without_comment(line)
+        if not content:
             continue
         where = f"{source}:{number}"
         concepts.append(_make_concept(content, where))

@@ -48,9 +48,14 @@ def test_yaml_names_take_one_string_or_a_list_of_strings() -> None:
             parse_bank_yaml(f"{bad}\nconcepts: [red]\n", source="b.yaml")
 
 
-def test_only_lines_starting_with_a_hash_are_comments() -> None:
-    bank = parse_bank_text("# languages\nC# code\n   # indented comment\nF# | F sharp\n", name="b")
-    assert [(c.name, c.phrasings) for c in bank.concepts] == [("C# code", ("C# code",)), ("F#", ("F#", "F sharp"))]
+def test_comments_start_at_a_hash_after_a_blank_but_not_inside_a_word() -> None:
+    text = "# languages\nC# code  # a trailing comment\n   # indented comment\nF# | F sharp\nred\t# tab\n"
+    bank = parse_bank_text(text, name="b")
+    assert [(c.name, c.phrasings) for c in bank.concepts] == [
+        ("C# code", ("C# code",)),
+        ("F#", ("F#", "F sharp")),
+        ("red", ("red",)),
+    ]
 
 
 def test_template_sets_expand_inside_lists_and_bad_templates_say_why() -> None:

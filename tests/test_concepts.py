@@ -99,7 +99,7 @@ def test_yaml_banks_name_version_and_phrasings(tmp_path: Path) -> None:
         ("snow", ("in the snow", "covered in snow")),
     ]
     text_file = tmp_path / "colours.txt"
-    text_file.write_text("# colours\nred\n\n  blue   green  \n   # an indented comment\n")
+    text_file.write_text("# colours\nred\n\n  blue   green  # a comment\n   # an indented comment\n")
     plain = load_bank_definition(text_file, version=2)
     assert (plain.name, plain.version, [c.name for c in plain.concepts]) == ("colours", 2, ["red", "blue green"])
 
