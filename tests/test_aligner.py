@@ -187,7 +187,8 @@ def test_save_load_round_trip_gives_identical_transform(tmp_path):
     assert loaded.metrics == aligner.metrics
     meta = json.loads((tmp_path / "al" / "aligner.json").read_text())
     assert meta["d_in"] == 24 and meta["d_out"] == 6
-    assert set(meta["versions"]) == {"torch", "timm", "open_clip", "t2c_monitor"}
+    assert set(meta["versions"]) == {"python", "numpy", "safetensors", "torch", "timm", "open_clip", "t2c_monitor"}
+    assert meta["versions"]["python"].count(".") == 2 and meta["versions"]["numpy"] == np.__version__
     assert meta["versions"]["torch"] == torch.__version__.split("+")[0]
 
 
