@@ -309,6 +309,7 @@ class _Moments:
             self._S_np = np.zeros((width, width), dtype=np.float64, order="F")
             self.S = torch.from_numpy(self._S_np)
             self._buffer: np.ndarray | None = None
+            self._S32: np.ndarray | None = None
         else:
             self.S = torch.zeros((width, width), dtype=torch.float64, device=device)
         self.s = torch.zeros(width, dtype=torch.float64, device=device)
@@ -350,8 +351,11 @@ class _Moments:
         # z.T of a C-ordered (n, d) array is a Fortran-ordered (d, n) array: A A^T = Z^T Z, no copy.
         if self._np_dtype == np.float64:
             blas.dsyrk(1.0, z.T, beta=1.0, c=self._S_np, trans=0, lower=0, overwrite_c=1)
-        else:
-            self._S_np += blas.ssyrk(1.0, z.T, trans=0, lower=0)
+        else:  # into a reused float32 buffer: a fresh 26 MB result per chunk cost its page faults
+            if self._S32 is None:
+                self._S32 = np.zeros(self._S_np.shape, dtype=np.float32, order="F")
+            blas.ssyrk(1.0, z.T, beta=0.0, c=self._S32, trans=0, lower=0, overwrite_c=1)
+            self._S_np += self._S32
         self.s += torch.from_numpy(z.sum(axis=0).astype(np.float64))
 
     def centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
