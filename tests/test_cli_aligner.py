@@ -133,6 +133,7 @@ def test_a_feature_file_without_identities_is_warned_about(cli, tmp_path):
     assert "--save-features" in fitted["warnings"][0]
     result = CliRunner().invoke(cli, ["aligner", "fit", "--features", str(features), "--out", str(tmp_path / "b")])
     assert result.exit_code == 0 and "warning:" in result.output
+    assert "in-sample R²" in result.output and "held-out metrics" in result.output
 
 
 def test_class_folders_give_zero_shot_accuracy_and_bad_images_are_skipped(cli, tmp_path, monkeypatch):

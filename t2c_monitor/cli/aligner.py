@@ -101,6 +101,8 @@ def fit(
         return
     console.print(f"[green]aligner written[/] to {out} ({aligner.method}, {aligner.d_in} -> {aligner.d_out})")
     _print_metrics(aligner.metrics, "held-out" if n_holdout else "training (no holdout)")
+    if n_holdout and "r2_train" in aligner.fit_info:  # far above the held-out R²: the aligner overfits
+        console.print(f"in-sample R² {aligner.fit_info['r2_train']:.4f} on {aligner.n_train} training pairs")
     _print_problems(failed, warnings)
 
 
