@@ -705,6 +705,11 @@ def evaluate_chunks(
                 if class_vectors is None:
                     raise ValueError("labels and class_vectors go together: pass class_vectors for zero-shot accuracy")
                 labels = torch.as_tensor(labels).to(torch.long)
+                if labels.ndim != 1 or labels.shape[0] != X.shape[0]:
+                    raise ValueError(
+                        f"labels must be 1-d with one entry per pair of the chunk ({X.shape[0]}), "
+                        f"got shape {tuple(labels.shape)}"
+                    )
                 aligned_correct += int((zero_shot_predict(pred, class_vectors) == labels).sum())
                 clip_correct += int((zero_shot_predict(true, class_vectors) == labels).sum())
                 labelled += X.shape[0]
@@ -713,6 +718,8 @@ def evaluate_chunks(
         raise ValueError(f"the pairs number {n}: R² needs at least 2")
     if labelled not in (0, n):
         raise ValueError(f"{labelled} of {n} pairs have labels: give labels for every chunk or for none")
+    if class_vectors is not None and not labelled:
+        raise ValueError("class_vectors without labels: pass the labels for zero-shot accuracy, or neither")
     sst = float((y_sq - y_sum**2 / n).sum())
     r2 = 1.0 - sse / sst if sst > 0 else float("nan")
 

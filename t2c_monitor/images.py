@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -44,23 +46,21 @@ BACKGROUND_RGB = (255, 255, 255)
 """Transparent pixels are composited over this colour (white)."""
 
 FAILURE_CATEGORIES: tuple[str, ...] = (
-    "empty file",        # zero bytes
-    "unreadable",        # missing path, permission denied, I/O error
+    "empty file",  # zero bytes
+    "unreadable",  # missing path, permission denied, I/O error
     "unknown protocol",  # no fsspec implementation installed for the URI's scheme
-    "missing uri",       # a manifest row without a URI
-    "bad metadata",      # a manifest row whose capture time cannot be parsed
-    "not an image",      # no decoder recognises the bytes (a text file named .jpg)
-    "unsupported",       # a recognised but refused format or pixel mode
-    "truncated",         # the data ends before the image does
-    "corrupt",           # the decoder rejects the data for another reason
-    "too large",         # over the pixel limit (decompression bomb) or the byte limit
+    "missing uri",  # a manifest row without a URI
+    "bad metadata",  # a manifest row whose capture time cannot be parsed
+    "not an image",  # no decoder recognises the bytes (a text file named .jpg)
+    "unsupported",  # a recognised but refused format or pixel mode
+    "truncated",  # the data ends before the image does
+    "corrupt",  # the decoder rejects the data for another reason
+    "too large",  # over the pixel limit (decompression bomb) or the byte limit
 )
 """The stable first word(s) of every failure reason."""
 
 Image.init()  # register every plugin once, at import, so threads only read the registry
-ACCEPTED_FORMATS: tuple[str, ...] = tuple(
-    f for f in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN
-)
+ACCEPTED_FORMATS: tuple[str, ...] = tuple(f for f in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF") if f in Image.OPEN)
 """Pillow format ids this module opens; everything else is ``unsupported``."""
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -235,8 +235,13 @@ def decode_image(data: bytes, uri: str, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     finally:
         im.close()
     return DecodedImage(
-        uri=uri, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data),
-        width=rgb.width, height=rgb.height, image=rgb, format=fmt,
+        uri=uri,
+        sha256=hashlib.sha256(data).hexdigest(),
+        n_bytes=len(data),
+        width=rgb.width,
+        height=rgb.height,
+        image=rgb,
+        format=fmt,
     )
 
 
@@ -257,6 +262,26 @@ def load_image(
     try:
         return decode_image(data, item.uri, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        return FailedImage(
-            uri=item.uri, reason=str(exc), sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data)
-        )
+        return FailedImage(uri=item.uri, reason=str(exc), sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data))
+
+
+def load_files(
+    paths: Sequence[str | Path], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[Image.Image], list[int], list[dict[str, str]]]:
+    """Local image files decoded as ingest decodes them (EXIF orientation, transparency on white).
+
+    Returns the RGB images, the indices in ``paths`` of the files they came from, and a
+    ``{"path", "reason"}`` for each file that could not be read or decoded: one bad file never
+    stops the rest.
+    """
+    images: list[Image.Image] = []
+    kept: list[int] = []
+    failed: list[dict[str, str]] = []
+    for index, path in enumerate(paths):
+        result = load_image(SourceItem(uri=str(path)), max_pixels=max_pixels)
+        if isinstance(result, DecodedImage):
+            images.append(result.image)
+            kept.append(index)
+        else:
+            failed.append({"path": str(path), "reason": result.reason})
+    return images, kept, failed

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.device import resolve_device
-from t2c_monitor.errors import ConfigError, ImageDecodeError
+from t2c_monitor.errors import ConfigError
 from t2c_monitor.sources import IMAGE_EXTENSIONS
 
 
@@ -104,24 +104,31 @@ class ZeroShotReport:
         return asdict(self)
 
 
-def list_labelled_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
-    """Images of ``root/<class_name>/*``: (paths, label indices, sorted class names).
+def class_folder_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Images directly inside ``root/<class_name>/``: (paths, label indices, sorted class names).
 
-    Image files are those ingest lists (``t2c_monitor.sources.IMAGE_EXTENSIONS``).
+    Image files are those ingest lists (``t2c_monitor.sources.IMAGE_EXTENSIONS``); a subfolder
+    without images is no class. Images elsewhere under ``root`` are not listed.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ConfigError(
-            f"Image folder {str(root)!r} does not exist: give a folder laid out as ROOT/<class_name>/*.png."
-        )
     paths, labels, classes = [], [], []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for class_dir in sorted(p for p in Path(root).iterdir() if p.is_dir()):
         files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             continue
         classes.append(class_dir.name)
         paths.extend(files)
         labels.extend([len(classes) - 1] * len(files))
+    return paths, labels, classes
+
+
+def list_labelled_images(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """``class_folder_images`` of an existing folder with at least two classes (``ConfigError`` otherwise)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(
+            f"Image folder {str(root)!r} does not exist: give a folder laid out as ROOT/<class_name>/*.png."
+        )
+    paths, labels, classes = class_folder_images(root)
     if len(classes) < 2:
         raise ConfigError(f"Image folder {str(root)!r} has {len(classes)} class folder(s) with images: zero-shot "
                           "classification needs at least two, laid out as ROOT/<class_name>/*.png|jpg.")
@@ -162,7 +169,7 @@ def zero_shot_folder(
     listed in ``failed`` with the reason and left out of both accuracies.
     """
     from t2c_monitor.encoders import batch_starts
-    from t2c_monitor.images import decode_image
+    from t2c_monitor.images import load_files
 
     aligner.check_models(source=encoder.identity.to_dict(), clip=clip.identity.to_dict())
     paths, labels, classes = list_labelled_images(root)
@@ -170,15 +177,10 @@ def zero_shot_folder(
     class_vectors = class_text_vectors(clip, classes, templates)
     aligned, clip_embeddings, kept, failed = [], [], [], []
     for start in batch_starts(len(paths), batch_size, "zero-shot: encoding images", progress):
-        images = []
-        for index in range(start, min(start + batch_size, len(paths))):
-            try:
-                images.append(decode_image(paths[index].read_bytes(), str(paths[index])).image)
-                kept.append(index)
-            except ImageDecodeError as exc:
-                failed.append({"path": str(paths[index]), "reason": str(exc)})
-            except OSError as exc:
-                failed.append({"path": str(paths[index]), "reason": f"unreadable: {exc}"})
+        batch = range(start, min(start + batch_size, len(paths)))
+        images, decoded, batch_failed = load_files([paths[i] for i in batch])
+        kept.extend(batch[i] for i in decoded)
+        failed.extend(batch_failed)
         if images:
             aligned.append(aligner.transform(encoder.encode_images(images, batch_size=batch_size)))
             clip_embeddings.append(clip.encode_images(images, batch_size=batch_size))

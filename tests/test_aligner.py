@@ -104,6 +104,25 @@ def test_torch_sums_used_on_gpus_equal_the_cpu_blas_sums(precision):
     torch.testing.assert_close(sums[True][0], design.T @ design / len(X), atol=tol, rtol=tol)
 
 
+def test_streamed_evaluation_checks_labels_chunk_by_chunk():
+    from t2c_monitor.aligner import evaluate_chunks
+
+    X, Y, _, _ = planted(300, noise=0.5)
+    fit = fit_exact([(X, Y)], device="cpu")
+    class_vectors = torch.randn(3, Y.shape[1], generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(2))
+    whole = evaluate(fit, X, Y, labels=labels, class_vectors=class_vectors)
+    chunks = [(X[i : i + 70], Y[i : i + 70], labels[i : i + 70]) for i in range(0, 300, 70)]
+    streamed = evaluate_chunks(fit, chunks, class_vectors=class_vectors)
+    assert streamed.to_dict() == pytest.approx(whole.to_dict())
+    with pytest.raises(ValueError, match=r"one entry per pair of the chunk \(70\), got shape \(70, 1\)"):
+        evaluate_chunks(fit, [(X[:70], Y[:70], labels[:70, None])], class_vectors=class_vectors)
+    with pytest.raises(ValueError, match="70 of 140 pairs have labels"):
+        evaluate_chunks(fit, [(X[:70], Y[:70], labels[:70]), (X[70:140], Y[70:140], None)], class_vectors=class_vectors)
+    with pytest.raises(ValueError, match="class_vectors without labels"):
+        evaluate_chunks(fit, [(X, Y, None)], class_vectors=class_vectors)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_chunks_in_other_dtypes_fit_like_float32(dtype):
     # half-precision features (as an encoder under autocast returns them) have no numpy view: the

@@ -173,6 +173,27 @@ def test_class_folders_give_zero_shot_accuracy_and_bad_images_are_skipped(cli, t
     assert evaluated["metrics"]["n"] == 20 and evaluated["metrics"]["clip_accuracy"] is not None
 
 
+def test_a_folder_that_is_not_a_class_layout_says_why_no_accuracy_is_reported(cli, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("T2C_DEVICE", "cpu")
+    images = tmp_path / "images"
+    for name in ("cats", "dogs"):
+        (images / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(images / name / f"{i}.png")
+    Image.new("RGB", (32, 32), (0, 0, 0)).save(images / "loose.png")  # not in a class folder
+    clip = f"open_clip:{tiny_clip_config(tmp_path)}"
+    args = ["--images", str(images), "--encoder", "timm:resnet10t", "--clip", clip, "--template", "a {}"]
+    fitted = run_json(
+        cli, ["aligner", "fit", *args, "--ridge", "1e-2", "--holdout", "0", "--out", str(tmp_path / "a"), "--json"]
+    )
+    assert fitted["n_train"] == 7 and fitted["metrics"]["aligned_accuracy"] is None  # every image used, no labels
+    assert any("2 class subfolders but 1 image outside them" in w and "loose.png" in w for w in fitted["warnings"])
+    assert any("--template" in w for w in fitted["warnings"])
+
+
 def test_fit_and_eval_from_an_image_folder(cli, tmp_path, monkeypatch):
     """Images embedded by a tiny random timm encoder and a tiny random open_clip model, no network."""
     pytest.importorskip("t2c_monitor.encoders")

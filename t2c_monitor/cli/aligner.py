@@ -73,10 +73,10 @@ def fit(
         raise typer.BadParameter(f"use 'float64' or 'mixed', got {precision!r}", param_hint="--precision")
     with user_errors(), tempfile.TemporaryDirectory(prefix="t2c-aligner-") as scratch:
         started = time.perf_counter()
-        paired, failed = _paired_source(
+        paired, failed, notes = _paired_source(
             features, images, encoder, clip, device, save_features, Path(scratch), templates
         )
-        warnings = _unrecorded_identities(paired)
+        warnings = notes + _unrecorded_identities(paired, fitting=True)
         fitted = _fit_and_score(paired, method, ridge, holdout, seed, chunk_rows, device, precision)
         aligner, metrics, n_holdout = fitted
         aligner.metrics = {**metrics.to_dict(), "split": "holdout" if n_holdout else "train"}
@@ -127,8 +127,8 @@ def evaluate_command(
     if chunk_rows < 1:
         raise typer.BadParameter(f"must be >= 1, got {chunk_rows}", param_hint="--chunk-rows")
     with user_errors(), tempfile.TemporaryDirectory(prefix="t2c-aligner-") as scratch:
-        paired, failed = _paired_source(features, images, encoder, clip, device, None, Path(scratch), templates)
-        warnings = _unrecorded_identities(paired)
+        paired, failed, notes = _paired_source(features, images, encoder, clip, device, None, Path(scratch), templates)
+        warnings = notes + _unrecorded_identities(paired, fitting=False)
         aligner = Aligner.load(aligner_path, expect_source=paired.source, expect_clip=paired.clip)
         class_vectors = paired.get("class_vectors")
         labelled = class_vectors is not None and paired.get("labels") is not None
@@ -162,16 +162,16 @@ def evaluate_command(
     _print_problems(failed, warnings)
 
 
-def _unrecorded_identities(paired: PairedFeatures) -> list[str]:
+def _unrecorded_identities(paired: PairedFeatures, *, fitting: bool) -> list[str]:
     """Warnings for a feature file that does not say which models made it (nothing can be checked)."""
     roles = (("source encoder", paired.source), ("CLIP model", paired.clip))
     missing = [role for role, identity in roles if not identity]
     if not missing:
         return []
+    consequence = "the aligner fitted on it records none either" if fitting else "the aligner's models were not checked"
     return [
-        f"feature file {paired.path} records no {' or '.join(missing)} identity, so it cannot be checked against "
-        "the aligner's models and a fitted aligner records none: write it with `t2c aligner fit --images DIR "
-        "--save-features FILE`, or with save_feature_file(..., source=..., clip=...)"
+        f"feature file {paired.path} records no {' or '.join(missing)} identity, so {consequence}: write it with "
+        "`t2c aligner fit --images DIR --save-features FILE`, or with save_feature_file(..., source=..., clip=...)"
     ]
 
 
@@ -191,8 +191,8 @@ def _paired_source(
     save_features: Path | None,
     scratch: Path,
     templates: list[str] | None = None,
-) -> tuple[PairedFeatures, list[dict[str, str]]]:
-    """The pairs to work on, and the images that could not be decoded (path and reason).
+) -> tuple[PairedFeatures, list[dict[str, str]], list[str]]:
+    """The pairs to work on, the images that could not be decoded (path and reason), and notes for the user.
 
     A feature file is used as it is. An image folder is embedded by both models, into
     ``save_features`` or a file in ``scratch``.
@@ -208,25 +208,36 @@ def _paired_source(
             raise typer.BadParameter("only with --images", param_hint="--save-features")
         if templates:
             raise typer.BadParameter("class prompts are for --images class folders", param_hint="--template")
-        return open_feature_file(features), []
+        return open_feature_file(features), [], []
     if encoder is None or clip is None:
         raise typer.BadParameter("--images needs both --encoder SPEC and --clip SPEC", param_hint="--encoder/--clip")
     target = save_features if save_features is not None else scratch / "pairs.safetensors"
-    failed = _embed_folder(images, encoder, clip, device, target, chosen_templates(templates))
-    return open_feature_file(target), failed
+    failed, notes = _embed_folder(images, encoder, clip, device, target, chosen_templates(templates))
+    return open_feature_file(target), failed, notes
 
 
-def _folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str]]:
-    """Image files under ``folder`` (ingest's extensions), sorted; labels and class names when every
-    image sits in a class subfolder ``folder/<class_name>/`` and there are at least two classes."""
+def _folder_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str], list[str]]:
+    """Image files under ``folder`` (ingest's extensions), sorted, and labels with their class names
+    when every image sits directly in a class subfolder ``folder/<class_name>/`` (at least two), as
+    `t2c zeroshot` reads a folder. The last item says why class subfolders gave no labels."""
+    from t2c_monitor.scoring import class_folder_images
     from t2c_monitor.sources import IMAGE_EXTENSIONS
 
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    classes = sorted({p.parent.name for p in paths})
-    if len(classes) < 2 or any(p.parent.parent != folder for p in paths):
-        return paths, None, []
-    index = {name: i for i, name in enumerate(classes)}
-    return paths, [index[p.parent.name] for p in paths], classes
+    labelled, labels, classes = class_folder_images(folder)
+    if len(classes) >= 2 and len(labelled) == len(paths):
+        order = sorted(range(len(labelled)), key=lambda i: labelled[i])
+        return [labelled[i] for i in order], [labels[i] for i in order], classes, []
+    notes = []
+    if len(classes) >= 2:
+        outside = len(paths) - len(labelled)
+        example = next(p for p in paths if p.parent.parent != folder)
+        notes.append(
+            f"{folder} has {len(classes)} class subfolders but {outside} image{'s' if outside != 1 else ''} "
+            f"outside them (directly in the folder or deeper, e.g. {example}), so no labels were taken and no "
+            "zero-shot accuracy is reported: lay it out as DIR/<class_name>/* for that"
+        )
+    return paths, None, [], notes
 
 
 def _embed_folder(
@@ -236,29 +247,32 @@ def _embed_folder(
     device: str | None,
     target: Path,
     templates: str | list[str] | None,
-) -> list[dict[str, str]]:
+) -> tuple[list[dict[str, str]], list[str]]:
     """Embed every image under ``folder`` with the source encoder and CLIP; write the pairs to ``target``.
 
     Images are decoded as ingest decodes them (EXIF orientation, transparency on white); one that
     cannot be is skipped and returned with its reason. Class subfolders add labels and class text
-    vectors (the class names in ``templates``) for zero-shot accuracy.
+    vectors (the class names in ``templates``) for zero-shot accuracy. Returns the failures and
+    notes on how the folder was read.
     """
     import torch
     from rich.progress import Progress
 
     from t2c_monitor.aligner import save_feature_file
     from t2c_monitor.encoders import create_clip_model, create_source_encoder
-    from t2c_monitor.errors import ImageDecodeError, T2CError
-    from t2c_monitor.images import decode_image
+    from t2c_monitor.errors import T2CError
+    from t2c_monitor.images import load_files
     from t2c_monitor.scoring import class_text_vectors
     from t2c_monitor.sources import IMAGE_EXTENSIONS
 
     if not folder.is_dir():
         raise T2CError(f"image folder {folder} does not exist: pass a directory of images with --images")
-    paths, labels, classes = _folder_images(folder)
+    paths, labels, classes, notes = _folder_images(folder)
     if len(paths) < 2:
         kinds = " ".join(sorted(IMAGE_EXTENSIONS))
         raise T2CError(f"image folder {folder} holds {len(paths)} images ({kinds}): need at least 2")
+    if labels is None and templates is not None:
+        notes.append("--template only words class prompts: without class subfolders it was not used")
     with console.status("loading the source encoder and the CLIP model"):
         source = create_source_encoder(encoder_spec, device=device)
         clip_model = create_clip_model(clip_spec, device=device)
@@ -269,20 +283,14 @@ def _embed_folder(
     with Progress(console=console) as progress:
         task = progress.add_task("embedding images", total=len(paths))
         for start in range(0, len(paths), 256):
-            batch = []
-            for index in range(start, min(start + 256, len(paths))):
-                path = paths[index]
-                try:
-                    batch.append(decode_image(path.read_bytes(), str(path)).image)
-                    kept.append(index)
-                except ImageDecodeError as exc:
-                    failed.append({"path": str(path), "reason": str(exc)})
-                except OSError as exc:
-                    failed.append({"path": str(path), "reason": f"unreadable: {exc}"})
-            if batch:
-                xs.append(source.encode_images(batch))
-                ys.append(clip_model.encode_images(batch))
-            progress.advance(task, index + 1 - start)
+            batch = range(start, min(start + 256, len(paths)))
+            images, decoded, batch_failed = load_files([paths[i] for i in batch])
+            kept.extend(batch[i] for i in decoded)
+            failed.extend(batch_failed)
+            if images:
+                xs.append(source.encode_images(images))
+                ys.append(clip_model.encode_images(images))
+            progress.advance(task, len(batch))
     if len(kept) < 2:
         raise T2CError(
             f"only {len(kept)} of {len(paths)} images under {folder} could be decoded (first failure: "
@@ -302,7 +310,7 @@ def _embed_folder(
         clip=clip_model.identity.to_dict(),
         **extra,
     )
-    return failed
+    return failed, notes
 
 
 def _fit_and_score(
