@@ -170,6 +170,14 @@ def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_config: Path):
+    """The tiny open_clip model, random weights, on CPU: built once for every test that only reads it."""
+    from t2c_monitor.encoders import create_clip_model
+
+    return create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_monitor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_config: Path) -> Path:
     """Models for a monitor named ``tiny``, saved the way users save theirs, plus ``monitors.yaml``."""
     import torch

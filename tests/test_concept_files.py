@@ -21,15 +21,9 @@ from t2c_monitor.concepts import (
     parse_bank_text,
     parse_bank_yaml,
 )
-from t2c_monitor.encoders import ClipModel, create_clip_model
+from t2c_monitor.encoders import ClipModel
 from t2c_monitor.errors import ConfigError, ModelLoadError
 from t2c_monitor.templates import PAPER_TEMPLATES, resolve_templates
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tiny_clip_config):
-    return create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")
-
 
 # ----------------------------------------------------------------------------------------------
 # bank files

@@ -19,14 +19,8 @@ from t2c_monitor.concepts import (
     parse_bank_text,
     parse_bank_yaml,
 )
-from t2c_monitor.encoders import create_clip_model
 from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
 from t2c_monitor.templates import PAPER_TEMPLATES, resolve_templates
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tiny_clip_config):
-    return create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")
 
 
 def hand_vector(clip, texts: list[str]) -> torch.Tensor:
