@@ -19,6 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
@@ -843,23 +846,121 @@ def save_feature_file(
     clip: dict | None = None,
 ) -> None:
     """Write paired features as ``.safetensors`` (identities as JSON in the header) or ``.npz``."""
-    path = Path(path)
-    _check_pairs(torch.as_tensor(X), torch.as_tensor(Y))
-    tensors = {"X": torch.as_tensor(X).to(torch.float32), "Y": torch.as_tensor(Y).to(torch.float32)}
-    if labels is not None:
-        tensors["labels"] = torch.as_tensor(labels).to(torch.int64)
-    if class_vectors is not None:
-        tensors["class_vectors"] = torch.as_tensor(class_vectors).to(torch.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    identities = {k: json.dumps(v, sort_keys=True) for k, v in (("source", source), ("clip", clip)) if v is not None}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with FeatureFileWriter(path) as writer:
+        writer.append(X, Y, labels)
+        writer.finish(class_vectors=class_vectors, source=source, clip=clip)
 
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=identities or None)
-    elif path.suffix == ".npz":
-        np.savez(path, **{k: v.numpy() for k, v in tensors.items()}, **{k: np.array(v) for k, v in identities.items()})
-    else:
-        raise ValueError(f"path must end in .safetensors or .npz, got {str(path)!r}")
+
+class FeatureFileWriter:
+    """Paired features written chunk by chunk, so embedding a large image folder never holds them all.
+
+    ``append`` rows, then ``finish`` with the optional class vectors and model identities; the file
+    appears whole at ``path`` only then (written beside it and renamed), and leaving the ``with``
+    block without ``finish`` leaves nothing behind. For ``.safetensors`` the rows go to raw
+    scratch files beside ``path`` and are copied into place behind the header, which needs every
+    tensor's size; for ``.npz`` they are kept in memory (numpy's format has no streamed writer).
+    """
+
+    _DTYPES = {"X": (torch.float32, "F32"), "Y": (torch.float32, "F32"), "labels": (torch.int64, "I64")}
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.suffix not in (".safetensors", ".npz"):
+            raise ValueError(f"path must end in .safetensors or .npz, got {str(self.path)!r}")
+        self.n = 0
+        self._widths: tuple[int, int] | None = None
+        self._labelled: bool | None = None
+        self._parts: dict[str, list[np.ndarray]] = {key: [] for key in self._DTYPES}
+        self._scratch: dict[str, Any] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> FeatureFileWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close_scratch()
+
+    def append(self, X: Tensor, Y: Tensor, labels: Tensor | None = None) -> None:
+        """Add rows: ``X`` (n, d_in), ``Y`` (n, d_out) and, in every chunk or in none, ``labels`` (n,)."""
+        X, Y = torch.as_tensor(X), torch.as_tensor(Y)
+        _check_pairs(X, Y)
+        widths = (X.shape[1], Y.shape[1])
+        if self._widths is not None and widths != self._widths:
+            raise ValueError(
+                f"chunk widths changed from {self._widths} to {widths}: every chunk must hold the same models"
+            )
+        if self._labelled is not None and self._labelled != (labels is not None):
+            raise ValueError("labels must come with every chunk or with none")
+        arrays = {"X": X, "Y": Y}
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (X.shape[0],):
+                raise ValueError(f"labels must be 1-d with one entry per row ({X.shape[0]}), got {tuple(labels.shape)}")
+            arrays["labels"] = labels
+        self._widths, self._labelled = widths, labels is not None
+        for key, tensor in arrays.items():
+            array = tensor.detach().cpu().to(self._DTYPES[key][0]).contiguous().numpy()
+            if self.path.suffix == ".npz":
+                self._parts[key].append(array)
+            else:
+                if key not in self._scratch:  # closed, and so deleted, by _close_scratch
+                    prefix = f".{self.path.name}.{key}."
+                    self._scratch[key] = tempfile.TemporaryFile(dir=self.path.parent, prefix=prefix)  # noqa: SIM115
+                self._scratch[key].write(array.tobytes())
+        self.n += X.shape[0]
+
+    def finish(
+        self, *, class_vectors: Tensor | None = None, source: dict | None = None, clip: dict | None = None
+    ) -> None:
+        """Write the file: every row appended so far, ``class_vectors`` (k, d_out) and the identities."""
+        if self._widths is None:
+            raise ValueError(f"no rows were appended to {self.path}: a feature file needs at least one pair")
+        identities = {
+            k: json.dumps(v, sort_keys=True) for k, v in (("source", source), ("clip", clip)) if v is not None
+        }
+        extra = None if class_vectors is None else torch.as_tensor(class_vectors).to(torch.float32).contiguous().numpy()
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        if self.path.suffix == ".npz":
+            arrays = {key: np.concatenate(parts) for key, parts in self._parts.items() if parts}
+            if extra is not None:
+                arrays["class_vectors"] = extra
+            with open(partial, "wb") as handle:
+                np.savez(handle, **arrays, **{k: np.array(v) for k, v in identities.items()})
+        else:
+            self._write_safetensors(partial, extra, identities)
+        os.replace(partial, self.path)
+
+    def _write_safetensors(self, target: Path, class_vectors: np.ndarray | None, metadata: dict[str, str]) -> None:
+        d_in, d_out = self._widths
+        entries = [("X", "F32", [self.n, d_in]), ("Y", "F32", [self.n, d_out])]
+        if self._labelled:
+            entries.append(("labels", "I64", [self.n]))
+        if class_vectors is not None:
+            entries.append(("class_vectors", "F32", list(class_vectors.shape)))
+        header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+        offset = 0
+        for key, dtype, shape in entries:
+            size = math.prod(shape) * (8 if dtype == "I64" else 4)
+            header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        with open(target, "wb") as out:
+            out.write(len(encoded).to_bytes(8, "little"))
+            out.write(encoded)
+            for key, _, _ in entries:
+                if key == "class_vectors":
+                    out.write(class_vectors.tobytes())
+                    continue
+                scratch = self._scratch[key]
+                scratch.seek(0)
+                shutil.copyfileobj(scratch, out, length=16 << 20)
+
+    def _close_scratch(self) -> None:
+        for handle in self._scratch.values():
+            handle.close()  # a TemporaryFile is deleted when closed
+        self._scratch = {}
+        self.path.with_name(f".{self.path.name}.partial").unlink(missing_ok=True)
 
 
 def _parse_identity(raw: str | None, path: Path, key: str) -> dict | None:

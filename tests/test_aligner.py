@@ -12,8 +12,10 @@ import torch
 
 from t2c_monitor.aligner import (
     Aligner,
+    FeatureFileWriter,
     element_variance,
     evaluate,
+    evaluate_chunks,
     fit_exact,
     fit_sgd,
     iter_chunks,
@@ -105,8 +107,6 @@ def test_torch_sums_used_on_gpus_equal_the_cpu_blas_sums(precision):
 
 
 def test_streamed_evaluation_checks_labels_chunk_by_chunk():
-    from t2c_monitor.aligner import evaluate_chunks
-
     X, Y, _, _ = planted(300, noise=0.5)
     fit = fit_exact([(X, Y)], device="cpu")
     class_vectors = torch.randn(3, Y.shape[1], generator=torch.Generator().manual_seed(1))
@@ -121,6 +121,49 @@ def test_streamed_evaluation_checks_labels_chunk_by_chunk():
         evaluate_chunks(fit, [(X[:70], Y[:70], labels[:70]), (X[70:140], Y[70:140], None)], class_vectors=class_vectors)
     with pytest.raises(ValueError, match="class_vectors without labels"):
         evaluate_chunks(fit, [(X, Y, None)], class_vectors=class_vectors)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_feature_files_written_chunk_by_chunk_read_back_like_one_write(tmp_path, suffix):
+    X, Y, _, _ = planted(230, noise=0.5)
+    labels = torch.arange(230) % 4
+    class_vectors = torch.randn(4, Y.shape[1])
+    identities = {"source": {"kind": "timm", "dim": X.shape[1]}, "clip": {"kind": "open_clip", "dim": Y.shape[1]}}
+    streamed = tmp_path / f"streamed{suffix}"
+    with FeatureFileWriter(streamed) as writer:
+        for start in range(0, 230, 64):
+            writer.append(X[start : start + 64], Y[start : start + 64].double(), labels[start : start + 64])
+        assert not streamed.exists()  # the file appears whole, on finish
+        writer.finish(class_vectors=class_vectors, **identities)
+    whole = tmp_path / f"whole{suffix}"
+    save_feature_file(whole, X, Y, labels=labels, class_vectors=class_vectors, **identities)
+    for path in (streamed, whole):
+        paired = open_feature_file(path)
+        assert (paired.n, paired.d_in, paired.d_out) == (230, X.shape[1], Y.shape[1])
+        assert (paired.source, paired.clip) == (identities["source"], identities["clip"])
+        assert torch.equal(paired.rows("X", 0, 230), X) and torch.equal(paired.rows("Y", 100, 230), Y[100:])
+        assert torch.equal(paired.get("labels"), labels) and torch.equal(paired.get("class_vectors"), class_vectors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([streamed.name, whole.name])  # no scratch left
+
+
+def test_an_unfinished_feature_file_leaves_nothing_and_bad_chunks_are_refused(tmp_path):
+    X, Y, _, _ = planted(40)
+    target = tmp_path / "pairs.safetensors"
+    with pytest.raises(RuntimeError, match="embedding failed"), FeatureFileWriter(target) as writer:
+        writer.append(X[:20], Y[:20])
+        raise RuntimeError("embedding failed")
+    assert list(tmp_path.iterdir()) == []
+    with FeatureFileWriter(target) as writer:
+        writer.append(X[:20], Y[:20], torch.zeros(20, dtype=torch.long))
+        with pytest.raises(ValueError, match="every chunk or with none"):
+            writer.append(X[20:], Y[20:])
+        with pytest.raises(ValueError, match="widths changed"):
+            writer.append(X[20:, :3], Y[20:], torch.zeros(20, dtype=torch.long))
+    with pytest.raises(ValueError, match="no rows"), FeatureFileWriter(target) as writer:
+        writer.finish()
+    with pytest.raises(ValueError, match=r"\.safetensors or \.npz"):
+        FeatureFileWriter(tmp_path / "pairs.pt")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

@@ -258,7 +258,7 @@ def _embed_folder(
     import torch
     from rich.progress import Progress
 
-    from t2c_monitor.aligner import save_feature_file
+    from t2c_monitor.aligner import FeatureFileWriter
     from t2c_monitor.encoders import create_clip_model, create_source_encoder
     from t2c_monitor.errors import T2CError
     from t2c_monitor.images import load_files
@@ -276,40 +276,29 @@ def _embed_folder(
     with console.status("loading the source encoder and the CLIP model"):
         source = create_source_encoder(encoder_spec, device=device)
         clip_model = create_clip_model(clip_spec, device=device)
-    xs: list[torch.Tensor] = []
-    ys: list[torch.Tensor] = []
-    kept: list[int] = []
+    n_kept = 0
     failed: list[dict[str, str]] = []
-    with Progress(console=console) as progress:
+    with Progress(console=console) as progress, FeatureFileWriter(target) as writer:
         task = progress.add_task("embedding images", total=len(paths))
-        for start in range(0, len(paths), 256):
+        for start in range(0, len(paths), 256):  # written as they come: a large folder is never held whole
             batch = range(start, min(start + 256, len(paths)))
             images, decoded, batch_failed = load_files([paths[i] for i in batch])
-            kept.extend(batch[i] for i in decoded)
             failed.extend(batch_failed)
             if images:
-                xs.append(source.encode_images(images))
-                ys.append(clip_model.encode_images(images))
+                batch_labels = None if labels is None else torch.tensor([labels[batch[i]] for i in decoded])
+                writer.append(source.encode_images(images), clip_model.encode_images(images), batch_labels)
+                n_kept += len(images)
             progress.advance(task, len(batch))
-    if len(kept) < 2:
-        raise T2CError(
-            f"only {len(kept)} of {len(paths)} images under {folder} could be decoded (first failure: "
-            f"{failed[0]['path']}: {failed[0]['reason']}): need at least 2"
+        if n_kept < 2:
+            raise T2CError(
+                f"only {n_kept} of {len(paths)} images under {folder} could be decoded (first failure: "
+                f"{failed[0]['path']}: {failed[0]['reason']}): need at least 2"
+            )
+        writer.finish(
+            class_vectors=None if labels is None else class_text_vectors(clip_model, classes, templates),
+            source=source.identity.to_dict(),
+            clip=clip_model.identity.to_dict(),
         )
-    extra = {}
-    if labels is not None:
-        extra = {
-            "labels": torch.tensor([labels[i] for i in kept], dtype=torch.long),
-            "class_vectors": class_text_vectors(clip_model, classes, templates),
-        }
-    save_feature_file(
-        target,
-        torch.cat(xs),
-        torch.cat(ys),
-        source=source.identity.to_dict(),
-        clip=clip_model.identity.to_dict(),
-        **extra,
-    )
     return failed, notes
 
 
