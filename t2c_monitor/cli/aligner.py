@@ -12,6 +12,8 @@ import typer
 from t2c_monitor.cli.common import JsonOption, TemplateOption, chosen_templates, console, emit_json, user_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import torch
 
     from t2c_monitor.aligner import Aligner, AlignmentMetrics, PairedFeatures
@@ -133,15 +135,9 @@ def evaluate_command(
         class_vectors = paired.get("class_vectors")
         labelled = class_vectors is not None and paired.get("labels") is not None
 
-        def chunks():
-            for start in range(0, paired.n, chunk_rows):
-                stop = min(start + chunk_rows, paired.n)
-                labels = paired.rows("labels", start, stop) if labelled else None
-                yield paired.rows("X", start, stop), paired.rows("Y", start, stop), labels
-
         metrics = evaluate_chunks(
             aligner,
-            chunks(),
+            _row_chunks(paired, chunk_rows, labels=labelled),
             class_vectors=class_vectors if labelled else None,
             source_accuracy=source_accuracy,
             progress=not as_json,
@@ -315,7 +311,7 @@ def _fit_and_score(
     """Split rows into train / holdout, fit on train (streamed for exact), evaluate on holdout."""
     import torch
 
-    from t2c_monitor.aligner import evaluate, fit_exact, fit_sgd
+    from t2c_monitor.aligner import evaluate_chunks, fit_exact, fit_sgd
 
     n_holdout = round(holdout * paired.n)
     if holdout > 0 and n_holdout < 2:
@@ -326,43 +322,41 @@ def _fit_and_score(
         raise typer.BadParameter(f"leaves {paired.n - n_holdout} training pairs of {paired.n}", param_hint="--holdout")
     is_holdout = torch.zeros(paired.n, dtype=torch.bool)
     is_holdout[torch.randperm(paired.n, generator=torch.Generator().manual_seed(seed))[:n_holdout]] = True
-    held: dict[str, list[torch.Tensor]] = {"X": [], "Y": [], "labels": []}
     has_labels = paired.get("class_vectors") is not None and paired.get("labels") is not None
-
-    def train_chunks():
-        for start in range(0, paired.n, chunk_rows):
-            stop = min(start + chunk_rows, paired.n)
-            mask = is_holdout[start:stop]
-            X, Y = paired.rows("X", start, stop), paired.rows("Y", start, stop)
-            held["X"].append(X[mask])
-            held["Y"].append(Y[mask])
-            if has_labels:
-                held["labels"].append(paired.rows("labels", start, stop)[mask])
-            yield X[~mask], Y[~mask]
-
+    train = ((X, Y) for X, Y, _ in _row_chunks(paired, chunk_rows, keep=~is_holdout))
     if method == "exact":
-        aligner = fit_exact(
-            train_chunks(),
-            ridge=ridge,
-            progress=True,
-            device=device,
-            total_rows=paired.n - n_holdout,
-            precision=precision,
-        )
-    else:
-        parts = list(train_chunks())
+        n_train = paired.n - n_holdout
+        aligner = fit_exact(train, ridge=ridge, progress=True, device=device, total_rows=n_train, precision=precision)
+    else:  # the recipe shuffles every epoch: its pairs are in memory
+        parts = list(train)
         X_train, Y_train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         aligner = fit_sgd(X_train, Y_train, seed=seed, progress=True, device=device)
     aligner.source, aligner.clip = paired.source, paired.clip
-    if n_holdout:
-        X_eval, Y_eval = torch.cat(held["X"]), torch.cat(held["Y"])
-        labels = torch.cat(held["labels"]) if has_labels else None
-    else:
-        X_eval, Y_eval = paired.rows("X", 0, paired.n), paired.rows("Y", 0, paired.n)
-        labels = paired.get("labels") if has_labels else None
-    class_vectors = paired.get("class_vectors") if has_labels else None
-    metrics = evaluate(aligner, X_eval, Y_eval, labels=labels, class_vectors=class_vectors)
+    metrics = evaluate_chunks(  # a second pass over the file: the held-out rows are never collected
+        aligner,
+        _row_chunks(paired, chunk_rows, keep=is_holdout if n_holdout else None, labels=has_labels),
+        class_vectors=paired.get("class_vectors") if has_labels else None,
+        progress=True,
+        total_rows=n_holdout or paired.n,
+    )
     return aligner, metrics, n_holdout
+
+
+def _row_chunks(
+    paired: PairedFeatures, chunk_rows: int, *, keep: torch.Tensor | None = None, labels: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """``(X, Y, labels or None)`` chunks of the file's rows, read lazily; only rows where ``keep`` is True."""
+    for start in range(0, paired.n, chunk_rows):
+        stop = min(start + chunk_rows, paired.n)
+        mask = None if keep is None else keep[start:stop]
+        if mask is not None and not bool(mask.any()):
+            continue
+        X, Y = paired.rows("X", start, stop), paired.rows("Y", start, stop)
+        y_labels = paired.rows("labels", start, stop) if labels else None
+        if mask is not None:
+            X, Y = X[mask], Y[mask]
+            y_labels = None if y_labels is None else y_labels[mask]
+        yield X, Y, y_labels
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
