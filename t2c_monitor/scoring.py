@@ -175,20 +175,20 @@ def zero_shot_folder(
     paths, labels, classes = list_labelled_images(root)
     phrases = [class_prompt(c) for c in classes]
     class_vectors = class_text_vectors(clip, classes, templates)
-    aligned, clip_embeddings, kept, failed = [], [], [], []
+    aligned_pred, clip_pred_parts, kept, failed = [], [], [], []  # predictions only: a large folder is never held
     for start in batch_starts(len(paths), batch_size, "zero-shot: encoding images", progress):
         batch = range(start, min(start + batch_size, len(paths)))
         images, decoded, batch_failed = load_files([paths[i] for i in batch])
         kept.extend(batch[i] for i in decoded)
         failed.extend(batch_failed)
         if images:
-            aligned.append(aligner.transform(encoder.encode_images(images, batch_size=batch_size)))
-            clip_embeddings.append(clip.encode_images(images, batch_size=batch_size))
+            aligned = aligner.transform(encoder.encode_images(images, batch_size=batch_size))
+            aligned_pred.append(zero_shot_predict(aligned, class_vectors))
+            clip_pred_parts.append(zero_shot_predict(clip.encode_images(images, batch_size=batch_size), class_vectors))
     if not kept:
         raise ConfigError(f"No image under {str(root)!r} could be decoded ({len(failed)} failed): check the files.")
     y = torch.tensor([labels[i] for i in kept], dtype=torch.long)
-    pred = zero_shot_predict(torch.cat(aligned), class_vectors)
-    clip_pred = zero_shot_predict(torch.cat(clip_embeddings), class_vectors)
+    pred, clip_pred = torch.cat(aligned_pred), torch.cat(clip_pred_parts)
     per_class = {
         name: {"n": int((y == c).sum()), "accuracy": float((pred[y == c] == c).float().mean()),
                "clip_accuracy": float((clip_pred[y == c] == c).float().mean())}
