@@ -932,9 +932,9 @@ class FeatureFileWriter:
 
     def _write_safetensors(self, target: Path, class_vectors: np.ndarray | None, metadata: dict[str, str]) -> None:
         d_in, d_out = self._widths
-        entries = [("X", "F32", [self.n, d_in]), ("Y", "F32", [self.n, d_out])]
-        if self._labelled:
-            entries.append(("labels", "I64", [self.n]))
+        # int64 labels first, so every tensor starts aligned to its element size (the data starts 8-aligned)
+        entries = [("labels", "I64", [self.n])] if self._labelled else []
+        entries += [("X", "F32", [self.n, d_in]), ("Y", "F32", [self.n, d_out])]
         if class_vectors is not None:
             entries.append(("class_vectors", "F32", list(class_vectors.shape)))
         header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}

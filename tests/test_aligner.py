@@ -146,6 +146,23 @@ def test_feature_files_written_chunk_by_chunk_read_back_like_one_write(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([streamed.name, whole.name])  # no scratch left
 
 
+def test_streamed_safetensors_align_every_tensor_like_the_library_writer(tmp_path):
+    path = tmp_path / "odd.safetensors"
+    with FeatureFileWriter(path) as writer:  # 5 x 3 float32 rows: 60 bytes, not a multiple of 8
+        writer.append(torch.randn(5, 3), torch.randn(5, 1), torch.arange(5))
+        writer.finish(class_vectors=torch.randn(2, 1))
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    assert size % 8 == 0
+    for key, entry in header.items():
+        if key != "__metadata__":
+            assert entry["data_offsets"][0] % (8 if entry["dtype"] == "I64" else 4) == 0, key
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(path))["labels"], torch.arange(5))
+
+
 def test_an_unfinished_feature_file_leaves_nothing_and_bad_chunks_are_refused(tmp_path):
     X, Y, _, _ = planted(40)
     target = tmp_path / "pairs.safetensors"
