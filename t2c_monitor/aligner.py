@@ -861,7 +861,7 @@ class FeatureFileWriter:
     tensor's size; for ``.npz`` they are kept in memory (numpy's format has no streamed writer).
     """
 
-    _DTYPES = {"X": (torch.float32, "F32"), "Y": (torch.float32, "F32"), "labels": (torch.int64, "I64")}
+    _DTYPES = {"X": torch.float32, "Y": torch.float32, "labels": torch.int64}
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -899,7 +899,7 @@ class FeatureFileWriter:
             arrays["labels"] = labels
         self._widths, self._labelled = widths, labels is not None
         for key, tensor in arrays.items():
-            array = tensor.detach().cpu().to(self._DTYPES[key][0]).contiguous().numpy()
+            array = tensor.detach().cpu().to(self._DTYPES[key]).contiguous().numpy()
             if self.path.suffix == ".npz":
                 self._parts[key].append(array)
             else:

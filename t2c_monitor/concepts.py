@@ -512,21 +512,15 @@ def _warn_if_truncated(concept: str, prompts: Sequence[str], clip: ClipModel) ->
         )
 
 
-def average_prompt_embeddings(embeddings: Tensor, owners: Tensor, k: int) -> Tensor:
-    """Per owner: normalise each prompt embedding, average them, normalise the mean -> ``(k, d)``."""
-    unit = F.normalize(embeddings.float(), dim=1)
-    sums = torch.zeros((k, unit.shape[1]), dtype=torch.float32).index_add_(0, owners, unit)
-    return F.normalize(sums, dim=1)
-
-
 def _encode_prompt_groups(
     clip: ClipModel, groups: Iterable[Sequence[str]], k: int, *, batch_size: int, progress: bool
 ) -> Tensor:
-    """``average_prompt_embeddings`` over ``k`` groups of prompts, streamed in batches of ``batch_size``.
+    """One unit vector per group of ``k``: each prompt embedding normalised, averaged, the mean normalised.
 
-    Only one batch of prompts and embeddings is held at a time, plus a ``(k, d)`` sum of the
-    normalised embeddings per group, so a bank of 1000 classes x 80 templates per concept fits in
-    memory; batches run across group boundaries, so small groups still fill the text encoder.
+    Prompts are streamed in batches of ``batch_size``: only one batch of prompts and embeddings is
+    held at a time, plus a ``(k, d)`` sum of the normalised embeddings per group, so a bank of
+    1000 classes x 80 templates per concept fits in memory; batches run across group boundaries,
+    so small groups still fill the text encoder.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

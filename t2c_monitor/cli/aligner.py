@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, TemplateOption, chosen_templates, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, TemplateOption, console, emit_json, user_errors
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -208,7 +208,7 @@ def _paired_source(
     if encoder is None or clip is None:
         raise typer.BadParameter("--images needs both --encoder SPEC and --clip SPEC", param_hint="--encoder/--clip")
     target = save_features if save_features is not None else scratch / "pairs.safetensors"
-    failed, notes = _embed_folder(images, encoder, clip, device, target, chosen_templates(templates))
+    failed, notes = _embed_folder(images, encoder, clip, device, target, templates or None)
     return open_feature_file(target), failed, notes
 
 

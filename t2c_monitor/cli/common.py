@@ -15,15 +15,11 @@ console = Console(stderr=True, soft_wrap=True)
 
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.")
 TemplateOption = typer.Option(
-    None, "--template", help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable."
+    None,
+    "--template",
+    help="A template set (paper, imagenet80, plain) or a format string with '{}'; repeatable, sets and strings "
+    "mix (--template paper --template '{} at dusk'). Default: the paper's 7.",
 )
-
-
-def chosen_templates(templates: list[str] | None) -> str | list[str] | None:
-    """``--template`` options for ``resolve_templates``: None (the default set), one set or string, or a list."""
-    if not templates:
-        return None
-    return templates[0] if len(templates) == 1 else list(templates)
 
 
 def emit_json(payload: Any) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, TemplateOption, chosen_templates, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, TemplateOption, console, emit_json, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +35,7 @@ def zeroshot(
         clip_model = create_clip_model(clip, device=device)
         fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(),
                               expect_clip=clip_model.identity.to_dict())
-        report = zero_shot_folder(folder, source, fitted, clip_model, templates=chosen_templates(templates),
+        report = zero_shot_folder(folder, source, fitted, clip_model, templates=templates or None,
                                   batch_size=batch_size, progress=not as_json)
     if as_json:
         emit_json(report.to_dict())
