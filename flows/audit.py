@@ -1,9 +1,11 @@
 """The ``baseline`` and ``audit`` flows: thin compositions of ``t2c_monitor.audit`` and ``t2c_monitor.alerts``.
 
-    audit: send again the monitor's failed alerts -> audit the window (stored, report written)
-           -> alert the monitor's channels (quiet period, retries; failures recorded, never raised)
+    audit: send again the monitor's failed alerts -> audit the window (stored in one transaction;
+           a failure is stored as a failed audit) -> write its report -> alert the monitor's
+           channels (quiet period, retries; failures recorded, never raised)
 
-The audit is stored before any alert is attempted, so a channel that is down never loses it.
+The audit is stored before any alert is attempted, so a channel that is down never loses it, and
+the report is its own task, so retrying a failed report write never stores the audit twice.
 """
 
 from __future__ import annotations
@@ -76,11 +78,20 @@ def resend_failed(monitor: str) -> list[dict[str, Any]]:
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
 def audit_window(params: AuditParams) -> Any:
-    from t2c_monitor.audit import run_audit
+    """Compare and store, in one transaction: a retry after an I/O error stores the audit once."""
+    from t2c_monitor.audit import audit_window as run
+
+    return run(_database(), params.monitor, last=params.last, batches=params.batches, since=params.since,
+               until=params.until)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
+def report(outcome: Any) -> Any:
+    """Write the stored audit's report; retried alone, so a disk error never stores a second audit."""
+    from t2c_monitor.audit import write_report
     from t2c_monitor.settings import get_settings
 
-    return run_audit(_database(), params.monitor, last=params.last, batches=params.batches, since=params.since,
-                     until=params.until, report_dir=get_settings().reports_dir)
+    return write_report(_database(), outcome, get_settings().reports_dir)
 
 
 @task
@@ -94,7 +105,7 @@ def alert(summary: Any) -> list[dict[str, Any]]:
 def audit_flow(params: AuditParams) -> dict[str, Any]:
     logger = get_run_logger()
     resent = resend_failed(params.monitor) if params.alerts else []
-    summary = audit_window(params)
+    summary = report(audit_window(params))
     flagged = ", ".join(f"{f['name']} ({'more' if f['direction'] > 0 else 'less'})" for f in summary.flagged)
     logger.info(f"audit {summary.id} of {params.monitor} ({summary.window_text()}): "
                 + (f"flagged {flagged}" if flagged else "no concept shifted") + f"; report {summary.report}")

@@ -8,6 +8,13 @@ work pools (``prefect deploy --all``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from t2c_monitor.monitors import MonitorConfig
@@ -40,7 +47,12 @@ def deployment_specs(config: MonitorConfig) -> list[dict[str, Any]]:
 
 
 def monitor_deployments(config: MonitorConfig) -> list[Any]:
-    """The monitor's ``RunnerDeployment`` objects (to ``serve`` or ``.apply()``)."""
+    """The monitor's ``RunnerDeployment`` objects (to ``serve`` or ``.apply()``).
+
+    Their entrypoints are module paths (``flows.audit.audit_flow``), so a flow run loads its flow
+    by import wherever t2c-monitor is installed (a wheel too) and whatever directory serves it.
+    """
+    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron, Interval
 
     from flows.audit import audit_flow
@@ -54,7 +66,7 @@ def monitor_deployments(config: MonitorConfig) -> list[Any]:
                     else Interval(when["interval"], timezone=when["timezone"]))
         out.append(flows[spec["entrypoint"]].to_deployment(
             name=spec["name"], schedules=[schedule], parameters=spec["parameters"], description=spec["description"],
-            tags=["t2c", config.name]))
+            tags=["t2c", config.name], entrypoint_type=EntrypointType.MODULE_PATH))
     return out
 
 
@@ -72,17 +84,88 @@ def recorded_configs(names: list[str] | None = None) -> list[MonitorConfig]:
         return [MonitorConfig.model_validate(get_monitor(session, n).config) for n in wanted]
 
 
-def serve_monitors(names: list[str] | None = None) -> None:
-    """Serve the scheduled deployments of the recorded monitors until interrupted."""
-    from prefect import serve
+@dataclass(frozen=True)
+class ServedDeployment:
+    """One deployment ``t2c serve`` serves: its full name, its schedule in words and its next run."""
 
+    name: str
+    schedule: str
+    next_run: datetime | None
+
+
+def serve_monitors(names: list[str] | None = None, *, on_ready: Callable[[list[ServedDeployment]], None] | None = None,
+                   stop_timeout_s: float = 10.0) -> None:
+    """Serve the scheduled deployments of the recorded monitors until SIGINT or SIGTERM.
+
+    Runs come from the Prefect server's scheduler (so the process must talk to a server whose
+    services run: see ``t2c_monitor.prefect_server``); each run executes in its own process.
+    ``on_ready`` gets the served deployments once they are registered. A signal stops polling,
+    cancels runs in flight (Prefect marks them cancelled; a rerun of an ingest completes its
+    batch), pauses the schedules so that no backlog of late runs piles up while nobody serves
+    them, and returns within about ``stop_timeout_s``.
+    """
     from t2c_monitor.errors import ConfigError
 
     deployments = [d for c in recorded_configs(names) for d in monitor_deployments(c)]
     if not deployments:
         raise ConfigError("No recorded monitor has schedules: add `schedules: {audit_cron: '0 * * * *'}` (and "
                           "optionally `inbox:` with `ingest_interval:`) to the monitor file and apply it again.")
-    serve(*deployments)
+    asyncio.run(_serve(deployments, on_ready, stop_timeout_s))
+
+
+async def _serve(deployments: list[Any], on_ready: Callable[[list[ServedDeployment]], None] | None,
+                 stop_timeout_s: float) -> None:
+    from prefect.runner import Runner
+
+    runner = Runner(name=f"t2c-serve-{os.getpid()}", pause_on_shutdown=True)
+    for deployment in deployments:
+        await runner.add_deployment(deployment)
+    if on_ready:
+        on_ready([await _describe(d) for d in deployments])
+    serving = asyncio.create_task(runner.start())
+    await asyncio.sleep(0)  # Runner.start installs its own SIGTERM handler first; ours replace it
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if serving in done:  # the runner ended by itself: its error is the command's
+        stopping.cancel()
+        serving.result()
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(runner.astop(), stop_timeout_s / 2)
+    try:
+        await asyncio.wait_for(serving, stop_timeout_s / 2)
+    except (TimeoutError, asyncio.CancelledError):
+        serving.cancel()
+    except Exception:  # noqa: BLE001 - the runner's teardown after a requested stop is not the user's concern
+        pass
+
+
+async def _describe(deployment: Any) -> ServedDeployment:
+    """The deployment's schedule in words and its next run, computed as Prefect's scheduler computes it."""
+    from prefect.server.schemas import schedules as server_schedules
+
+    schedule = deployment.schedules[0].schedule
+    if getattr(schedule, "cron", None):
+        words = f"cron '{schedule.cron}' ({schedule.timezone or 'UTC'})"
+        model = server_schedules.CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
+    else:
+        words = f"every {_duration(schedule.interval.total_seconds())}"
+        model = server_schedules.IntervalSchedule(interval=schedule.interval, anchor_date=schedule.anchor_date,
+                                                  timezone=schedule.timezone)
+    dates = await model.get_dates(n=1, start=datetime.now(UTC))
+    return ServedDeployment(name=f"{deployment.flow_name}/{deployment.name}", schedule=words,
+                            next_run=dates[0] if dates else None)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def prefect_yaml(configs: list[MonitorConfig], *, work_pool: str = DEFAULT_WORK_POOL) -> dict[str, Any]:

@@ -63,6 +63,33 @@ def ingest_shard(monitor: str, batch_id: int, items: list) -> dict[str, float]:
 
 
 @task
+def fail(batch_id: int, error: BaseException) -> None:
+    """Mark the batch ``failed`` with the error (a rerun still completes it); best effort when the
+    database itself is what failed, since Prefect's run state keeps the error too."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from t2c_monitor.ingest import fail_batch
+    from t2c_monitor.store import open_database
+
+    try:
+        fail_batch(open_database(migrate_to_head=False), batch_id, error)
+    except SQLAlchemyError as exc:
+        get_run_logger().warning(f"could not mark batch {batch_id} failed: {exc}")
+
+
+def embed_and_store(monitor: str, batch: dict[str, Any], workers: int, dask_address: str | None) -> dict[str, float]:
+    """Embed and store the planned batch's items (sharded on Dask when ``workers`` > 1); a run that
+    fails leaves its batch ``failed`` with the error, never ``embedding``."""
+    try:
+        if workers > 1 and len(batch["items"]) > 1:
+            return run_sharded(monitor, batch["batch_id"], batch["items"], workers, dask_address)
+        return ingest_shard(monitor, batch["batch_id"], batch["items"])
+    except Exception as exc:
+        fail(batch["batch_id"], exc)
+        raise
+
+
+@task
 def finish(batch_id: int, timings: dict[str, float]) -> dict[str, Any]:
     from t2c_monitor.ingest import finish_batch
     from t2c_monitor.store import open_database
@@ -87,12 +114,8 @@ def ingest_flow(params: IngestParams) -> dict[str, Any]:
     started = time.perf_counter()
     items = list_source(params.source)
     batch = plan(params.monitor, items, params.source, params.batch_id)
-    workers = params.workers or batch["workers"]
-    if workers > 1 and len(batch["items"]) > 1:
-        timings = run_sharded(params.monitor, batch["batch_id"], batch["items"], workers,
+    timings = embed_and_store(params.monitor, batch, params.workers or batch["workers"],
                               params.dask_address or batch["dask_address"])
-    else:
-        timings = ingest_shard(params.monitor, batch["batch_id"], batch["items"])
     timings["total"] = time.perf_counter() - started
     summary = finish(batch["batch_id"], timings)
     get_run_logger().info(
@@ -135,7 +158,7 @@ def ingest_inbox_flow(params: InboxParams) -> dict[str, Any]:
         return {"status": "nothing new", "n_source": len(items)}
     started = time.perf_counter()
     batch = plan(params.monitor, selected["items"], source, selected["batch_id"])
-    timings = ingest_shard(params.monitor, batch["batch_id"], batch["items"])
+    timings = embed_and_store(params.monitor, batch, 1, None)
     timings["total"] = time.perf_counter() - started
     summary = finish(batch["batch_id"], timings)
     get_run_logger().info(f"inbox batch {summary['external_id']}: {summary['n_ok']} ok, {summary['n_failed']} failed")

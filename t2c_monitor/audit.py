@@ -156,6 +156,17 @@ def _check_not_stale(record: MonitorRecord, baseline: audit_store.StoredBaseline
         )
 
 
+@dataclass(frozen=True)
+class AuditOutcome:
+    """A stored audit with what its report is drawn from."""
+
+    summary: AuditSummary
+    result: Any  # drift.DriftResult
+    reference: np.ndarray  # the baseline's sorted scores (k, n)
+    current: np.ndarray  # the window's scores (m, k)
+    batch_ids: list[int]
+
+
 def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
               since: datetime | None = None, until: datetime | None = None,
               detector: KSDriftDetector | None = None, report_dir: Path | None = None) -> AuditSummary:
@@ -166,8 +177,40 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
     ``last``). The detector defaults to the monitor's settings too. With ``report_dir`` an HTML
     report with plots and example images is written there and recorded.
     """
+    outcome = audit_window(db, monitor, last=last, batches=batches, since=since, until=until, detector=detector)
+    return write_report(db, outcome, report_dir) if report_dir is not None else outcome.summary
+
+
+def audit_window(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
+                 since: datetime | None = None, until: datetime | None = None,
+                 detector: KSDriftDetector | None = None) -> AuditOutcome:
+    """Compare the window with the baseline and store the audit in one transaction (stored whole or
+    not at all, so a retry stores it once). An audit that fails is stored as ``failed`` with its
+    error, and the error is raised."""
     with db.session() as session:
         record = get_monitor(session, monitor)
+    try:
+        return _audit(db, record, last=last, batches=batches, since=since, until=until, detector=detector)
+    except Exception as exc:
+        _record_failure(db, record, exc)
+        raise
+
+
+def _record_failure(db: Database, record: MonitorRecord, error: Exception) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with db.engine.begin() as conn:
+            baseline_id = audit_store.active_baseline_id(conn, record.id)
+            audit_store.insert_failed_audit(conn, monitor_id=record.id, baseline_id=baseline_id,
+                                            error=f"{type(error).__name__}: {error}")
+    except SQLAlchemyError:  # the database itself is what failed: Prefect's run state keeps the error
+        pass
+
+
+def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: list[str] | None,
+           since: datetime | None, until: datetime | None, detector: KSDriftDetector | None) -> AuditOutcome:
+    monitor = record.name
     config = AuditConfig.model_validate(record.config.get("audit", {}))
     detector = detector or detector_for(record.config)
     if batches is None and since is None and until is None and last is None:
@@ -192,9 +235,7 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
     result = detector.detect(reference, scores, record.concept_names)
     direction, norm = drift_direction(baseline.mean_vector, embeddings)
     with db.engine.begin() as conn:
-        concept_ids = conn.exec_driver_sql(
-            "SELECT id FROM concept WHERE bank_id = %(b)s ORDER BY position", {"b": record.bank_id}
-        ).scalars().all()
+        concept_ids = audit_store.concept_ids(conn, record.bank_id)
         audit_id = audit_store.insert_audit(
             conn, monitor_id=record.id, baseline_id=baseline.id, batch_ids=[b for b, _ in chosen],
             n_current=int(scores.shape[0]), params=result.params, direction=direction.astype(np.float32),
@@ -206,16 +247,21 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
                            n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]),
                            flagged=flagged, direction_norm=float(norm), params=result.params, since=since,
                            until=until)
-    if report_dir is None:
-        return summary
+    return AuditOutcome(summary=summary, result=result, reference=baseline.sorted_scores, current=scores,
+                        batch_ids=[b for b, _ in chosen])
+
+
+def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> AuditSummary:
+    """Write the stored audit's HTML report under ``report_dir`` and record it; safe to repeat."""
     from t2c_monitor.report import write_audit_report
 
+    summary = outcome.summary
     with db.engine.connect() as conn:  # the report's example images: the window's rows in score order
-        image_ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
+        image_ids = [i for b in outcome.batch_ids for i in audit_store.ok_image_ids(conn, b)]
         uris = alert_store.image_uris(conn, image_ids)
-    path = write_audit_report(Path(report_dir) / monitor / f"audit-{audit_id}", summary, result=result,
-                              reference=baseline.sorted_scores, current=scores,
+    path = write_audit_report(Path(report_dir) / summary.monitor / f"audit-{summary.id}", summary,
+                              result=outcome.result, reference=outcome.reference, current=outcome.current,
                               image_uris=[uris.get(i, "") for i in image_ids])
     with db.engine.begin() as conn:
-        alert_store.insert_report(conn, audit_id=audit_id, path=str(path))
+        alert_store.insert_report(conn, audit_id=summary.id, path=str(path))
     return dataclasses.replace(summary, report=str(path))

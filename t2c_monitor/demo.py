@@ -76,6 +76,9 @@ class DemoResult:
     days: list[DayResult] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    inbox: str = ""
+    ingest_interval: str = ""
+    audit_schedule: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "days": [d.__dict__ for d in self.days]}
@@ -154,7 +157,12 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
     days = [(d, _images(root, d, size(d, n), s, sh, progress), sh) for d, n, s, sh in DAYS]
     lap("images")
 
-    result = DemoResult(monitor_file=str(monitor_file), database_url=db.url, baseline_images=0)
+    schedules = config.schedules
+    inbox = root / "inbox"  # what the monitor's `inbox: $T2C_HOME/demo/inbox` names; `t2c serve` watches it
+    inbox.mkdir(exist_ok=True)
+    result = DemoResult(monitor_file=str(monitor_file), database_url=db.url, baseline_images=0, inbox=str(inbox),
+                        ingest_interval=document["monitors"][0]["schedules"]["ingest_interval"],
+                        audit_schedule=f"on cron '{schedules.audit_cron}' ({schedules.timezone})")
     with WebhookReceiver(path="/t2c-alerts") as receiver:
         os.environ[WEBHOOK_ENV] = receiver.url  # the secret lives in this process's environment only
         stored = ingest_flow(IngestParams(source=str(baseline_dir), monitor=DEMO_MONITOR, batch_id="baseline"))

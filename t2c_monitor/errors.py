@@ -37,3 +37,7 @@ class ModelLoadError(T2CError):
 
 class ImageDecodeError(T2CError):
     """An image file cannot be decoded; the reason is recorded and the batch goes on."""
+
+
+class PrefectUnavailableError(T2CError):
+    """The Prefect API (configured, or the local server of the embedded default) cannot be reached or started."""

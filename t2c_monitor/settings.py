@@ -36,7 +36,13 @@ class Settings(BaseSettings):
         description="Directory of trained models (the shapes world's cache); default <home>/models. Share it "
         "between homes to build the world once.",
     )
-    connect_timeout_s: int = Field(default=5, ge=1, description="Seconds before an unreachable database fails.")
+    connect_timeout_s: int = Field(
+        default=5, ge=1, description="Seconds before an unreachable database or Prefect API fails."
+    )
+    prefect_startup_timeout_s: int = Field(
+        default=120, ge=5, description="Seconds the local Prefect server may take to start (its first start migrates "
+        "its database)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_image_pixels: int = Field(
         default=64_000_000, ge=1, description="Images with more pixels are refused (decompression-bomb guard)."
@@ -56,6 +62,11 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.models.expanduser().resolve() if self.models else self.home / "models"
+
+    @property
+    def prefect_dir(self) -> Path:
+        """State of the local Prefect server (its database, log and record) and of Prefect's clients."""
+        return self.home / "prefect"
 
     @property
     def reports_dir(self) -> Path:

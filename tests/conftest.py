@@ -22,8 +22,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets its own T2C_HOME and no external database unless it sets one; embedded
-    servers outlive their commands by design, so any a test started under tmp_path is stopped."""
-    from t2c_monitor.settings import reset_settings_cache
+    servers (PostgreSQL, the local Prefect server) outlive their commands by design, so any a test
+    started under tmp_path is stopped."""
+    from t2c_monitor.prefect_server import RECORD, stop_server
+    from t2c_monitor.settings import Settings, reset_settings_cache
     from t2c_monitor.store.embedded import stop_embedded
 
     monkeypatch.setenv("T2C_HOME", str(tmp_path / "t2c-home"))
@@ -33,6 +35,8 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     reset_settings_cache()
     for pid_file in tmp_path.glob("**/postmaster.pid"):
         stop_embedded(pid_file.parent)
+    for record in tmp_path.glob(f"**/prefect/{RECORD}"):
+        stop_server(Settings(home=record.parent.parent))
 
 
 @pytest.fixture(scope="session")

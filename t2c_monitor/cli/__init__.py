@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "audit",
     "alerts",
     "serve",
+    "server",
 )
 
 app = typer.Typer(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, use_prefect, user_errors
 
 baseline_app = typer.Typer(help="Baselines: the reference concept-score distributions of a monitor.",
                            no_args_is_help=True)
@@ -101,6 +101,7 @@ def audit(
     start, end = _window(window, since, until)
     with user_errors():
         if flow:
+            use_prefect()
             from flows.audit import AuditParams, audit_flow
 
             result = audit_flow(AuditParams(monitor=monitor, last=last, batches=_batch_list(batches), since=start,
@@ -163,4 +164,33 @@ def history(
     for r in rows:
         table.add_row(str(r["audit_id"]), str(r["started_at"])[:19], str(r["n_current"]), f"{r['ks_stat']:.3f}",
                       f"{r['q_value']:.2g}", f"{r['effect']:+.4f}", "yes" if r["flagged"] else "")
+    console.print(table)
+
+
+@audit_app.command("list")
+def list_(
+    monitor: str = typer.Option(..., "--monitor", "-m"),
+    limit: int = typer.Option(20, "--limit", min=1),
+    as_json: bool = JsonOption,
+) -> None:
+    """The monitor's latest audits, newest first: done or failed (with why), batches, flags."""
+    from rich.table import Column, Table
+
+    from t2c_monitor.store.audits import list_audits
+
+    with user_errors():
+        db, record = open_monitor(monitor)
+        with db.engine.connect() as conn:
+            rows = list_audits(conn, record.id, limit=limit)
+    if as_json:
+        emit_json({"monitor": monitor, "audits": [r.__dict__ for r in rows]})
+        return
+    if not rows:
+        console.print(f"no audits of {monitor} yet")
+        return
+    table = Table("audit", "started", "status", "batches", "images", "flagged", Column("error", overflow="fold"))
+    for r in rows:
+        colour = {"done": "green", "failed": "red"}.get(r.status, "yellow")
+        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M:%S}", f"[{colour}]{r.status}[/]", ", ".join(r.batches),
+                      str(r.n_current), str(r.n_flagged), r.error or "")
     console.print(table)

@@ -48,3 +48,11 @@ def open_monitor(name: str) -> tuple[Any, Any]:
     db = open_database()
     with db.session() as session:
         return db, get_monitor(session, name)
+
+
+def use_prefect() -> Any:
+    """Point this command's flows at a Prefect server whose services run (see ``t2c_monitor.prefect_server``):
+    the configured ``PREFECT_API_URL``, or this home's local server, started on first need."""
+    from t2c_monitor.prefect_server import use_prefect_server
+
+    return use_prefect_server()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, use_prefect, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -24,11 +24,14 @@ def demo(
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
     from t2c_monitor.demo import run_demo
 
+    say = (lambda _: None) if as_json else (lambda m: console.print(m, highlight=False))
     with user_errors():
+        endpoint = use_prefect()  # the demo's flow runs stay visible in this server's UI afterwards
+        say(f"Prefect UI: {endpoint.ui_url}")
         result = run_demo(quick=quick, progress=not as_json,
-                          log=(lambda _: None) if as_json else (lambda m: console.print(m, highlight=False)))
+                          log=say)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "prefect_ui": endpoint.ui_url})
         return
     folded = [Column(name, overflow="fold") for name in ("planted shift", "flagged concepts", "alerts")]
     table = Table("day", "images", *folded, title="What the audits said")  # fold: specs have no space to wrap at
@@ -42,5 +45,7 @@ def demo(
     if reports:
         console.print(f"open the report of the flagged day: {reports[0]}")
     console.print(f"monitor file: {result.monitor_file}\ndatabase: {result.database_url}\n"
+                  f"Prefect UI (the week's ingest and audit runs): {endpoint.ui_url}\n"
                   f"next: `t2c audit history --monitor shapes --concept grass`, `t2c alerts list --monitor shapes`, "
-                  f"`t2c serve` to run the schedules")
+                  f"`t2c serve` to run the schedules: files dropped into {result.inbox} are ingested every "
+                  f"{result.ingest_interval} and audited {result.audit_schedule}")

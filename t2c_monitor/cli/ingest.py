@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, use_prefect, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +23,7 @@ def ingest(
     """Embed, align, score and store one batch of images; a rerun of the same batch stores nothing twice."""
     with user_errors():
         if flow:
+            use_prefect()
             from flows.ingest import IngestParams, ingest_flow
 
             summary = ingest_flow(IngestParams(source=source, monitor=monitor, batch_id=batch_id, workers=workers,

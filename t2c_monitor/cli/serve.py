@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, use_prefect, user_errors
 
 deployments_app = typer.Typer(help="Deployments of the monitors' schedules (audit cron, inbox ingest).",
                               no_args_is_help=True)
@@ -18,11 +18,26 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(monitor: list[str] = typer.Option(None, "--monitor", "-m", help="default: every recorded monitor")) -> None:
-    """Serve the recorded monitors' scheduled deployments in this process until interrupted."""
-    from flows.deployments import serve_monitors
+    """Serve the recorded monitors' scheduled deployments (inbox ingest, audit) until Ctrl-C or SIGTERM.
+
+    Runs are created by the Prefect server's scheduler (this home's local server unless
+    PREFECT_API_URL names another) and executed here, each in its own process."""
+    from rich.table import Table
 
     with user_errors():
-        serve_monitors(monitor or None)
+        endpoint = use_prefect()
+        from flows.deployments import serve_monitors
+
+        def ready(served) -> None:
+            table = Table("deployment", "schedule", "next run", title="Serving")
+            for d in served:
+                table.add_row(d.name, d.schedule, f"{d.next_run:%Y-%m-%d %H:%M:%S %Z}" if d.next_run else "none")
+            console.print(table)
+            console.print(f"Prefect UI: {endpoint.ui_url}/deployments (runs appear there as they happen)\n"
+                          "Ctrl-C or SIGTERM stops serving.", highlight=False)
+
+        serve_monitors(monitor or None, on_ready=ready)
+    console.print("stopped serving")
 
 
 @deployments_app.command("list")

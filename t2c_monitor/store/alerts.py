@@ -64,6 +64,8 @@ def list_alerts(conn: Connection, monitor_id: int, *, limit: int = 50) -> list[d
 
 
 def insert_report(conn: Connection, *, audit_id: int, path: str) -> int:
+    """Record an audit's report; writing the same report again (a retried task) keeps one row."""
+    conn.execute(text("DELETE FROM report WHERE audit_id = :a AND path = :p"), {"a": audit_id, "p": path})
     return int(conn.execute(
         text("INSERT INTO report (audit_id, path) VALUES (:a, :p) RETURNING id"), {"a": audit_id, "p": path}
     ).scalar_one())

@@ -128,15 +128,13 @@ def insert_baseline(conn: Connection, *, monitor_id: int, aligner_id: int, bank_
         {"m": monitor_id, "a": aligner_id, "b": bank_id, "batches": json.dumps(batch_ids), "n": n_images,
          "size": reservoir_size, "dim": int(mean_vector.shape[0]), "mean": vector_literal(mean_vector)},
     ).scalar_one()
-    concept_ids = conn.execute(
-        text("SELECT id FROM concept WHERE bank_id = :b ORDER BY position"), {"b": bank_id}
-    ).scalars().all()
-    if len(concept_ids) != sorted_scores.shape[0]:
-        raise ValueError(f"{sorted_scores.shape[0]} score rows for {len(concept_ids)} concepts of bank {bank_id}")
+    ids = concept_ids(conn, bank_id)
+    if len(ids) != sorted_scores.shape[0]:
+        raise ValueError(f"{sorted_scores.shape[0]} score rows for {len(ids)} concepts of bank {bank_id}")
     copy.copy_into(conn, "baseline_concept", [
-        copy.int_column("baseline_id", [baseline_id] * len(concept_ids)),
-        copy.int_column("concept_id", concept_ids),
-        copy.int_column("n", [n_images] * len(concept_ids)),
+        copy.int_column("baseline_id", [baseline_id] * len(ids)),
+        copy.int_column("concept_id", ids),
+        copy.int_column("n", [n_images] * len(ids)),
         copy.real_array_column("scores", sorted_scores),
     ])
     return int(baseline_id)
@@ -152,6 +150,17 @@ class StoredBaseline:
     mean_vector: np.ndarray
     sorted_scores: np.ndarray  # (k, n) in bank order
     created_at: datetime
+
+
+def active_baseline_id(conn: Connection, monitor_id: int) -> int | None:
+    return conn.execute(text("SELECT id FROM baseline WHERE monitor_id = :m AND active"),
+                        {"m": monitor_id}).scalar_one_or_none()
+
+
+def concept_ids(conn: Connection, bank_id: int) -> list[int]:
+    """The bank's concept ids in bank order."""
+    return list(conn.execute(text("SELECT id FROM concept WHERE bank_id = :b ORDER BY position"),
+                             {"b": bank_id}).scalars().all())
 
 
 def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> StoredBaseline:
@@ -218,3 +227,45 @@ def concept_history(conn: Connection, monitor_id: int, concept: str, *, limit: i
 def delete_audits(conn: Connection, monitor_id: int) -> int:
     """Delete a monitor's audits (with their results, alerts and reports); returns how many."""
     return conn.execute(text("DELETE FROM audit WHERE monitor_id = :m"), {"m": monitor_id}).rowcount
+
+
+def insert_failed_audit(conn: Connection, *, monitor_id: int, error: str, baseline_id: int | None = None,
+                        batch_ids: list[int] | None = None,
+                        window: tuple[datetime | None, datetime | None] = (None, None),
+                        params: dict[str, Any] | None = None) -> int:
+    """Record an audit that could not complete (``failed``, with its error) so it shows beside the others."""
+    return int(conn.execute(
+        text("INSERT INTO audit (monitor_id, baseline_id, window_start, window_end, batch_ids, status, params, error, "
+             "finished_at) VALUES (:m, :b, :ws, :we, CAST(:batches AS jsonb), 'failed', CAST(:params AS jsonb), :e, "
+             "now()) RETURNING id"),
+        {"m": monitor_id, "b": baseline_id, "ws": window[0], "we": window[1], "batches": json.dumps(batch_ids or []),
+         "params": json.dumps(params or {}), "e": error[:4000]},
+    ).scalar_one())
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One audit as ``t2c audit list`` shows it."""
+
+    id: int
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    batches: list[str]
+    n_current: int
+    n_flagged: int
+    error: str | None
+
+
+def list_audits(conn: Connection, monitor_id: int, *, limit: int = 20) -> list[AuditRow]:
+    """The monitor's latest audits, newest first, with the external ids of their batches."""
+    rows = conn.execute(
+        text("SELECT a.id, a.status, a.started_at, a.finished_at, a.n_current, a.n_flagged, a.error, "
+             "COALESCE((SELECT array_agg(b.external_id ORDER BY b.id) FROM batch b "
+             "WHERE b.id IN (SELECT jsonb_array_elements_text(a.batch_ids)::int)), '{}') AS batches "
+             "FROM audit a WHERE a.monitor_id = :m ORDER BY a.started_at DESC, a.id DESC LIMIT :limit"),
+        {"m": monitor_id, "limit": limit},
+    ).all()
+    return [AuditRow(id=r.id, status=r.status, started_at=r.started_at, finished_at=r.finished_at,
+                     batches=list(r.batches), n_current=r.n_current, n_flagged=r.n_flagged, error=r.error)
+            for r in rows]

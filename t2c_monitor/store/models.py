@@ -307,12 +307,13 @@ class Audit(Base):
     __table_args__ = (
         CheckConstraint(_one_of("status", AUDIT_STATUSES), name="status"),
         CheckConstraint("direction IS NULL OR vector_dims(direction) = dim", name="direction_dim"),
+        CheckConstraint("status <> 'done' OR (baseline_id IS NOT NULL AND dim IS NOT NULL)", name="done_has_baseline"),
         Index("ix_audit_monitor_id_started_at", "monitor_id", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     monitor_id: Mapped[int] = mapped_column(ForeignKey("monitor.id", ondelete="CASCADE"))
-    baseline_id: Mapped[int] = mapped_column(ForeignKey("baseline.id", ondelete="CASCADE"), index=True)
+    baseline_id: Mapped[int | None] = mapped_column(ForeignKey("baseline.id", ondelete="CASCADE"), index=True)
     window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     batch_ids: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
@@ -320,7 +321,7 @@ class Audit(Base):
     status: Mapped[str] = mapped_column(String(10), server_default="running")
     params: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     n_flagged: Mapped[int] = mapped_column(Integer, server_default="0")
-    dim: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int | None] = mapped_column(Integer)
     direction: Mapped[list[float] | None] = mapped_column(
         Vector(), comment="window mean minus baseline mean of aligned vectors"
     )

@@ -75,7 +75,8 @@ def record_bank(session: Session, *, clip_model_id: int, bank: Any) -> m.Concept
     ).scalars().all()
     for row in existing:
         names, stored = bank_vectors(session, row.id)
-        if names == list(bank.concept_names) and stored.shape == vectors.shape and np.allclose(stored, vectors, atol=1e-6):
+        same_names = names == list(bank.concept_names)
+        if same_names and stored.shape == vectors.shape and np.allclose(stored, vectors, atol=1e-6):
             return row
     latest = session.execute(select(func.max(m.ConceptBank.version)).filter_by(name=bank.name)).scalar()
     version = int(bank.version) if latest is None else max(int(bank.version), latest + 1)
