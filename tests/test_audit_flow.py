@@ -191,3 +191,29 @@ def test_t2c_serve_registers_the_monitors_deployments(prefect_harness, applied_m
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_an_audit_that_fails_is_stored_as_failed_with_its_error(prefect_harness, monitored):
+    """A scheduled audit before any baseline exists: the run fails in Prefect and `t2c audit list`
+    shows it failed, saying what to do; the next audit after a baseline is built is done."""
+    import pytest
+
+    from flows.audit import AuditParams, audit_flow
+    from t2c_monitor.audit import build_baseline
+    from t2c_monitor.errors import ConfigError
+    from t2c_monitor.store.audits import list_audits
+    from t2c_monitor.store.monitors import get_monitor
+
+    with pytest.raises(ConfigError, match="no baseline yet"):
+        audit_flow(AuditParams(monitor="tiny", batches=["dark"]))
+    with monitored.session() as session:
+        monitor_id = get_monitor(session, "tiny").id
+    with monitored.engine.connect() as conn:
+        (failed,) = list_audits(conn, monitor_id)
+    assert failed.status == "failed" and "t2c baseline build" in failed.error and failed.n_flagged == 0
+
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    result = audit_flow(AuditParams(monitor="tiny", batches=["dark"], alerts=False))
+    with monitored.engine.connect() as conn:
+        latest, earlier = list_audits(conn, monitor_id)
+    assert (latest.id, latest.status, latest.batches) == (result["id"], "done", ["dark"]) and earlier == failed

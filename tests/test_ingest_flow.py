@@ -64,3 +64,32 @@ def test_two_dask_workers_store_the_same_rows_as_one(prefect_harness, applied_mo
                 atol=1e-5,
             )
             np.testing.assert_allclose(scores, scores2, atol=1e-5)
+
+
+def test_a_run_that_fails_part_way_marks_its_batch_failed_and_a_rerun_completes_it(
+        prefect_harness, applied_monitor, tiny_monitor_dir, tmp_path):
+    """The encoder's weights go missing after the batch is planned: the run fails, the batch says
+    `failed` with the error (not `embedding` for ever), and a rerun once they are back stores it."""
+    import shutil
+
+    import pytest
+    from conftest import apply_tiny
+
+    from flows.ingest import IngestParams, ingest_flow
+    from t2c_monitor.errors import T2CError
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_monitor_dir, models)
+    apply_tiny(applied_monitor, models, tmp_path / "config")
+    write_images(tmp_path / "day", 6, seed=5)
+    params = IngestParams(source=str(tmp_path / "day"), monitor="tiny", batch_id="day")
+    (models / "encoder.safetensors").rename(models / "moved")
+    with pytest.raises(T2CError):
+        ingest_flow(params)
+    with applied_monitor.engine.connect() as conn:
+        status, error = conn.execute(text("SELECT status, error FROM batch WHERE external_id = 'day'")).one()
+    assert status == "failed" and "encoder.safetensors" in error, error
+
+    (models / "moved").rename(models / "encoder.safetensors")
+    summary = ingest_flow(params)
+    assert (summary["status"], summary["n_ok"]) == ("stored", 6)

@@ -22,17 +22,16 @@ def serve(monitor: list[str] = typer.Option(None, "--monitor", "-m", help="defau
 
     Runs are created by the Prefect server's scheduler (this home's local server unless
     PREFECT_API_URL names another) and executed here, each in its own process."""
-    from rich.table import Table
-
     with user_errors():
         endpoint = use_prefect()
         from flows.deployments import serve_monitors
 
-        def ready(served) -> None:
-            table = Table("deployment", "schedule", "next run", title="Serving")
+        def ready(served) -> None:  # plain lines: a log or a narrow terminal keeps every name whole
+            width = max(len(d.name) for d in served)
+            console.print("[bold]Serving[/] (deployment, schedule, next run):")
             for d in served:
-                table.add_row(d.name, d.schedule, f"{d.next_run:%Y-%m-%d %H:%M:%S %Z}" if d.next_run else "none")
-            console.print(table)
+                when = f"{d.next_run:%Y-%m-%d %H:%M:%S %Z}" if d.next_run else "none"
+                console.print(f"  {d.name:<{width}}  {d.schedule}  next {when}", highlight=False)
             console.print(f"Prefect UI: {endpoint.ui_url}/deployments (runs appear there as they happen)\n"
                           "Ctrl-C or SIGTERM stops serving.", highlight=False)
 
