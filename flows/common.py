@@ -1,10 +1,18 @@
-"""What every flow shares: retrying on I/O errors only, and the database of the settings."""
+"""What every flow shares: retrying on I/O errors only, and our errors logged as messages.
+
+A ``T2CError`` is a message for a person (what is wrong, what to do), so a flow or task run that
+fails with one logs that message without Prefect's traceback, in ``t2c serve``'s output and in
+the Prefect UI alike, as the CLI prints it; any other exception keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+
+from t2c_monitor.errors import T2CError
 
 IO_ERRORS = (OSError, OperationalError, ConnectionError, TimeoutError)
 
@@ -15,3 +23,28 @@ def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, IO_ERRORS)
+
+
+class UserErrorsWithoutTraceback(logging.Filter):
+    """Drop the traceback of log records whose exception is a ``T2CError`` (its message says it all)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], T2CError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def log_user_errors_without_traceback() -> None:
+    """Add the filter to every handler Prefect's logging set up (once; idempotent)."""
+    loggers = [logging.getLogger()] + [
+        logger for name, logger in logging.Logger.manager.loggerDict.items()
+        if name.startswith("prefect") and isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, UserErrorsWithoutTraceback) for f in handler.filters):
+                handler.addFilter(UserErrorsWithoutTraceback())
+
+
+log_user_errors_without_traceback()  # flows import this module after prefect has configured its logging
