@@ -42,23 +42,12 @@ def _database():
     return open_database(migrate_to_head=False)
 
 
-def _record(db, monitor: str):
-    from t2c_monitor.store.monitors import get_monitor
-
-    with db.session() as session:
-        return get_monitor(session, monitor)
-
-
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
 def build(params: BaselineParams) -> dict[str, Any]:
     from t2c_monitor.audit import build_baseline
-    from t2c_monitor.monitors import AuditConfig
 
-    db = _database()
-    reservoir = params.reservoir or AuditConfig.model_validate(_record(db, params.monitor).config.get("audit", {})
-                                                               ).reservoir
-    return build_baseline(db, params.monitor, batches=params.batches, last=params.last, reservoir_size=reservoir,
-                          seed=params.seed).to_dict()
+    return build_baseline(_database(), params.monitor, batches=params.batches, last=params.last,
+                          reservoir_size=params.reservoir, seed=params.seed).to_dict()
 
 
 @flow(name="baseline", log_prints=True)

@@ -45,8 +45,7 @@ def plan(monitor: str, items: list, source: str, batch_id: str | None) -> dict[s
         record = get_monitor(session, monitor)
     batch = plan_batch(db, record, items, source_uri=source, batch_id=batch_id)
     return {"batch_id": batch.batch_id, "external_id": batch.external_id, "items": batch.items,
-            "workers": record.config.get("ingest", {}).get("workers", 1),
-            "dask_address": record.config.get("ingest", {}).get("dask_address")}
+            "workers": record.config.ingest.workers, "dask_address": record.config.ingest.dask_address}
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)

@@ -341,11 +341,6 @@ def retry_failed_alerts(db: Database, channels: dict[str, Any], *, monitor_id: i
     return outcomes
 
 
-def monitor_alerts_config(record: Any) -> AlertsConfig:
-    """The ``alerts`` settings stored with a recorded monitor."""
-    return AlertsConfig.model_validate(record.config.get("alerts", {}))
-
-
 def alert_audit(db: Database, summary: Any, *, sleep: Callable[[float], None] = time.sleep,
                 log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
     """Alert the channels of the audited monitor (``summary``: ``audit.AuditSummary``), naming the
@@ -354,7 +349,7 @@ def alert_audit(db: Database, summary: Any, *, sleep: Callable[[float], None] = 
 
     with db.session() as session:
         record = get_monitor(session, summary.monitor)
-    config = monitor_alerts_config(record)
+    config = record.config.alerts
     report = summary.report
     if config.report_url and report:
         report = config.report_url.format(audit_id=summary.id, monitor=summary.monitor)
@@ -371,6 +366,6 @@ def resend_failed_alerts(db: Database, monitor: str | None = None, *, sleep: Cal
         names = [monitor] if monitor else [m["name"] for m in list_monitors(session)]
         records = [get_monitor(session, n) for n in names]
     for record in records:
-        channels = {c.name: c for c in monitor_alerts_config(record).resolved_channels()}
+        channels = {c.name: c for c in record.config.alerts.resolved_channels()}
         outcomes += retry_failed_alerts(db, channels, monitor_id=record.id, sleep=sleep, log=log)
     return outcomes

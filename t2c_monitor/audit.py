@@ -33,8 +33,6 @@ from t2c_monitor.store import alerts as alert_store
 from t2c_monitor.store import audits as audit_store
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
 
-DEFAULT_RESERVOIR = 100_000
-
 
 def batch_scores(db: Database, record: MonitorRecord, batch_id: int) -> np.ndarray:
     """A batch's concept scores against the monitor's current bank.
@@ -69,12 +67,14 @@ class BaselineSummary:
 
 
 def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = None, last: int | None = None,
-                   reservoir_size: int = DEFAULT_RESERVOIR, seed: int = 0) -> BaselineSummary:
-    """Build and activate a baseline from the named batches (or the ``last`` K, or all stored ones)."""
-    if reservoir_size < 20:
-        raise ValueError(f"reservoir_size must be at least 20 scores per concept, got {reservoir_size}")
+                   reservoir_size: int | None = None, seed: int = 0) -> BaselineSummary:
+    """Build and activate a baseline from the named batches (or the ``last`` K, or all stored ones),
+    keeping ``reservoir_size`` scores per concept (default: the monitor's ``audit.reservoir``)."""
     with db.session() as session:
         record = get_monitor(session, monitor)
+    reservoir_size = record.config.audit.reservoir if reservoir_size is None else reservoir_size
+    if reservoir_size < 20:
+        raise ValueError(f"reservoir_size must be at least 20 scores per concept, got {reservoir_size}")
     with db.engine.connect() as conn:
         chosen = audit_store.stored_batches(conn, record.id, external_ids=batches, last=last)
         if not chosen:
@@ -138,9 +138,8 @@ class AuditSummary:
         return out
 
 
-def detector_for(config: dict[str, Any]) -> KSDriftDetector:
-    """The drift detector of a monitor's ``audit`` settings (stored with the monitor)."""
-    audit = AuditConfig.model_validate(config.get("audit", {}))
+def detector_for(audit: AuditConfig) -> KSDriftDetector:
+    """The drift detector of a monitor's ``audit`` settings."""
     return KSDriftDetector(alpha=audit.alpha, correction=audit.correction, min_ks=audit.min_ks,
                            min_effect_size=audit.min_effect_size)
 
@@ -211,8 +210,8 @@ def _record_failure(db: Database, record: MonitorRecord, error: Exception) -> No
 def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: list[str] | None,
            since: datetime | None, until: datetime | None, detector: KSDriftDetector | None) -> AuditOutcome:
     monitor = record.name
-    config = AuditConfig.model_validate(record.config.get("audit", {}))
-    detector = detector or detector_for(record.config)
+    config = record.config.audit
+    detector = detector or detector_for(config)
     if batches is None and since is None and until is None and last is None:
         if config.window is not None:
             since = datetime.now(UTC) - config.window

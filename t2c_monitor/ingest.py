@@ -56,12 +56,12 @@ class IngestOptions:
         from t2c_monitor.settings import get_settings
 
         settings = get_settings()
-        ingest = record.config.get("ingest", {})
+        ingest = record.config.ingest
         values = {
-            "batch_size": ingest.get("batch_size", cls.batch_size),
-            "chunk_size": ingest.get("chunk_size", cls.chunk_size),
-            "decode_threads": ingest.get("decode_threads", cls.decode_threads),
-            "store_writers": ingest.get("store_writers", cls.store_writers),
+            "batch_size": ingest.batch_size,
+            "chunk_size": ingest.chunk_size,
+            "decode_threads": ingest.decode_threads,
+            "store_writers": ingest.store_writers,
             "max_image_pixels": settings.max_image_pixels,
             "max_image_bytes": settings.max_image_bytes,
             "progress": progress,
@@ -97,10 +97,10 @@ def load_runtime(db: Database, monitor: str, *, device: str | None = None) -> Mo
 
     with db.session() as session:
         record = get_monitor(session, monitor)
-    encoder = create_source_encoder(record.config["encoder"], device=device)
+    encoder = create_source_encoder(record.config.encoder, device=device)
     if not encoder.identity.same_model(ModelIdentity.from_dict(record.encoder)):
         raise SpaceMismatchError(
-            f"Monitor {record.name}: the encoder {record.config['encoder']} now has weights "
+            f"Monitor {record.name}: the encoder {record.config.encoder} now has weights "
             f"{encoder.identity.weights_sha256[:12]} ({encoder.identity.dim}-d), but the monitor was applied with "
             f"{record.encoder['weights_sha256'][:12]} ({record.encoder['dim']}-d). Its aligner and baseline belong to "
             "the old weights: fit an aligner for the new encoder and run `t2c monitor apply` again."

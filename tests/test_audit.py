@@ -141,3 +141,12 @@ def test_baseline_and_audit_from_the_command_line(monitored, database_url, tmp_p
     assert alerts.returncode == 0 and json.loads(alerts.stdout)["alerts"] == []
     unknown = run("audit", "history", "--monitor", "tiny", "--concept", "snow")
     assert unknown.returncode == 2 and "is not in bank tiny v1" in unknown.stderr
+
+
+def test_baseline_build_keeps_the_monitors_reservoir_unless_told_otherwise(monitored, tiny_monitor_dir, tmp_path):
+    """`audit.reservoir` of the monitor file is what `t2c baseline build` and the baseline flow keep."""
+    from conftest import apply_tiny
+
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", audit={"reservoir": 50})
+    assert build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"]).n_sampled == 50
+    assert build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=80).n_sampled == 80

@@ -28,7 +28,8 @@ def build(
     monitor: str = typer.Option(..., "--monitor", "-m"),
     batches: str = typer.Option(None, "--batches", help="comma-separated batch ids (default: every stored batch)"),
     last: int = typer.Option(None, "--last", min=1, help="the last K stored batches instead"),
-    reservoir: int = typer.Option(100_000, "--reservoir", min=20, help="scores kept per concept"),
+    reservoir: int = typer.Option(None, "--reservoir", min=20,
+                                  help="scores kept per concept (default: the monitor's audit.reservoir)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = JsonOption,
 ) -> None:
@@ -43,7 +44,8 @@ def build(
         emit_json(summary.to_dict())
         return
     console.print(f"[green]baseline {summary.id}[/] of {monitor}: {summary.n_images} images from "
-                  f"{len(summary.batches)} batches, {summary.n_sampled} scores kept for each of {summary.concepts} concepts")
+                  f"{len(summary.batches)} batches, {summary.n_sampled} scores kept for each of "
+                  f"{summary.concepts} concepts")
 
 
 def _window(window: str | None, since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:

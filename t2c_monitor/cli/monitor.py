@@ -73,5 +73,6 @@ def list_(as_json: bool = JsonOption) -> None:
         return
     table = Table("monitor", "encoder", "CLIP model", "bank", "updated")
     for r in rows:
-        table.add_row(r["name"], r["encoder"], r["clip"], f"{r['bank']} v{r['bank_version']}", str(r["updated_at"])[:19])
+        bank = f"{r['bank']} v{r['bank_version']}"
+        table.add_row(r["name"], r["encoder"], r["clip"], bank, str(r["updated_at"])[:19])
     console.print(table)

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.monitors import MonitorConfig
 from t2c_monitor.store import models as m
 
 
@@ -137,7 +138,7 @@ class MonitorRecord:
 
     id: int
     name: str
-    config: dict[str, Any]
+    config: MonitorConfig  # validated once, here: every part reads it typed
     encoder: dict[str, Any]
     clip: dict[str, Any]
     aligner_id: int
@@ -164,7 +165,7 @@ def get_monitor(session: Session, name: str) -> MonitorRecord:
     bank = session.get(m.ConceptBank, row.bank_id)
     names, vectors = bank_vectors(session, bank.id)
     return MonitorRecord(
-        id=row.id, name=row.name, config=dict(row.config),
+        id=row.id, name=row.name, config=MonitorConfig.model_validate(row.config),
         encoder=_identity("timm", enc.name, enc.weights_ref, enc.weights_sha256, enc.feature_dim),
         clip=_identity("open_clip", clip.name, clip.pretrained, clip.weights_sha256, clip.embed_dim),
         aligner_id=aligner.id, aligner_path=aligner.path, bank_id=bank.id, bank_name=bank.name,
