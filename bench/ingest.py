@@ -54,10 +54,10 @@ def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 def build_monitor(db, encoder_spec: str, clip_spec: str, fit_images: list, device: str | None):
     from t2c_monitor.aligner import fit_exact, iter_chunks
+    from t2c_monitor.apply import record_models
     from t2c_monitor.concepts import BankDefinition, Concept, encode_bank
     from t2c_monitor.encoders import create_clip_model, create_source_encoder
     from t2c_monitor.monitors import MonitorConfig, MonitorModels
-    from t2c_monitor.store.monitors import record_monitor
 
     encoder = create_source_encoder(encoder_spec, device=device)
     clip = create_clip_model(clip_spec, device=device)
@@ -72,8 +72,7 @@ def build_monitor(db, encoder_spec: str, clip_spec: str, fit_images: list, devic
     aligner.save(aligner_dir)
     config = MonitorConfig(name="bench", encoder=encoder_spec, clip=clip_spec, aligner=aligner_dir,
                            bank=aligner_dir / "unused.yaml")
-    with db.session() as session:
-        record_monitor(session, MonitorModels(config=config, encoder=encoder, clip=clip, aligner=aligner, bank=bank))
+    record_models(db, MonitorModels(config=config, encoder=encoder, clip=clip, aligner=aligner, bank=bank))
 
 
 def main() -> None:

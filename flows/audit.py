@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.common import retry_on_io_error
+from t2c_monitor.wording import change_word
 
 
 class BaselineParams(BaseModel):
@@ -95,7 +96,7 @@ def audit_flow(params: AuditParams) -> dict[str, Any]:
     logger = get_run_logger()
     resent = resend_failed(params.monitor) if params.alerts else []
     summary = report(audit_window(params))
-    flagged = ", ".join(f"{f['name']} ({'more' if f['direction'] > 0 else 'less'})" for f in summary.flagged)
+    flagged = ", ".join(f"{f['name']} ({change_word(f['direction'])})" for f in summary.flagged)
     logger.info(f"audit {summary.id} of {params.monitor} ({summary.window_text()}): "
                 + (f"flagged {flagged}" if flagged else "no concept shifted") + f"; report {summary.report}")
     outcomes = alert(summary) if params.alerts else []

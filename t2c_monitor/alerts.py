@@ -45,6 +45,7 @@ from t2c_monitor.monitors import (
 )
 from t2c_monitor.store import Database
 from t2c_monitor.store import alerts as alert_store
+from t2c_monitor.wording import change_word, concept_change
 
 MAX_RETRY_DELAY_S = 300.0
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
@@ -84,7 +85,7 @@ def _finite(x: Any) -> float | None:
 
 def _concept_line(f: dict[str, Any]) -> str:
     size = f"{f['effect_size']:+.2f} SD, " if f.get("effect_size") is not None else ""
-    return (f"{f['rank']}. {f['name']}: {'more' if f['direction'] > 0 else 'less'} "
+    return (f"{f['rank']}. {f['name']}: {change_word(f['direction'])} "
             f"(KS {f['ks_stat']:.3f}, q {f['q_value']:.2g}, mean score {f['mean_ref']:.4f} -> "
             f"{f['mean_cur']:.4f}, {size}{f['n_current']} images)")
 
@@ -94,12 +95,12 @@ def build_message(summary: Any, *, report: str | None) -> AlertMessage:
     its direction and figures, and where the report is."""
     flagged = [{
         "rank": f["rank"], "name": f["name"], "direction": int(f["direction"]),
-        "change": "more" if f["direction"] > 0 else "less", "ks_stat": float(f["ks_stat"]),
+        "change": change_word(f["direction"]), "ks_stat": float(f["ks_stat"]),
         "q_value": float(f["q_value"]), "mean_ref": float(f["mean_ref"]), "mean_cur": float(f["mean_cur"]),
         "effect": float(f["effect"]), "effect_size": _finite(f["effect_size"]), "n_current": summary.n_current,
     } for f in summary.flagged]
     window = summary.window_text()
-    names = ", ".join(f"{'more' if f['direction'] > 0 else 'fewer'} '{f['name']}'" for f in flagged[:3])
+    names = ", ".join(concept_change(f["name"], f["direction"], countable=True, quoted=True) for f in flagged[:3])
     subject = (f"[t2c] {summary.monitor}: {len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted "
                f"({names}{', ...' if len(flagged) > 3 else ''})")
     lines = [f"Drift on monitor {summary.monitor} (audit {summary.id})",

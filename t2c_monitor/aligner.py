@@ -37,6 +37,7 @@ from torch import Tensor
 
 from t2c_monitor.device import resolve_device
 from t2c_monitor.errors import ModelLoadError, SpaceMismatchError, T2CError
+from t2c_monitor.identity import describe, same_space
 from t2c_monitor.progress import progress_bar
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -102,7 +103,7 @@ class Aligner:
         if batch.shape[1] != self.d_in:
             raise SpaceMismatchError(
                 f"features have width {batch.shape[1]} but this aligner maps {self.d_in}-d features of "
-                f"source {_describe(self.source)}: embed the images with that encoder, or {REFIT_HINT}"
+                f"source {describe(self.source)}: embed the images with that encoder, or {REFIT_HINT}"
             )
         W = self.W.to(batch.device)
         b = self.b.to(batch.device)
@@ -123,7 +124,7 @@ class Aligner:
         if vectors.shape[-1] != self.d_in:
             raise SpaceMismatchError(
                 f"vectors have width {vectors.shape[-1]} but this aligner maps {self.d_in}-d features of "
-                f"source {_describe(self.source)}: pass vectors of that feature space, or {REFIT_HINT}"
+                f"source {describe(self.source)}: pass vectors of that feature space, or {REFIT_HINT}"
             )
         variance = element_variance(vectors)
         if not variance > 0.0:
@@ -232,16 +233,6 @@ class Aligner:
         _check_identity("CLIP model", self.clip, clip, self.d_out, where)
 
 
-def _describe(identity: dict | None) -> str:
-    if not identity:
-        return "(unrecorded)"
-    sha = str(identity.get("weights_sha256", ""))[:12]
-    return (
-        f"{identity.get('kind')}:{identity.get('name')} (weights {identity.get('weights')}, "
-        f"sha256 {sha}..., dim {identity.get('dim')})"
-    )
-
-
 def _check_identity(role: str, stored: dict | None, expected: dict | None, width: int, where: str) -> None:
     """Refuse an aligner whose recorded model differs from the one the caller will use."""
     if expected is None:
@@ -250,13 +241,12 @@ def _check_identity(role: str, stored: dict | None, expected: dict | None, width
     if stored is None:
         raise SpaceMismatchError(
             f"{name} records no {role} identity, so it cannot be checked against "
-            f"{_describe(expected)}: {REFIT_HINT} (it records both identities)"
+            f"{describe(expected)}: {REFIT_HINT} (it records both identities)"
         )
-    keys = ("kind", "weights_sha256", "dim")
-    if any(stored.get(k) != expected.get(k) for k in keys) or expected.get("dim") != width:
+    if not same_space(stored, expected) or expected.get("dim") != width:
         raise SpaceMismatchError(
-            f"{name} was fitted for {role} {_describe(stored)}, but the {role} in use is "
-            f"{_describe(expected)}: {REFIT_HINT}"
+            f"{name} was fitted for {role} {describe(stored)}, but the {role} in use is "
+            f"{describe(expected)}: {REFIT_HINT}"
         )
 
 
@@ -682,7 +672,7 @@ def evaluate_chunks(
         if class_vectors.ndim != 2 or class_vectors.shape[1] != aligner.d_out:
             raise SpaceMismatchError(
                 f"class_vectors have shape {tuple(class_vectors.shape)} but the aligner outputs {aligner.d_out}-d "
-                f"vectors of CLIP model {_describe(aligner.clip)}: encode the class texts with that CLIP model"
+                f"vectors of CLIP model {describe(aligner.clip)}: encode the class texts with that CLIP model"
             )
     n = labelled = aligned_correct = clip_correct = 0
     sse = cos_sum = 0.0
@@ -695,7 +685,7 @@ def evaluate_chunks(
             if Y.shape[1] != aligner.d_out:
                 raise SpaceMismatchError(
                     f"Y has width {Y.shape[1]} but the aligner outputs {aligner.d_out}-d vectors of CLIP model "
-                    f"{_describe(aligner.clip)}: embed with that CLIP model, or {REFIT_HINT}"
+                    f"{describe(aligner.clip)}: embed with that CLIP model, or {REFIT_HINT}"
                 )
             pred = aligner.transform(X.cpu())
             true = Y.to("cpu", torch.float32)

@@ -46,11 +46,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
+from t2c_monitor.identity import ModelIdentity, as_dict, describe, same_space
 from t2c_monitor.progress import progress_bar
 from t2c_monitor.templates import resolve_templates
 
 if TYPE_CHECKING:
-    from t2c_monitor.encoders import ClipModel, ModelIdentity
+    from t2c_monitor.encoders import ClipModel
 
 VECTORS_FILE = "vectors.safetensors"
 METADATA_FILE = "bank.json"
@@ -300,17 +301,8 @@ def load_bank_definition(
 # the encoded bank
 
 
-def _identity_dict(identity: ModelIdentity | dict | None) -> dict | None:
-    return identity.to_dict() if hasattr(identity, "to_dict") else identity
-
-
 def _describe(identity: dict | None) -> str:
-    if not identity:
-        return "(unrecorded CLIP model)"
-    return (
-        f"{identity.get('kind')}:{identity.get('name')} (weights {identity.get('weights')}, "
-        f"sha256 {str(identity.get('weights_sha256', ''))[:12]}, dim {identity.get('dim')})"
-    )
+    return describe(identity, unrecorded="(unrecorded CLIP model)")
 
 
 def check_same_space(
@@ -321,14 +313,14 @@ def check_same_space(
     Both sides are ``ModelIdentity`` objects or their dicts; they must agree in kind, weights
     sha256 and dimension.
     """
-    bank, other = _identity_dict(bank_clip), _identity_dict(other_clip)
+    bank, other = as_dict(bank_clip), as_dict(other_clip)
     if not bank or not other:
         missing = "the bank" if not bank else what
         raise SpaceMismatchError(
             f"Cannot check that {what} and the concept bank share a CLIP space: {missing} records no CLIP model "
             f"(bank: {_describe(bank)}; {what}: {_describe(other)}). Re-create it with its CLIP identity recorded."
         )
-    if any(bank.get(k) != other.get(k) for k in ("kind", "weights_sha256", "dim")):
+    if not same_space(bank, other):
         raise SpaceMismatchError(
             f"The concept bank was encoded with {_describe(bank)}, but the {what} live in the space of "
             f"{_describe(other)}: re-encode the bank with that CLIP model (`t2c concepts encode ... --clip SPEC`) "

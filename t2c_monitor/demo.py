@@ -1,20 +1,15 @@
-"""The demo: a week of a monitored vision model in the shapes world, end to end.
+"""The demo's world and monitor: what ``flows.demo.run_demo`` (``t2c demo``) runs its week on.
 
-    build the world (cached) -> fit the aligner (cached) -> apply monitor "shapes" -> ingest a
-    baseline and build it -> for each day: ingest the day's batch, run the scheduled audit ->
-    the day with a planted shift raises an alert (to a local webhook receiver the demo starts,
-    and a file) -> the next day, the same ongoing drift is held back by the quiet period.
-
-Everything runs as real Prefect flows in Prefect's local mode on the embedded PostgreSQL, with
-the monitor declared in ``$T2C_HOME/demo/monitors.yaml``, the very file a user would write; its
-deployments are the ones ``prefect.yaml`` declares. Images are cached with their recipe; a
-rerun stores no image twice and starts the demo monitor's audits afresh.
+``prepare_demo`` builds the shapes world (cached), fits the aligner (cached), writes
+``$T2C_HOME/demo/monitors.yaml`` (the very file a user would write; its deployments are the ones
+``prefect.yaml`` declares), applies it, clears the demo monitor's earlier audits and writes the
+week's images (cached with their recipe). The week itself runs as real Prefect flows, so it
+lives in ``flows/demo.py``: the library never imports ``flows``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,29 +93,30 @@ def _images(root: Path, name: str, n: int, seed: int, shift: str | None, progres
     return out
 
 
-def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) -> DemoResult:
-    """Run the story (see the module docstring) and return what happened each day."""
-    import time
+@dataclass(frozen=True)
+class DemoSetup:
+    """Everything the demo's week needs, ready: the monitor applied, the images on disk."""
 
-    from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
-    from flows.ingest import IngestParams, ingest_flow
-    from t2c_monitor.monitors import load_models, load_monitor_file
-    from t2c_monitor.receiver import WebhookReceiver
+    database_url: str
+    monitor_file: Path
+    config: Any  # monitors.MonitorConfig
+    baseline_images: Path
+    days: list[tuple[str, Path, str | None]]  # (batch id, folder, planted shift)
+    inbox: Path
+
+
+def prepare_demo(*, quick: bool = False, progress: bool = True, log: Any = print,
+                 lap: Any = lambda _: None) -> DemoSetup:
+    """Build or reuse the world and aligner, apply the demo monitor and write the week's images."""
+    from t2c_monitor.apply import apply_monitor
+    from t2c_monitor.monitors import load_monitor_file
     from t2c_monitor.settings import get_settings
     from t2c_monitor.store import open_database
     from t2c_monitor.store.audits import delete_audits
-    from t2c_monitor.store.monitors import get_monitor, record_monitor
+    from t2c_monitor.store.monitors import get_monitor
     from t2c_monitor.world.build import build_world
     from t2c_monitor.world.drift_check import fit_world_aligner
     from t2c_monitor.world.evaluate import default_bank_path
-
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        seconds[name] = round(time.perf_counter() - clock, 1)
-        clock = time.perf_counter()
 
     settings = get_settings()
     root = settings.home / "demo"
@@ -139,8 +135,7 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
     monitor_file.write_text("# The demo's monitor, as a user would declare it (t2c monitor apply FILE)\n"
                             + yaml.safe_dump(document, sort_keys=False))
     (config,) = load_monitor_file(monitor_file)
-    with db.session() as session:
-        record_monitor(session, load_models(config))
+    apply_monitor(db, config)
     with db.session() as session:
         monitor_id = get_monitor(session, DEMO_MONITOR).id
     with db.engine.begin() as conn:
@@ -156,29 +151,8 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
     baseline_dir = _images(root, name, size(name, n), seed, shift, progress)
     days = [(d, _images(root, d, size(d, n), s, sh, progress), sh) for d, n, s, sh in DAYS]
     lap("images")
-
-    schedules = config.schedules
     inbox = root / "inbox"  # what the monitor's `inbox: $T2C_HOME/demo/inbox` names; `t2c serve` watches it
     inbox.mkdir(exist_ok=True)
-    result = DemoResult(monitor_file=str(monitor_file), database_url=db.url, baseline_images=0, inbox=str(inbox),
-                        ingest_interval=document["monitors"][0]["schedules"]["ingest_interval"],
-                        audit_schedule=f"on cron '{schedules.audit_cron}' ({schedules.timezone})")
-    with WebhookReceiver(path="/t2c-alerts") as receiver:
-        os.environ[WEBHOOK_ENV] = receiver.url  # the secret lives in this process's environment only
-        stored = ingest_flow(IngestParams(source=str(baseline_dir), monitor=DEMO_MONITOR, batch_id="baseline"))
-        baseline = baseline_flow(BaselineParams(monitor=DEMO_MONITOR, batches=["baseline"]))
-        result.baseline_images = baseline["n_images"]
-        log(f"baseline: {stored['n_ok']} images stored, {baseline['n_sampled']} scores kept per concept")
-        lap("baseline")
-        for day, folder, planted in days:
-            batch = ingest_flow(IngestParams(source=str(folder), monitor=DEMO_MONITOR, batch_id=day))
-            # the hourly deployment's flow, on this day's batch (named: a rerun's batches keep their first times)
-            audit = audit_flow(AuditParams(monitor=DEMO_MONITOR, batches=[day]))
-            flagged = [f"{'more' if f['direction'] > 0 else 'less'} '{f['name']}'" for f in audit["flagged"]]
-            alerts = [f"{a['channel']}: {a['status']}" for a in audit["alerts"]]
-            result.days.append(DayResult(day, batch["n_ok"], planted, flagged, alerts, audit["report"]))
-            lap(day)
-        result.received = list(receiver.bodies)
-    os.environ.pop(WEBHOOK_ENV, None)
-    result.seconds = seconds
-    return result
+    db.engine.dispose()
+    return DemoSetup(database_url=db.url, monitor_file=monitor_file, config=config, baseline_images=baseline_dir,
+                     days=days, inbox=inbox)

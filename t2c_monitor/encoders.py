@@ -40,7 +40,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from torch import nn
 
 from t2c_monitor.device import autocast, resolve_device, use_channels_last
 from t2c_monitor.errors import ConfigError, ModelLoadError
+from t2c_monitor.identity import ModelIdentity
 
 KINDS = ("timm", "open_clip")
 RANDOM_INIT_SEED = 0
@@ -57,35 +58,6 @@ RANDOM_INIT_SEED = 0
 
 # ----------------------------------------------------------------------------------------------
 # identities and specs
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Which model produced a vector: name, weights reference, hash of the weights, output width."""
-
-    kind: str
-    name: str
-    weights: str | None
-    weights_sha256: str
-    dim: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelIdentity:
-        missing = {"kind", "name", "weights", "weights_sha256", "dim"} - set(d)
-        if missing:
-            raise ValueError(f"d is not a ModelIdentity dict: missing {sorted(missing)}")
-        return cls(d["kind"], d["name"], d["weights"], d["weights_sha256"], int(d["dim"]))
-
-    def same_model(self, other: ModelIdentity) -> bool:
-        """True when both identities name the same weights (the file or tag they came from may differ)."""
-        return (self.kind, self.weights_sha256, self.dim) == (other.kind, other.weights_sha256, other.dim)
-
-    def __str__(self) -> str:
-        weights = self.weights or "random init"
-        return f"{self.kind}:{self.name} ({weights}, dim {self.dim}, sha256 {self.weights_sha256[:12]})"
 
 
 def _split_spec(text: str, kind: str) -> tuple[str, str | None]:
@@ -359,14 +331,35 @@ def _timm_head_width(state_dict: dict, classifier: str | Sequence[str] | None) -
     return 0
 
 
+MODEL_PLUGINS = "t2c_monitor.timm_models"
+
+
+def load_model_plugins() -> list[str]:
+    """Import the modules named by the ``t2c_monitor.timm_models`` entry points, so the timm
+    architectures they define (with ``@timm.models.register_model``) become known to timm. The
+    shapes world's encoder registers this way, and so can a user's own architecture: the loader
+    needs no name of theirs or ours."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=MODEL_PLUGINS):
+        try:
+            point.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is named, and the others still load
+            raise ModelLoadError(f"The timm model plugin {point.name} ({point.value}) failed to import: {exc}") \
+                from exc
+        loaded.append(point.value)
+    return loaded
+
+
 def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
     import timm
     from timm.models import get_pretrained_cfg, load_state_dict, split_model_name_tag
 
     _refuse_schema("timm", spec.name)
     arch, tag = split_model_name_tag(spec.name)
-    if arch.startswith("t2c_world_"):  # the shapes world's architectures register themselves with timm
-        import t2c_monitor.world.source_model  # noqa: F401
+    if not timm.is_model(arch):
+        load_model_plugins()
     if not timm.is_model(arch):
         raise _unknown_name_error(
             "timm", arch, timm.list_models(), "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`"

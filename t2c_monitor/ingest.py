@@ -93,7 +93,8 @@ def load_runtime(db: Database, monitor: str, *, device: str | None = None) -> Mo
     """Load a monitor's encoder and aligner; refuse, before any image is read, models that no
     longer match what was recorded by ``t2c monitor apply``."""
     from t2c_monitor.aligner import Aligner
-    from t2c_monitor.encoders import ModelIdentity, create_source_encoder
+    from t2c_monitor.encoders import create_source_encoder
+    from t2c_monitor.identity import ModelIdentity
 
     with db.session() as session:
         record = get_monitor(session, monitor)

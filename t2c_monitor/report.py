@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from t2c_monitor.wording import change_word
+
 TOP_CONCEPTS = 15
 SHOWN_DISTRIBUTIONS = 3
 THUMBNAILS = 6
@@ -58,7 +60,7 @@ def _distributions(result: Any, reference: np.ndarray, current: np.ndarray) -> s
         bins = np.linspace(min(ref.min(), cur.min()), max(ref.max(), cur.max()), 40)
         ax.hist(ref, bins=bins, density=True, alpha=0.5, label="baseline")
         ax.hist(cur, bins=bins, density=True, alpha=0.5, label="window")
-        ax.set_title(f"{concept.name} ({'more' if concept.direction > 0 else 'less'})")
+        ax.set_title(f"{concept.name} ({change_word(concept.direction)})")
         ax.set_xlabel("concept score")
     axes[0][0].legend()
     return _png(fig)
@@ -98,7 +100,7 @@ def _table(result: Any) -> str:
     rows = sorted(result.concepts, key=lambda c: (not c.flagged, c.rank or 0, -c.ks_stat))
     body = "".join(
         f"<tr class={'flag' if c.flagged else ''}><td>{c.rank or ''}</td><td>{html.escape(c.name)}</td>"
-        f"<td>{'more' if c.direction > 0 else 'less'}</td><td>{c.ks_stat:.3f}</td><td>{c.p_value:.2g}</td>"
+        f"<td>{change_word(c.direction)}</td><td>{c.ks_stat:.3f}</td><td>{c.p_value:.2g}</td>"
         f"<td>{c.q_value:.2g}</td><td>{c.mean_ref:.4f}</td><td>{c.mean_cur:.4f}</td>"
         f"<td>{c.effect_size:+.2f}</td></tr>" for c in rows)
     return ("<table><tr><th>rank</th><th>concept</th><th>change</th><th>KS</th><th>p</th><th>q</th>"

@@ -1,8 +1,10 @@
 """Settings in one place.
 
 Every path, URL and threshold of the service comes from here (environment variables with the
-prefix ``T2C_``, or a ``.env`` file) or from a monitor config; nothing reads the environment
-elsewhere.
+prefix ``T2C_``, or a ``.env`` file) or from a monitor config. The environment is read elsewhere
+only for what belongs to other tools or to the user's secrets: Prefect's own variables (which
+``prefect_server`` and ``flows`` set for Prefect), the Hugging Face offline flags, and the
+variables that alert channels name for their webhook URLs (``url_env``), read when sending.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ class Settings(BaseSettings):
         default=120, ge=5, description="Seconds the local Prefect server may take to start (its first start migrates "
         "its database)."
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of t2c's own log and of the Prefect flow runs it starts (unless "
+        "PREFECT_LOGGING_LEVEL says otherwise); the local Prefect server logs warnings unless this is DEBUG."
+    )
     max_image_pixels: int = Field(
         default=64_000_000, ge=1, description="Images with more pixels are refused (decompression-bomb guard)."
     )
@@ -77,6 +82,23 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+def configure_logging(settings: Settings | None = None) -> None:
+    """Apply ``log_level`` to the ``t2c_monitor`` logger (to stderr) and, when it was set and
+    ``PREFECT_LOGGING_LEVEL`` was not, to Prefect's (read when Prefect is first imported)."""
+    import logging
+    import os
+
+    settings = settings or get_settings()
+    logger = logging.getLogger("t2c_monitor")
+    logger.setLevel(settings.log_level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    if "log_level" in settings.model_fields_set:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", settings.log_level)
 
 
 def reset_settings_cache() -> None:

@@ -221,17 +221,14 @@ def tiny_monitor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_config:
 @pytest.fixture
 def applied_monitor(database_url: str, tiny_monitor_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """A database (fresh, at head) in which the tiny monitor has been applied; yields the Database."""
-    from t2c_monitor.monitors import load_models, load_monitor_file
+    from t2c_monitor.apply import apply_monitor_file
     from t2c_monitor.settings import reset_settings_cache
     from t2c_monitor.store import open_database
-    from t2c_monitor.store.monitors import record_monitor
 
     monkeypatch.setenv("T2C_DATABASE_URL", database_url)
     reset_settings_cache()
     db = open_database()
-    (config,) = load_monitor_file(tiny_monitor_dir / "monitors.yaml")
-    with db.session() as session:
-        record_monitor(session, load_models(config, device="cpu"))
+    apply_monitor_file(tiny_monitor_dir / "monitors.yaml", db, device="cpu")
     yield db
     db.engine.dispose()
 
@@ -250,8 +247,7 @@ def apply_tiny(db, tiny_monitor_dir: Path, out_dir: Path, **sections) -> Path:
     and a top-level ``channels``); returns the monitors file written."""
     import yaml
 
-    from t2c_monitor.monitors import load_models, load_monitor_file
-    from t2c_monitor.store.monitors import record_monitor
+    from t2c_monitor.apply import apply_monitor_file
 
     document = yaml.safe_load((tiny_monitor_dir / "monitors.yaml").read_text())
     base = tiny_monitor_dir
@@ -267,9 +263,7 @@ def apply_tiny(db, tiny_monitor_dir: Path, out_dir: Path, **sections) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "monitors.yaml"
     path.write_text(yaml.safe_dump(document))
-    (config,) = load_monitor_file(path)
-    with db.session() as session:
-        record_monitor(session, load_models(config, device="cpu"))
+    apply_monitor_file(path, db, device="cpu")
     return path
 
 

@@ -37,8 +37,10 @@ def test_apply_list_and_ingest_from_the_command_line(database_url, tiny_monitor_
 
     write_images(tmp_path / "inbox", 9, seed=4)
     (tmp_path / "inbox" / "zero.png").write_bytes(b"")
-    result = run_t2c("ingest", str(tmp_path / "inbox"), "--monitor", "tiny", "--json", env=env)  # the Prefect flow
+    result = run_t2c("ingest", str(tmp_path / "inbox"), "--monitor", "tiny", "--json", env={  # the Prefect flow
+        **env, "T2C_LOG_LEVEL": "WARNING"})
     assert result.returncode == 0, result.stderr
+    assert "| INFO" not in result.stderr, "T2C_LOG_LEVEL applies to the flow runs' logs"
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["status"], summary["n_ok"], summary["n_failed"]) == ("stored", 9, 1)
     assert summary["failures"] == {"empty file": 1}

@@ -335,3 +335,19 @@ def test_world_architectures_load_by_name_in_a_fresh_process() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "512"
+
+
+def test_architectures_of_plugins_load_through_entry_points_without_being_named():
+    """The world's timm architecture is registered by its entry point when the factory meets a
+    name timm does not know; no production module imports the world for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from t2c_monitor.encoders import create_source_encoder, load_model_plugins; "
+            "assert 't2c_monitor.world.source_model' not in sys.modules; "
+            "e = create_source_encoder('timm:t2c_world_resnet', device='cpu'); "
+            "print(e.dim, 't2c_monitor.world.source_model' in sys.modules, load_model_plugins())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    dim, imported, plugins = out.stdout.split(" ", 2)
+    assert int(dim) > 0 and imported == "True" and "t2c_monitor.world.source_model" in plugins

@@ -22,13 +22,12 @@ T2C = Path(sys.executable).parent / "t2c"
 @pytest.fixture
 def scheduled_monitor(quick_world, tmp_path_factory, database_url, monkeypatch):
     """A quick-world monitor (per-minute schedules, inbox under its home) with a baseline built."""
+    from t2c_monitor.apply import apply_monitor_file
     from t2c_monitor.audit import build_baseline
     from t2c_monitor.demo import DEMO_MONITOR, demo_monitor_document
     from t2c_monitor.ingest import ingest
-    from t2c_monitor.monitors import load_models, load_monitor_file
     from t2c_monitor.settings import reset_settings_cache
     from t2c_monitor.store import open_database
-    from t2c_monitor.store.monitors import record_monitor
     from t2c_monitor.world.drift_check import fit_world_aligner
     from t2c_monitor.world.evaluate import default_bank_path
     from t2c_monitor.world.generate import write_images
@@ -46,9 +45,7 @@ def scheduled_monitor(quick_world, tmp_path_factory, database_url, monkeypatch):
     path = root / "monitors.yaml"
     path.write_text(yaml.safe_dump(document))
     db = open_database()
-    (config,) = load_monitor_file(path)
-    with db.session() as session:
-        record_monitor(session, load_models(config, device="cpu"))
+    apply_monitor_file(path, db, device="cpu")
     write_images(root / "reference", 300, seed=1)
     ingest(db, DEMO_MONITOR, root / "reference", batch_id="reference")
     build_baseline(db, DEMO_MONITOR, batches=["reference"])

@@ -44,7 +44,8 @@ def test_fewer_of_a_value_is_flagged_as_less(quick_world, quick_aligner):
 def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, tmp_path, database_url):
     """`t2c demo --quick` end to end on the test database: clean days quiet, the planted day flagged
     and alerted through the local webhook and the file channel, the ongoing drift held back."""
-    from t2c_monitor.demo import DAYS, run_demo
+    from flows.demo import run_demo
+    from t2c_monitor.demo import DAYS
     from t2c_monitor.settings import reset_settings_cache
 
     monkeypatch.setenv("T2C_MODELS", str(quick_world.root.parent))

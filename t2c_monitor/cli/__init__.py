@@ -43,8 +43,10 @@ def main() -> None:
 
     from t2c_monitor.cli.common import console
     from t2c_monitor.errors import T2CError
+    from t2c_monitor.settings import configure_logging
 
     try:
+        configure_logging()
         app()
     except T2CError as exc:  # raised outside a command's own user_errors() block
         console.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import typer
 
 from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, use_prefect, user_errors
+from t2c_monitor.wording import change_word
 
 baseline_app = typer.Typer(help="Baselines: the reference concept-score distributions of a monitor.",
                            no_args_is_help=True)
@@ -129,7 +130,7 @@ def audit(
         table = Table("rank", "concept", "change", "KS", "q", "effect (SD)")
         for f in result["flagged"]:
             size = f"{f['effect_size']:+.2f}" if f["effect_size"] is not None else "inf"
-            table.add_row(str(f["rank"]), f["name"], "more" if f["direction"] > 0 else "less", f"{f['ks_stat']:.3f}",
+            table.add_row(str(f["rank"]), f["name"], change_word(f["direction"]), f"{f['ks_stat']:.3f}",
                           f"{f['q_value']:.2g}", size)
         console.print(table)
     else:

@@ -54,16 +54,13 @@ def revision(message: str = typer.Option(..., "-m", "--message", help="What the 
 @db_app.command()
 def status(as_json: bool = JsonOption) -> None:
     """Show the database URL (password masked), its schema revision and pgvector version."""
-    from sqlalchemy import text
-
     from t2c_monitor.store import migrate
+    from t2c_monitor.store.engine import server_versions
 
     with user_errors():
         db = _engine()
         state = migrate.status(db.engine)
-        with db.engine.connect() as conn:
-            pgvector = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname='vector'")).scalar()
-            server = conn.execute(text("SHOW server_version")).scalar()
+        server, pgvector = server_versions(db.engine)
     payload = {
         "url": db.url,
         "embedded": db.embedded,

@@ -21,8 +21,11 @@ def demo(
 
     from rich.table import Column, Table
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own story
-    from t2c_monitor.demo import run_demo
+    from t2c_monitor.settings import get_settings
+
+    if "log_level" not in get_settings().model_fields_set and "PREFECT_LOGGING_LEVEL" not in os.environ:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # the demo prints its own story
+    from flows.demo import run_demo
 
     say = (lambda _: None) if as_json else (lambda m: console.print(m, highlight=False))
     with user_errors():

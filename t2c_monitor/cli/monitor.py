@@ -23,29 +23,12 @@ def apply(
     as_json: bool = JsonOption,
 ) -> None:
     """Validate a monitors file, load and cross-check its models, and record the monitors."""
-    from t2c_monitor.monitors import load_models, load_monitor_file
+    from t2c_monitor.apply import apply_monitor_file
+    from t2c_monitor.store import open_database
 
     with user_errors():
-        configs = load_monitor_file(path)
-        loaded = []
-        for config in configs:
-            with console.status(f"loading the models of {config.name}"):
-                loaded.append(load_models(config))
-        results = []
-        if not check:
-            from t2c_monitor.store import open_database
-            from t2c_monitor.store.monitors import get_monitor, record_monitor
-
-            db = open_database()
-            for models in loaded:
-                with db.session() as session:
-                    record_monitor(session, models)
-                with db.session() as session:
-                    record = get_monitor(session, models.config.name)
-                results.append({"name": record.name, "bank": record.bank_name, "bank_version": record.bank_version,
-                                "concepts": len(record.concept_names), "dim": int(record.concept_vectors.shape[1])})
-        else:
-            results = [{"name": m.config.name, "concepts": m.bank.k, "dim": m.bank.dim} for m in loaded]
+        applied = apply_monitor_file(path, None if check else open_database(), status=console.status)
+        results = [a.to_dict() for a in applied]
     if as_json:
         emit_json({"checked_only": check, "monitors": results})
         return

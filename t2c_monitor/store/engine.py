@@ -91,3 +91,11 @@ def ensure_vector_extension(conn: Connection) -> str:
             f"({str(exc.orig).strip()}). Ask a superuser to run `CREATE EXTENSION vector;` in that database."
         ) from None
     return conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar_one()
+
+
+def server_versions(engine: Engine) -> tuple[str, str | None]:
+    """The PostgreSQL server version and the installed pgvector version (None if not installed)."""
+    with engine.connect() as conn:
+        pgvector = conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+        server = conn.execute(text("SHOW server_version")).scalar()
+    return str(server), pgvector

@@ -20,7 +20,10 @@ from sqlalchemy import Connection, Engine, text
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.store.engine import ensure_vector_extension
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# an installed wheel carries the revisions inside the package (setup.py copies them there); a
+# source checkout (editable install) uses the top-level migrations/ itself
+_PACKAGED = Path(__file__).resolve().parent / "_migrations"
+MIGRATIONS_DIR = _PACKAGED if (_PACKAGED / "env.py").exists() else Path(__file__).resolve().parents[2] / "migrations"
 _LOCK_KEY = 0x7432_636D  # "t2cm": the advisory lock id that serialises migrations
 
 
@@ -33,8 +36,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config pointing at ``migrations/``, optionally bound to an open connection."""
     if not (MIGRATIONS_DIR / "env.py").exists():
         raise ConfigError(
-            f"Alembic migrations not found at {MIGRATIONS_DIR}. Install t2c-monitor from a source "
-            "checkout (`pip install -e .`) so that migrations/ is present."
+            f"Alembic migrations not found at {MIGRATIONS_DIR}: this installation of t2c-monitor is incomplete. "
+            "Reinstall it from a wheel built by its setup (`pip wheel .`), or from a source checkout."
         )
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

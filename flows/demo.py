@@ -1,0 +1,68 @@
+"""The demo's week as real Prefect flow runs (``t2c demo``).
+
+    prepare (world, aligner, monitor "shapes", images; t2c_monitor.demo) -> ingest a baseline and
+    build it -> for each day: ingest the day's batch, run the scheduled audit -> the day with a
+    planted shift raises an alert (to a local webhook receiver the demo starts, and a file) ->
+    the next day, the same ongoing drift is held back by the quiet period.
+
+The flows report to whatever Prefect API this process uses (``t2c demo`` points it at the local
+Prefect server first, so the week's runs stay in its UI). A rerun stores no image twice and
+starts the demo monitor's audits afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
+from flows.ingest import IngestParams, ingest_flow
+from t2c_monitor.demo import DEMO_MONITOR, WEBHOOK_ENV, DayResult, DemoResult, prepare_demo
+from t2c_monitor.wording import change_word
+
+
+def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) -> DemoResult:
+    """Run the story (see the module docstring) and return what happened each day."""
+    from t2c_monitor.receiver import WebhookReceiver
+
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
+    setup = prepare_demo(quick=quick, progress=progress, log=log, lap=lap)
+    schedules = setup.config.schedules
+    result = DemoResult(monitor_file=str(setup.monitor_file), database_url=setup.database_url, baseline_images=0,
+                        inbox=str(setup.inbox), ingest_interval=_minutes(schedules.ingest_interval),
+                        audit_schedule=f"on cron '{schedules.audit_cron}' ({schedules.timezone})")
+    with WebhookReceiver(path="/t2c-alerts") as receiver:
+        os.environ[WEBHOOK_ENV] = receiver.url  # the secret lives in this process's environment only
+        try:
+            stored = ingest_flow(IngestParams(source=str(setup.baseline_images), monitor=DEMO_MONITOR,
+                                              batch_id="baseline"))
+            baseline = baseline_flow(BaselineParams(monitor=DEMO_MONITOR, batches=["baseline"]))
+            result.baseline_images = baseline["n_images"]
+            log(f"baseline: {stored['n_ok']} images stored, {baseline['n_sampled']} scores kept per concept")
+            lap("baseline")
+            for day, folder, planted in setup.days:
+                batch = ingest_flow(IngestParams(source=str(folder), monitor=DEMO_MONITOR, batch_id=day))
+                # the hourly deployment's flow, on this day's batch (named: a rerun's batches keep their first times)
+                audit = audit_flow(AuditParams(monitor=DEMO_MONITOR, batches=[day]))
+                flagged = [f"{change_word(f['direction'])} '{f['name']}'" for f in audit["flagged"]]
+                alerts = [f"{a['channel']}: {a['status']}" for a in audit["alerts"]]
+                result.days.append(DayResult(day, batch["n_ok"], planted, flagged, alerts, audit["report"]))
+                lap(day)
+            result.received = list(receiver.bodies)
+        finally:
+            os.environ.pop(WEBHOOK_ENV, None)
+    result.seconds = seconds
+    return result
+
+
+def _minutes(interval: Any) -> str:
+    seconds = int(interval.total_seconds()) if interval else 0
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
