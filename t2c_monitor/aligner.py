@@ -16,7 +16,6 @@ this module does not import the model libraries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,7 +25,6 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from t2c_monitor.artifacts import ArtifactFormat
 from t2c_monitor.device import resolve_device
 from t2c_monitor.errors import ModelLoadError, SpaceMismatchError, T2CError
 from t2c_monitor.identity import describe, same_space
@@ -45,6 +44,9 @@ METADATA_FILE = "aligner.json"
 FORMAT = "t2c-aligner"
 FORMAT_VERSION = 1
 REFIT_HINT = "refit the aligner for this encoder/CLIP pair with `t2c aligner fit`"
+ALIGNER_FORMAT = ArtifactFormat(label="aligner", marker=FORMAT, version=FORMAT_VERSION, metadata_file=METADATA_FILE,
+                                tensors_file=WEIGHTS_FILE, checksum_key="weights_sha256",
+                                written_by="`t2c aligner fit --out`", hint=REFIT_HINT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,29 +139,11 @@ class Aligner:
 
     def save(self, path: str | Path) -> None:
         """Write the aligner to directory ``path``: ``weights.safetensors`` and ``aligner.json``."""
-        from safetensors.torch import save_file
-
-        directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
-        weights = directory / WEIGHTS_FILE
-        save_file({"W": self.W, "b": self.b, "feature_mean": self.feature_mean}, str(weights))
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "d_in": self.d_in,
-            "d_out": self.d_out,
-            "method": self.method,
-            "source": self.source,
-            "clip": self.clip,
-            "feature_variance": self.feature_variance,
-            "n_train": self.n_train,
-            "metrics": self.metrics,
-            "fit_info": self.fit_info,
-            "weights_sha256": _file_sha256(weights),
-            "versions": library_versions(),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
+        ALIGNER_FORMAT.write(path, {"W": self.W, "b": self.b, "feature_mean": self.feature_mean}, {
+            "d_in": self.d_in, "d_out": self.d_out, "method": self.method, "source": self.source,
+            "clip": self.clip, "feature_variance": self.feature_variance, "n_train": self.n_train,
+            "metrics": self.metrics, "fit_info": self.fit_info,
+        })
 
     @classmethod
     def load(
@@ -175,30 +159,7 @@ class Aligner:
         model the caller will use; they must match the stored ones in kind, weights_sha256 and dim.
         """
         directory = Path(path)
-        meta_path, weights_path = directory / METADATA_FILE, directory / WEIGHTS_FILE
-        for needed in (meta_path, weights_path):
-            if not needed.is_file():
-                raise ModelLoadError(
-                    f"aligner file {needed} is missing: pass the directory written by `t2c aligner fit --out`"
-                    " (it holds aligner.json and weights.safetensors)"
-                )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(f"aligner metadata {meta_path} is not valid JSON ({exc}): {REFIT_HINT}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ModelLoadError(f"{meta_path} is not t2c aligner metadata (no 'format': '{FORMAT}'): {REFIT_HINT}")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelLoadError(
-                f"aligner {directory} has format version {meta['format_version']}, newer than this t2c-monitor "
-                f"reads ({FORMAT_VERSION}): upgrade t2c-monitor"
-            )
-        if meta.get("weights_sha256") != _file_sha256(weights_path):
-            raise ModelLoadError(
-                f"aligner weights {weights_path} do not match the checksum recorded in {meta_path} "
-                f"(corrupt or replaced file): {REFIT_HINT}"
-            )
-        tensors = _read_safetensors(weights_path, ("W", "b", "feature_mean"))
+        meta, tensors = ALIGNER_FORMAT.read(directory, ("W", "b", "feature_mean"))
         try:
             aligner = cls(
                 W=tensors["W"],
@@ -216,7 +177,8 @@ class Aligner:
             raise ModelLoadError(f"aligner {directory} is incomplete or inconsistent ({exc!r}): {REFIT_HINT}") from exc
         if (aligner.d_in, aligner.d_out) != (meta.get("d_in"), meta.get("d_out")):
             raise ModelLoadError(
-                f"aligner weights in {weights_path} are {aligner.d_in}->{aligner.d_out} but {meta_path} says "
+                f"aligner weights in {directory / WEIGHTS_FILE} are {aligner.d_in}->{aligner.d_out} but "
+                f"{directory / METADATA_FILE} says "
                 f"{meta.get('d_in')}->{meta.get('d_out')}: {REFIT_HINT}"
             )
         aligner.check_models(source=expect_source, clip=expect_clip, where=str(directory))
@@ -967,60 +929,3 @@ def _parse_identity(raw: str | None, path: Path, key: str) -> dict | None:
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of Python and the libraries whose behaviour an aligner depends on (None when not installed)."""
-    import platform
-
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    distributions = (
-        ("torch", "torch"),
-        ("numpy", "numpy"),
-        ("safetensors", "safetensors"),
-        ("timm", "timm"),
-        ("open_clip", "open_clip_torch"),
-        ("t2c_monitor", "t2c-monitor"),
-    )
-    for key, dist in distributions:
-        try:
-            versions[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[key] = None
-    if versions["t2c_monitor"] is None:
-        from t2c_monitor import __version__
-
-        versions["t2c_monitor"] = __version__
-    return versions
-
-
-def _read_safetensors(path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise ModelLoadError(f"{path} is not a readable safetensors file ({exc}): {REFIT_HINT}") from exc
-    missing = [k for k in keys if k not in tensors]
-    if missing:
-        raise ModelLoadError(f"{path} lacks tensors {missing}: {REFIT_HINT}")
-    return {k: tensors[k] for k in keys}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in aligner metadata")

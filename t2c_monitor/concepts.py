@@ -31,8 +31,6 @@ compare its vectors with vectors of another CLIP space.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 import warnings
@@ -45,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from t2c_monitor.artifacts import ArtifactFormat
 from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
 from t2c_monitor.identity import ModelIdentity, as_dict, describe, same_space
 from t2c_monitor.progress import progress_bar
@@ -59,6 +58,9 @@ FORMAT = "t2c-concept-bank"
 FORMAT_VERSION = 1
 REQUIRED_METADATA = ("name", "version", "clip", "templates", "concepts")
 REENCODE_HINT = "re-encode the bank with `t2c concepts encode BANKFILE --clip SPEC --out DIR`"
+BANK_FORMAT = ArtifactFormat(label="concept bank", marker=FORMAT, version=FORMAT_VERSION, metadata_file=METADATA_FILE,
+                             tensors_file=VECTORS_FILE, checksum_key="vectors_sha256",
+                             written_by="`t2c concepts encode --out`", hint=REENCODE_HINT)
 
 
 class ConceptTruncatedWarning(UserWarning):
@@ -391,15 +393,8 @@ class ConceptBank:
 
     def save(self, path: str | Path) -> Path:
         """Write the bank to directory ``path``: ``vectors.safetensors`` and ``bank.json``."""
-        from safetensors.torch import save_file
-
-        directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
-        vectors_path = directory / VECTORS_FILE
-        save_file({"vectors": self.vectors}, str(vectors_path))
-        meta = self.to_metadata() | {"vectors_sha256": hashlib.sha256(vectors_path.read_bytes()).hexdigest()}
-        (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return directory
+        meta = {k: v for k, v in self.to_metadata().items() if k not in ("format", "format_version")}
+        return BANK_FORMAT.write(path, {"vectors": self.vectors}, meta)
 
     @classmethod
     def _from_metadata(cls, meta: dict, vectors: Tensor, directory: Path) -> ConceptBank:
@@ -439,52 +434,11 @@ class ConceptBank:
     def load(cls, path: str | Path, *, expect_clip: ModelIdentity | dict | None = None) -> ConceptBank:
         """Read a bank written by ``save``; with ``expect_clip``, refuse a bank of another CLIP space."""
         directory = Path(path)
-        meta_path, vectors_path = directory / METADATA_FILE, directory / VECTORS_FILE
-        for needed in (meta_path, vectors_path):
-            if not needed.is_file():
-                raise ModelLoadError(
-                    f"Concept bank file {needed} is missing: pass the directory written by "
-                    "`t2c concepts encode --out` (it holds bank.json and vectors.safetensors)."
-                )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelLoadError(
-                f"Concept bank metadata {meta_path} is not valid JSON ({exc}): {REENCODE_HINT}."
-            ) from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ModelLoadError(f"{meta_path} is not concept bank metadata (no 'format': '{FORMAT}').")
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelLoadError(
-                f"Concept bank {directory} has format version {meta['format_version']}, newer than "
-                f"this t2c-monitor reads ({FORMAT_VERSION}): upgrade t2c-monitor."
-            )
-        if meta.get("vectors_sha256") != hashlib.sha256(vectors_path.read_bytes()).hexdigest():
-            raise ModelLoadError(
-                f"Concept vectors {vectors_path} do not match the checksum in {meta_path} "
-                f"(corrupt or replaced file): {REENCODE_HINT}."
-            )
-        bank = cls._from_metadata(meta, _read_vectors(vectors_path), directory)
+        meta, tensors = BANK_FORMAT.read(directory, ("vectors",))
+        bank = cls._from_metadata(meta, tensors["vectors"], directory)
         if expect_clip is not None:
             bank.check_space(expect_clip, what="CLIP model in use")
         return bank
-
-
-def _read_vectors(path: Path) -> Tensor:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ModelLoadError(
-            f"Concept vectors {path} are not a readable safetensors file ({exc}): {REENCODE_HINT}."
-        ) from exc
-    if "vectors" not in tensors:
-        raise ModelLoadError(
-            f"Concept vectors {path} hold no 'vectors' tensor (only {sorted(tensors)}): {REENCODE_HINT}."
-        )
-    return tensors["vectors"]
 
 
 # ----------------------------------------------------------------------------------------------
