@@ -96,7 +96,7 @@ def audit_flow(params: AuditParams) -> dict[str, Any]:
     logger = get_run_logger()
     resent = resend_failed(params.monitor) if params.alerts else []
     summary = report(audit_window(params))
-    flagged = ", ".join(f"{f['name']} ({change_word(f['direction'])})" for f in summary.flagged)
+    flagged = ", ".join(f"{f.name} ({change_word(f.direction)})" for f in summary.flagged)
     logger.info(f"audit {summary.id} of {params.monitor} ({summary.window_text()}): "
                 + (f"flagged {flagged}" if flagged else "no concept shifted") + f"; report {summary.report}")
     outcomes = alert(summary) if params.alerts else []

@@ -94,11 +94,11 @@ def build_message(summary: Any, *, report: str | None) -> AlertMessage:
     """The alert of an audit (``audit.AuditSummary``): monitor, window, each flagged concept with
     its direction and figures, and where the report is."""
     flagged = [{
-        "rank": f["rank"], "name": f["name"], "direction": int(f["direction"]),
-        "change": change_word(f["direction"]), "ks_stat": float(f["ks_stat"]),
-        "q_value": float(f["q_value"]), "mean_ref": float(f["mean_ref"]), "mean_cur": float(f["mean_cur"]),
-        "effect": float(f["effect"]), "effect_size": _finite(f["effect_size"]), "n_current": summary.n_current,
-    } for f in summary.flagged]
+        "rank": f.rank, "name": f.name, "direction": int(f.direction), "change": change_word(f.direction),
+        "ks_stat": float(f.ks_stat), "q_value": float(f.q_value), "mean_ref": float(f.mean_ref),
+        "mean_cur": float(f.mean_cur), "effect": float(f.effect), "effect_size": _finite(f.effect_size),
+        "n_current": summary.n_current,
+    } for f in summary.flagged]  # the payload: what webhooks receive and the alert row keeps
     window = summary.window_text()
     names = ", ".join(concept_change(f["name"], f["direction"], countable=True, quoted=True) for f in flagged[:3])
     subject = (f"[t2c] {summary.monitor}: {len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted "

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from t2c_monitor.drift import (
+    ConceptDrift,
     KSDriftDetector,
     Reservoir,
     SortedReference,
@@ -107,6 +108,17 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
                            n_sampled=sample.shape[0], concepts=sample.shape[1])
 
 
+FLAGGED_FIELDS = ("name", "rank", "direction", "ks_stat", "q_value", "effect", "effect_size", "mean_ref", "mean_cur")
+
+
+def flagged_dict(concept: ConceptDrift) -> dict[str, Any]:
+    """A flagged concept as JSON carries it (a baseline with no spread gives an infinite effect
+    size, and strict JSON has no infinity: None)."""
+    out = {k: getattr(concept, k) for k in FLAGGED_FIELDS}
+    out["effect_size"] = out["effect_size"] if np.isfinite(out["effect_size"]) else None
+    return out
+
+
 @dataclass(frozen=True)
 class AuditSummary:
     id: int
@@ -115,7 +127,7 @@ class AuditSummary:
     batches: list[str]
     n_baseline: int
     n_current: int
-    flagged: list[dict[str, Any]] = field(default_factory=list)  # ranked, largest effect first
+    flagged: list[ConceptDrift] = field(default_factory=list)  # ranked, largest effect first
     direction_norm: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
     since: datetime | None = None
@@ -133,8 +145,7 @@ class AuditSummary:
         out = dict(self.__dict__)
         for key in ("since", "until"):
             out[key] = out[key].isoformat() if out[key] else None
-        out["flagged"] = [{**f, "effect_size": f["effect_size"] if np.isfinite(f["effect_size"]) else None}
-                          for f in self.flagged]  # a baseline with no spread: strict JSON has no infinity
+        out["flagged"] = [flagged_dict(c) for c in self.flagged]
         return out
 
 
@@ -238,10 +249,9 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
         audit_id = audit_store.insert_audit(
             conn, monitor_id=record.id, baseline_id=baseline.id, batch_ids=[b for b, _ in chosen],
             n_current=int(scores.shape[0]), params=result.params, direction=direction.astype(np.float32),
-            window=(since, until), results=[c.to_dict() for c in result.concepts], concept_ids=list(concept_ids),
+            window=(since, until), results=result.concepts, concept_ids=list(concept_ids),
         )
-    flagged = [{k: c.to_dict()[k] for k in ("name", "rank", "direction", "ks_stat", "q_value", "effect",
-                                             "effect_size", "mean_ref", "mean_cur")} for c in result.flagged]
+    flagged = list(result.flagged)
     summary = AuditSummary(id=audit_id, monitor=monitor, baseline_id=baseline.id, batches=[e for _, e in chosen],
                            n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]),
                            flagged=flagged, direction_norm=float(norm), params=result.params, since=since,

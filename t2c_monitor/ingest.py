@@ -113,7 +113,7 @@ def load_runtime(db: Database, monitor: str, *, device: str | None = None) -> Mo
             f"v{record.bank_version} holds {record.concept_vectors.shape[1]}-d vectors: encode the bank with the "
             "aligner's CLIP model and run `t2c monitor apply` again."
         )
-    bank = F.normalize(torch.from_numpy(record.concept_vectors), dim=1)
+    bank = F.normalize(torch.tensor(record.concept_vectors), dim=1)  # a copy: the cached record is read-only
     return MonitorRuntime(record=record, encoder=encoder, aligner=aligner, bank=bank)
 
 

@@ -4,6 +4,7 @@ quiet periods respected, secrets nowhere."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 
@@ -56,10 +57,10 @@ def test_webhook_alert_names_monitor_window_concepts_and_report(drifted, tiny_mo
     assert receiver.paths == [f"/hooks/{TOKEN}"]
     assert body["monitor"] == "tiny" and body["audit_id"] == summary.id and body["batches"] == ["dark"]
     assert body["report"] == summary.report and (tmp_path / "reports").exists()
-    assert [f["name"] for f in body["flagged"]] == [f["name"] for f in summary.flagged]
+    assert [f["name"] for f in body["flagged"]] == [f.name for f in summary.flagged]
     for sent, flagged in zip(body["flagged"], summary.flagged, strict=True):
-        assert sent["change"] == ("more" if flagged["direction"] > 0 else "less")
-        assert sent["ks_stat"] == pytest.approx(flagged["ks_stat"]) and sent["q_value"] <= 0.005
+        assert sent["change"] == ("more" if flagged.direction > 0 else "less")
+        assert sent["ks_stat"] == pytest.approx(flagged.ks_stat) and sent["q_value"] <= 0.005
         assert f"{sent['name']}: {sent['change']} (KS {sent['ks_stat']:.3f}" in body["text"]
     assert "batch dark" in body["text"] and summary.report in body["text"]
     assert "tiny" in body["subject"]
@@ -123,10 +124,10 @@ def test_quiet_period_holds_back_an_ongoing_drift_but_not_a_new_one(drifted, tin
 
     # a drift led by a concept the earlier alert did not name is news; a new minor concept is not
     summary = run_audit(drifted, "tiny", batches=["dark"])
-    tail = dict(summary.flagged[0], name="a minor concept", rank=len(summary.flagged) + 4)
+    tail = dataclasses.replace(summary.flagged[0], name="a minor concept", rank=len(summary.flagged) + 4)
     dragged = summary.__class__(**{**summary.__dict__, "flagged": [*summary.flagged, tail]})
     assert [o.status for o in alert_audit(drifted, dragged)] == ["suppressed"]
-    lead = dict(summary.flagged[0], name="a concept never alerted", rank=0)
+    lead = dataclasses.replace(summary.flagged[0], name="a concept never alerted", rank=0)
     news = summary.__class__(**{**summary.__dict__, "flagged": [lead, *summary.flagged]})
     assert [o.status for o in alert_audit(drifted, news)] == ["sent"]
 
@@ -192,7 +193,7 @@ def test_prefect_blocks_secret_webhook_notification_block_and_email(prefect_harn
     assert [(o.channel, o.status) for o in outcomes] == [("secret", "sent"), ("block", "sent"), ("mail", "sent")]
     webhook, notification = receiver.bodies
     assert webhook["audit_id"] == summary.id
-    assert notification["title"].startswith("[t2c] tiny:") and summary.flagged[0]["name"] in notification["text"]
+    assert notification["title"].startswith("[t2c] tiny:") and summary.flagged[0].name in notification["text"]
     (mail,) = mails
     assert mail.rcpt_tos == ["oncall@example.com"]
     content = mail.content.decode()

@@ -29,7 +29,7 @@ def test_baseline_from_named_batches_and_audits_of_windows(monitored):
     dark = run_audit(db, "tiny", batches=["dark"])
     assert dark.batches == ["dark"] and (dark.n_baseline, dark.n_current) == (100, 60)
     assert dark.flagged, "a window of all-dark pictures differs from the reference in some concept"
-    assert [f["rank"] for f in dark.flagged] == list(range(1, len(dark.flagged) + 1))
+    assert [f.rank for f in dark.flagged] == list(range(1, len(dark.flagged) + 1))
     assert dark.direction_norm > 0
     with db.engine.connect() as conn:
         rows = conn.execute(text(
@@ -38,7 +38,7 @@ def test_baseline_from_named_batches_and_audits_of_windows(monitored):
         audit = conn.execute(text("SELECT n_flagged, n_current, status, vector_dims(direction) FROM audit "
                                   "WHERE id = :a"), {"a": dark.id}).one()
     assert [r.name for r in rows] == ["red", "green", "blue", "at night", "a bright picture"]
-    assert {r.name for r in rows if r.flagged} == {f["name"] for f in dark.flagged}
+    assert {r.name for r in rows if r.flagged} == {f.name for f in dark.flagged}
     assert tuple(audit) == (len(dark.flagged), 60, "done", 32)
     for row in rows:
         assert 0 <= row.ks_stat <= 1 and 0 <= row.q_value <= 1 and row.direction in (-1, 1)
@@ -68,8 +68,8 @@ def test_audit_matches_the_detector_on_the_same_scores(monitored):
         current = batch_scores(conn, dark_id, record.bank_id)
     np.testing.assert_array_equal(base.sorted_scores, np.sort(reference.T, axis=1))
     expected = KSDriftDetector().detect(reference, current, record.concept_names)
-    assert [f["name"] for f in summary.flagged] == [c.name for c in expected.flagged]
-    np.testing.assert_allclose([f["ks_stat"] for f in summary.flagged], [c.ks_stat for c in expected.flagged])
+    assert [f.name for f in summary.flagged] == [c.name for c in expected.flagged]
+    np.testing.assert_allclose([f.ks_stat for f in summary.flagged], [c.ks_stat for c in expected.flagged])
 
 
 def test_stale_baseline_is_refused_and_history_is_kept(monitored, tiny_monitor_dir, tmp_path):
@@ -144,9 +144,19 @@ def test_baseline_and_audit_from_the_command_line(monitored, database_url, tmp_p
 
 
 def test_baseline_build_keeps_the_monitors_reservoir_unless_told_otherwise(monitored, tiny_monitor_dir, tmp_path):
-    """`audit.reservoir` of the monitor file is what `t2c baseline build` and the baseline flow keep."""
+    """`audit.reservoir` of the monitor file is what `t2c baseline build` and the baseline flow keep;
+    the monitor record a run reads is cached until the monitor is applied again."""
     from conftest import apply_tiny
 
+    from t2c_monitor.store.monitors import get_monitor
+
+    with monitored.session() as session:
+        before = get_monitor(session, "tiny")
+    with monitored.session() as session:
+        assert get_monitor(session, "tiny") is before, "read once per change, not on every call"
     apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", audit={"reservoir": 50})
+    with monitored.session() as session:
+        after = get_monitor(session, "tiny")
+    assert after is not before and after.config.audit.reservoir == 50
     assert build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"]).n_sampled == 50
     assert build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=80).n_sampled == 80

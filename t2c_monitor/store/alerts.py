@@ -12,8 +12,10 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from t2c_monitor.store.models import AlertStatus
 
-def insert_alert(conn: Connection, *, audit_id: int, channel: str, payload: dict[str, Any], status: str,
+
+def insert_alert(conn: Connection, *, audit_id: int, channel: str, payload: dict[str, Any], status: AlertStatus,
                  last_error: str | None = None) -> int:
     return int(conn.execute(
         text("INSERT INTO alert (audit_id, channel, payload, status, last_error) "

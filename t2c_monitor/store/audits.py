@@ -7,6 +7,7 @@ sorting is most of a KS audit's work and a baseline serves many audits.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, text
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.store.batches import batch_bank
 from t2c_monitor.store.copy import read_matrix
+from t2c_monitor.store.models import AuditStatus
 
 
 def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str] | None = None,
@@ -183,12 +185,12 @@ def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> Sto
 
 def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_ids: list[int], n_current: int,
                  params: dict[str, Any], direction: np.ndarray, window: tuple[datetime | None, datetime | None],
-                 results: list[dict[str, Any]], concept_ids: list[int]) -> int:
-    """Store an audit and its per-concept results (``results`` in bank order)."""
+                 results: Sequence[Any], concept_ids: list[int]) -> int:
+    """Store an audit and its per-concept results (``results``: ``drift.ConceptDrift`` in bank order)."""
     from t2c_monitor.store import copy
     from t2c_monitor.store.vectors import vector_literal
 
-    n_flagged = sum(1 for r in results if r["flagged"])
+    n_flagged = sum(1 for r in results if r.flagged)
     audit_id = conn.execute(
         text("INSERT INTO audit (monitor_id, baseline_id, window_start, window_end, batch_ids, n_current, status, "
              "params, n_flagged, dim, direction, finished_at) VALUES (:m, :b, :ws, :we, CAST(:batches AS jsonb), "
@@ -200,13 +202,13 @@ def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_i
     copy.copy_into(conn, "audit_result", [
         copy.int_column("audit_id", [audit_id] * len(results)),
         copy.int_column("concept_id", concept_ids),
-        copy.float_column("ks_stat", [r["ks_stat"] for r in results]),
-        copy.float_column("p_value", [r["p_value"] for r in results]),
-        copy.float_column("q_value", [r["q_value"] for r in results]),
-        copy.float_column("effect", [r["effect"] for r in results]),
-        copy.int_column("direction", [int(r["direction"]) for r in results], bits=16),
-        copy.bool_column("flagged", [bool(r["flagged"]) for r in results]),
-        copy.int_column("rank", [r["rank"] for r in results]),
+        copy.float_column("ks_stat", [r.ks_stat for r in results]),
+        copy.float_column("p_value", [r.p_value for r in results]),
+        copy.float_column("q_value", [r.q_value for r in results]),
+        copy.float_column("effect", [r.effect for r in results]),
+        copy.int_column("direction", [int(r.direction) for r in results], bits=16),
+        copy.bool_column("flagged", [bool(r.flagged) for r in results]),
+        copy.int_column("rank", [r.rank for r in results]),
     ])
     return int(audit_id)
 
@@ -248,7 +250,7 @@ class AuditRow:
     """One audit as ``t2c audit list`` shows it."""
 
     id: int
-    status: str
+    status: AuditStatus
     started_at: datetime
     finished_at: datetime | None
     batches: list[str]

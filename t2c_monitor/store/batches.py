@@ -13,12 +13,14 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from t2c_monitor.store.models import BatchStatus
+
 
 @dataclass(frozen=True)
 class BatchSummary:
     id: int
     external_id: str
-    status: str
+    status: BatchStatus
     n_images: int
     n_ok: int
     n_failed: int
@@ -55,7 +57,7 @@ def batch_bank(conn: Connection, batch_id: int) -> int | None:
     return conn.execute(text("SELECT bank_id FROM batch WHERE id = :b"), {"b": batch_id}).scalar_one_or_none()
 
 
-def set_status(conn: Connection, batch_id: int, status: str, *, error: str | None = None) -> None:
+def set_status(conn: Connection, batch_id: int, status: BatchStatus, *, error: str | None = None) -> None:
     conn.execute(
         text("UPDATE batch SET status = :s, error = :e WHERE id = :id"), {"s": status, "e": error, "id": batch_id}
     )

@@ -16,7 +16,7 @@ Relationships load with ``lazy="raise"``: every query says what it needs.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
@@ -49,10 +49,15 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-BATCH_STATUSES = ("pending", "embedding", "stored", "failed")
-IMAGE_STATUSES = ("ok", "failed")
-AUDIT_STATUSES = ("running", "done", "failed")
-ALERT_STATUSES = ("pending", "sent", "failed", "suppressed")
+# the states a row can be in: typed for the code, and CHECK constraints for the database
+BatchStatus = Literal["pending", "embedding", "stored", "failed"]
+ImageStatus = Literal["ok", "failed"]
+AuditStatus = Literal["running", "done", "failed"]
+AlertStatus = Literal["pending", "sent", "failed", "suppressed"]
+BATCH_STATUSES = get_args(BatchStatus)
+IMAGE_STATUSES = get_args(ImageStatus)
+AUDIT_STATUSES = get_args(AuditStatus)
+ALERT_STATUSES = get_args(AlertStatus)
 IMAGE_TOAST_TUPLE_TARGET = 8160  # PostgreSQL's maximum: move a vector out of line only when the row needs it
 
 

@@ -150,7 +150,14 @@ class MonitorRecord:
     concept_vectors: np.ndarray
 
 
+# (database URL, monitor name) -> (version key, record): a run reads its monitor many times (plan,
+# ingest, audit, alert), and only the monitor row itself is read again to see that nothing changed
+_RECORDS: dict[tuple[str, str], tuple[tuple, MonitorRecord]] = {}
+
+
 def get_monitor(session: Session, name: str) -> MonitorRecord:
+    """The recorded monitor ``name`` as a run needs it; cached in this process and reused until the
+    monitor is applied again (its row's ``updated_at``, aligner or bank change)."""
     row = session.execute(select(m.Monitor).filter_by(name=name)).scalar_one_or_none()
     if row is None:
         known = session.execute(select(m.Monitor.name).order_by(m.Monitor.name)).scalars().all()
@@ -159,18 +166,26 @@ def get_monitor(session: Session, name: str) -> MonitorRecord:
             + (f"; known monitors: {', '.join(known)}." if known else "; none is recorded yet.")
             + " Declare it in a YAML file and run `t2c monitor apply FILE`."
         )
+    version = (row.id, row.updated_at, row.encoder_id, row.clip_model_id, row.aligner_id, row.bank_id)
+    cache_key = (session.get_bind().url.render_as_string(hide_password=True), name)
+    cached = _RECORDS.get(cache_key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
     enc = session.get(m.Encoder, row.encoder_id)
     clip = session.get(m.ClipModel, row.clip_model_id)
     aligner = session.get(m.Aligner, row.aligner_id)
     bank = session.get(m.ConceptBank, row.bank_id)
     names, vectors = bank_vectors(session, bank.id)
-    return MonitorRecord(
+    vectors.setflags(write=False)  # shared by every reader of the cached record
+    record = MonitorRecord(
         id=row.id, name=row.name, config=MonitorConfig.model_validate(row.config),
         encoder=_identity("timm", enc.name, enc.weights_ref, enc.weights_sha256, enc.feature_dim),
         clip=_identity("open_clip", clip.name, clip.pretrained, clip.weights_sha256, clip.embed_dim),
         aligner_id=aligner.id, aligner_path=aligner.path, bank_id=bank.id, bank_name=bank.name,
         bank_version=bank.version, concept_names=names, concept_vectors=vectors,
     )
+    _RECORDS[cache_key] = (version, record)
+    return record
 
 
 def list_monitors(session: Session) -> list[dict[str, Any]]:
