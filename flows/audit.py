@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.common import retry_on_io_error
+from t2c_monitor.audit import AuditRun
 from t2c_monitor.wording import change_word
 
 
@@ -60,10 +61,10 @@ def baseline_flow(params: BaselineParams) -> dict[str, Any]:
 
 
 @task
-def resend_failed(monitor: str) -> list[dict[str, Any]]:
+def resend_failed(monitor: str) -> list[Any]:
     from t2c_monitor.alerts import resend_failed_alerts
 
-    return [o.to_dict() for o in resend_failed_alerts(_database(), monitor, log=get_run_logger().info)]
+    return resend_failed_alerts(_database(), monitor, log=get_run_logger().info)
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
@@ -85,10 +86,10 @@ def report(outcome: Any) -> Any:
 
 
 @task
-def alert(summary: Any) -> list[dict[str, Any]]:
+def alert(summary: Any) -> list[Any]:
     from t2c_monitor.alerts import alert_audit
 
-    return [o.to_dict() for o in alert_audit(_database(), summary, log=get_run_logger().info)]
+    return alert_audit(_database(), summary, log=get_run_logger().info)
 
 
 @flow(name="audit", log_prints=True)
@@ -99,5 +100,4 @@ def audit_flow(params: AuditParams) -> dict[str, Any]:
     flagged = ", ".join(f"{f.name} ({change_word(f.direction)})" for f in summary.flagged)
     logger.info(f"audit {summary.id} of {params.monitor} ({summary.window_text()}): "
                 + (f"flagged {flagged}" if flagged else "no concept shifted") + f"; report {summary.report}")
-    outcomes = alert(summary) if params.alerts else []
-    return {**summary.to_dict(), "alerts": outcomes, "resent": resent}
+    return AuditRun(summary=summary, alerts=alert(summary) if params.alerts else [], resent=resent).to_dict()

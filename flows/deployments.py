@@ -78,7 +78,7 @@ def recorded_configs(names: list[str] | None = None) -> list[MonitorConfig]:
 
     db = open_database()
     with db.session() as session:
-        wanted = names or [m["name"] for m in list_monitors(session)]
+        wanted = names or [m.name for m in list_monitors(session)]
         if not wanted:
             raise ConfigError("No monitors are recorded: declare them in a YAML file and run `t2c monitor apply FILE`.")
         return [get_monitor(session, n).config for n in wanted]

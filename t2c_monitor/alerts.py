@@ -310,13 +310,13 @@ def deliver_alerts(db: Database, summary: Any, config: AlertsConfig, *, monitor_
         sender = create_sender(channel)
         with db.engine.begin() as conn:
             earlier = [a for a in alert_store.recent_alerts(conn, monitor_id, sender.name, config.quiet_period)
-                       if a["audit_id"] != summary.id and key <= drift_key(a["payload"])]
+                       if a.audit_id != summary.id and key <= drift_key(a.payload)]
             status = "suppressed" if earlier else "pending"
             alert_id = alert_store.insert_alert(conn, audit_id=summary.id, channel=sender.name,
                                                 payload=message.payload, status=status)
         if earlier:
             log(f"alert {alert_id} to {sender.name} suppressed: the same drift was alerted in audit "
-                f"{earlier[0]['audit_id']} within the quiet period ({config.quiet_period})")
+                f"{earlier[0].audit_id} within the quiet period ({config.quiet_period})")
             outcomes.append(AlertOutcome(alert_id, sender.name, "suppressed", 0))
             continue
         outcomes.append(_send_with_retries(db, alert_id, sender, message, retries=config.retries,
@@ -333,12 +333,12 @@ def retry_failed_alerts(db: Database, channels: dict[str, Any], *, monitor_id: i
         failed = alert_store.failed_alerts(conn, monitor_id)
     outcomes = []
     for row in failed:
-        channel = channels.get(row["channel"])
+        channel = channels.get(row.channel)
         if channel is None:
-            log(f"alert {row['id']}: channel {row['channel']} is no longer configured; left failed")
+            log(f"alert {row.id}: channel {row.channel} is no longer configured; left failed")
             continue
-        outcomes.append(_send_with_retries(db, row["id"], create_sender(channel), AlertMessage.from_payload(
-            row["payload"]), retries=0, delay=timedelta(0), sleep=sleep, log=log))
+        outcomes.append(_send_with_retries(db, row.id, create_sender(channel), AlertMessage.from_payload(
+            row.payload), retries=0, delay=timedelta(0), sleep=sleep, log=log))
     return outcomes
 
 
@@ -364,7 +364,7 @@ def resend_failed_alerts(db: Database, monitor: str | None = None, *, sleep: Cal
 
     outcomes = []
     with db.session() as session:
-        names = [monitor] if monitor else [m["name"] for m in list_monitors(session)]
+        names = [monitor] if monitor else [m.name for m in list_monitors(session)]
         records = [get_monitor(session, n) for n in names]
     for record in records:
         channels = {c.name: c for c in record.config.alerts.resolved_channels()}

@@ -274,3 +274,30 @@ def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> Audit
     with db.engine.begin() as conn:
         alert_store.insert_report(conn, audit_id=summary.id, path=str(path))
     return dataclasses.replace(summary, report=str(path))
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """What one scheduled audit did: the audit, its alerts, and the earlier failed alerts sent again."""
+
+    summary: AuditSummary
+    alerts: list[Any] = field(default_factory=list)  # alerts.AlertOutcome
+    resent: list[Any] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary.to_dict(), "alerts": [o.to_dict() for o in self.alerts],
+                "resent": [o.to_dict() for o in self.resent]}
+
+
+def audit_and_alert(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
+                    since: datetime | None = None, until: datetime | None = None, report_dir: Path | None = None,
+                    alerts: bool = True, log: Any = lambda _: None) -> AuditRun:
+    """The audit use case, in this process: send again the monitor's failed alerts, audit the
+    window (stored first, so a channel that is down never loses it), write the report, alert the
+    channels. The audit flow runs the same steps as tasks, with retries on I/O."""
+    from t2c_monitor.alerts import alert_audit, resend_failed_alerts
+
+    resent = resend_failed_alerts(db, monitor, log=log) if alerts else []
+    outcome = audit_window(db, monitor, last=last, batches=batches, since=since, until=until)
+    summary = write_report(db, outcome, report_dir) if report_dir is not None else outcome.summary
+    return AuditRun(summary=summary, alerts=alert_audit(db, summary, log=log) if alerts else [], resent=resent)

@@ -85,7 +85,7 @@ def test_stale_baseline_is_refused_and_history_is_kept(monitored, tiny_monitor_d
         record = get_monitor(s, "tiny")
     with db.engine.connect() as conn:
         history = concept_history(conn, record.id, "AT NIGHT")
-    assert len(history) == 2 and history[0]["n_current"] == 60
+    assert len(history) == 2 and history[0].n_current == 60
 
     (config,) = load_monitor_file(tiny_monitor_dir / "monitors.yaml")
     bank = tmp_path / "bank.yaml"

@@ -85,7 +85,7 @@ def test_apply_is_idempotent_and_a_changed_bank_is_a_new_version(applied_monitor
     with db.session() as s:
         changed = get_monitor(s, "tiny")
         assert changed.bank_version == 2 and changed.concept_names[-1] == "yellow"
-        assert [m["bank_version"] for m in list_monitors(s)] == [2]
+        assert [m.bank_version for m in list_monitors(s)] == [2]
 
 
 def test_unknown_monitor_names_the_known_ones(applied_monitor):
@@ -105,7 +105,7 @@ def test_changed_encoder_weights_are_refused(applied_monitor, tiny_monitor_dir, 
     with applied_monitor.session() as s:
         s.execute(text("UPDATE monitor SET config = jsonb_set(config, '{encoder}', to_jsonb(CAST(:e AS text)))"),
                   {"e": f"timm:test_vit@{changed}"})
-        assert get_monitor(s, "tiny").config["encoder"].endswith(str(changed))
+        assert get_monitor(s, "tiny").config.encoder.endswith(str(changed))
     with pytest.raises(SpaceMismatchError, match="run `t2c monitor apply` again"):
         load_runtime(applied_monitor, "tiny", device="cpu")
 

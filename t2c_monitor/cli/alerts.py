@@ -30,12 +30,12 @@ def list_(
         with db.engine.connect() as conn:
             rows = list_alerts(conn, record.id, limit=limit)
     if as_json:
-        emit_json({"monitor": monitor, "alerts": rows})
+        emit_json({"monitor": monitor, "alerts": [r.to_dict() for r in rows]})
         return
     table = Table("alert", "audit", "channel", "status", "attempts", "flagged", "created", "error")
     for r in rows:
-        table.add_row(str(r["id"]), str(r["audit_id"]), r["channel"], r["status"], str(r["attempts"]),
-                      str(r["n_flagged"]), str(r["created_at"])[:19], r["last_error"] or "")
+        table.add_row(str(r.id), str(r.audit_id), r.channel, r.status, str(r.attempts), str(r.n_flagged),
+                      f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.last_error or "")
     console.print(table)
 
 

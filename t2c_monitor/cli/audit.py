@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import typer
@@ -110,17 +111,12 @@ def audit(
             result = audit_flow(AuditParams(monitor=monitor, last=last, batches=_batch_list(batches), since=start,
                                             until=end, alerts=alerts))
         else:
-            from t2c_monitor.alerts import alert_audit, resend_failed_alerts
-            from t2c_monitor.audit import run_audit
+            from t2c_monitor.audit import audit_and_alert
             from t2c_monitor.settings import get_settings
             from t2c_monitor.store import open_database
 
-            db = open_database()
-            resent = [o.to_dict() for o in resend_failed_alerts(db, monitor)] if alerts else []
-            summary = run_audit(db, monitor, last=last, batches=_batch_list(batches), since=start, until=end,
-                                report_dir=get_settings().reports_dir)
-            outcomes = [o.to_dict() for o in alert_audit(db, summary)] if alerts else []
-            result = {**summary.to_dict(), "alerts": outcomes, "resent": resent}
+            result = audit_and_alert(open_database(), monitor, last=last, batches=_batch_list(batches), since=start,
+                                     until=end, report_dir=get_settings().reports_dir, alerts=alerts).to_dict()
     if as_json:
         emit_json(result)
         return
@@ -161,12 +157,12 @@ def history(
         with db.engine.connect() as conn:
             rows = concept_history(conn, record.id, concept, limit=limit)
     if as_json:
-        emit_json({"monitor": monitor, "concept": concept, "audits": rows})
+        emit_json({"monitor": monitor, "concept": concept, "audits": [asdict(r) for r in rows]})
         return
     table = Table("audit", "when", "images", "KS", "q", "effect", "flagged")
     for r in rows:
-        table.add_row(str(r["audit_id"]), str(r["started_at"])[:19], str(r["n_current"]), f"{r['ks_stat']:.3f}",
-                      f"{r['q_value']:.2g}", f"{r['effect']:+.4f}", "yes" if r["flagged"] else "")
+        table.add_row(str(r.audit_id), f"{r.started_at:%Y-%m-%d %H:%M:%S}", str(r.n_current), f"{r.ks_stat:.3f}",
+                      f"{r.q_value:.2g}", f"{r.effect:+.4f}", "yes" if r.flagged else "")
     console.print(table)
 
 
@@ -186,7 +182,7 @@ def list_(
         with db.engine.connect() as conn:
             rows = list_audits(conn, record.id, limit=limit)
     if as_json:
-        emit_json({"monitor": monitor, "audits": [r.__dict__ for r in rows]})
+        emit_json({"monitor": monitor, "audits": [asdict(r) for r in rows]})
         return
     if not rows:
         console.print(f"no audits of {monitor} yet")

@@ -41,6 +41,8 @@ def apply(
 @monitor_app.command("list")
 def list_(as_json: bool = JsonOption) -> None:
     """The recorded monitors."""
+    from dataclasses import asdict
+
     from rich.table import Table
 
     from t2c_monitor.store import open_database
@@ -49,13 +51,12 @@ def list_(as_json: bool = JsonOption) -> None:
     with user_errors(), open_database().session() as session:
         rows = list_monitors(session)
     if as_json:
-        emit_json({"monitors": rows})
+        emit_json({"monitors": [asdict(r) for r in rows]})
         return
     if not rows:
         console.print("no monitors yet: declare them in a YAML file and run `t2c monitor apply FILE`")
         return
     table = Table("monitor", "encoder", "CLIP model", "bank", "updated")
     for r in rows:
-        bank = f"{r['bank']} v{r['bank_version']}"
-        table.add_row(r["name"], r["encoder"], r["clip"], bank, str(r["updated_at"])[:19])
+        table.add_row(r.name, r.encoder, r.clip, f"{r.bank} v{r.bank_version}", f"{r.updated_at:%Y-%m-%d %H:%M:%S}")
     console.print(table)

@@ -6,19 +6,18 @@ sorting is most of a KS audit's work and a baseline serves many audits.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.store.batches import batch_bank
 from t2c_monitor.store.copy import read_matrix
-from t2c_monitor.store.models import AuditStatus
+from t2c_monitor.store.models import Audit, AuditResult, AuditStatus, Baseline, Batch, Concept, Image
 
 
 def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str] | None = None,
@@ -26,22 +25,14 @@ def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str]
                    until: datetime | None = None) -> list[tuple[int, str]]:
     """(id, external id) of the monitor's stored batches: the named ones, the ``last`` K, or those
     received in [since, until); oldest first."""
-    sql = "SELECT id, external_id FROM batch WHERE monitor_id = :m AND status = 'stored'"
-    params: dict[str, Any] = {"m": monitor_id}
+    query = select(Batch.id, Batch.external_id).where(Batch.monitor_id == monitor_id, Batch.status == "stored")
     if external_ids is not None:
-        sql += " AND external_id = ANY(:ids)"
-        params["ids"] = list(external_ids)
+        query = query.where(Batch.external_id.in_(list(external_ids)))
     if since is not None:
-        sql += " AND received_at >= :since"
-        params["since"] = since
+        query = query.where(Batch.received_at >= since)
     if until is not None:
-        sql += " AND received_at < :until"
-        params["until"] = until
-    sql += " ORDER BY received_at DESC, id DESC"
-    if last is not None:
-        sql += " LIMIT :last"
-        params["last"] = last
-    rows = conn.execute(text(sql), params).all()
+        query = query.where(Batch.received_at < until)
+    rows = conn.execute(query.order_by(Batch.received_at.desc(), Batch.id.desc()).limit(last)).all()
     if external_ids is not None:
         missing = sorted(set(external_ids) - {r.external_id for r in rows})
         if missing:
@@ -68,9 +59,8 @@ def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
 
 
 def ok_image_ids(conn: Connection, batch_id: int) -> list[int]:
-    return conn.execute(
-        text("SELECT id FROM image WHERE batch_id = :b AND status = 'ok' ORDER BY id"), {"b": batch_id}
-    ).scalars().all()
+    query = select(Image.id).where(Image.batch_id == batch_id, Image.status == "ok").order_by(Image.id)
+    return list(conn.execute(query).scalars().all())
 
 
 def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: list[int], scores: np.ndarray) -> None:
@@ -120,16 +110,13 @@ def insert_baseline(conn: Connection, *, monitor_id: int, aligner_id: int, bank_
                     n_images: int, reservoir_size: int, mean_vector: np.ndarray, sorted_scores: np.ndarray) -> int:
     """Store a baseline (sorted score rows, one per concept in bank order) and make it the active one."""
     from t2c_monitor.store import copy
-    from t2c_monitor.store.vectors import vector_literal
 
-    conn.execute(text("UPDATE baseline SET active = false WHERE monitor_id = :m AND active"), {"m": monitor_id})
-    baseline_id = conn.execute(
-        text("INSERT INTO baseline (monitor_id, aligner_id, bank_id, active, batch_ids, n_images, reservoir_size, "
-             "dim, mean_vector) VALUES (:m, :a, :b, true, CAST(:batches AS jsonb), :n, :size, :dim, "
-             "CAST(:mean AS vector)) RETURNING id"),
-        {"m": monitor_id, "a": aligner_id, "b": bank_id, "batches": json.dumps(batch_ids), "n": n_images,
-         "size": reservoir_size, "dim": int(mean_vector.shape[0]), "mean": vector_literal(mean_vector)},
-    ).scalar_one()
+    conn.execute(update(Baseline).where(Baseline.monitor_id == monitor_id, Baseline.active).values(active=False))
+    baseline_id = conn.execute(insert(Baseline).values(
+        monitor_id=monitor_id, aligner_id=aligner_id, bank_id=bank_id, active=True, batch_ids=list(batch_ids),
+        n_images=n_images, reservoir_size=reservoir_size, dim=int(mean_vector.shape[0]),
+        mean_vector=np.asarray(mean_vector, dtype=np.float32),
+    ).returning(Baseline.id)).scalar_one()
     ids = concept_ids(conn, bank_id)
     if len(ids) != sorted_scores.shape[0]:
         raise ValueError(f"{sorted_scores.shape[0]} score rows for {len(ids)} concepts of bank {bank_id}")
@@ -155,20 +142,20 @@ class StoredBaseline:
 
 
 def active_baseline_id(conn: Connection, monitor_id: int) -> int | None:
-    return conn.execute(text("SELECT id FROM baseline WHERE monitor_id = :m AND active"),
-                        {"m": monitor_id}).scalar_one_or_none()
+    query = select(Baseline.id).where(Baseline.monitor_id == monitor_id, Baseline.active)
+    return conn.execute(query).scalar_one_or_none()
 
 
 def concept_ids(conn: Connection, bank_id: int) -> list[int]:
     """The bank's concept ids in bank order."""
-    return list(conn.execute(text("SELECT id FROM concept WHERE bank_id = :b ORDER BY position"),
-                             {"b": bank_id}).scalars().all())
+    query = select(Concept.id).where(Concept.bank_id == bank_id).order_by(Concept.position)
+    return list(conn.execute(query).scalars().all())
 
 
 def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> StoredBaseline:
     row = conn.execute(
-        text("SELECT id, aligner_id, bank_id, n_images, batch_ids, mean_vector::text AS mean, created_at "
-             "FROM baseline WHERE monitor_id = :m AND active"), {"m": monitor_id},
+        select(Baseline.id, Baseline.aligner_id, Baseline.bank_id, Baseline.n_images, Baseline.batch_ids,
+               Baseline.mean_vector, Baseline.created_at).where(Baseline.monitor_id == monitor_id, Baseline.active)
     ).one_or_none()
     if row is None:
         raise ConfigError(f"Monitor {monitor_name} has no baseline yet: build one from reference batches with "
@@ -177,7 +164,7 @@ def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> Sto
         conn, "SELECT bc.scores FROM baseline_concept bc JOIN concept c ON c.id = bc.concept_id "
               "WHERE bc.baseline_id = %(b)s ORDER BY c.position", {"b": row.id},
     )
-    mean = np.array([float(x) for x in row.mean.strip("[]").split(",")], dtype=np.float32)
+    mean = np.asarray(row.mean_vector, dtype=np.float32)  # pgvector's type reads it as an array
     return StoredBaseline(id=row.id, aligner_id=row.aligner_id, bank_id=row.bank_id, n_images=row.n_images,
                           batch_ids=list(row.batch_ids), mean_vector=mean, sorted_scores=scores,
                           created_at=row.created_at)
@@ -188,17 +175,13 @@ def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_i
                  results: Sequence[Any], concept_ids: list[int]) -> int:
     """Store an audit and its per-concept results (``results``: ``drift.ConceptDrift`` in bank order)."""
     from t2c_monitor.store import copy
-    from t2c_monitor.store.vectors import vector_literal
 
-    n_flagged = sum(1 for r in results if r.flagged)
-    audit_id = conn.execute(
-        text("INSERT INTO audit (monitor_id, baseline_id, window_start, window_end, batch_ids, n_current, status, "
-             "params, n_flagged, dim, direction, finished_at) VALUES (:m, :b, :ws, :we, CAST(:batches AS jsonb), "
-             ":n, 'done', CAST(:params AS jsonb), :flagged, :dim, CAST(:dir AS vector), now()) RETURNING id"),
-        {"m": monitor_id, "b": baseline_id, "ws": window[0], "we": window[1], "batches": json.dumps(batch_ids),
-         "n": n_current, "params": json.dumps(params), "flagged": n_flagged, "dim": int(direction.shape[0]),
-         "dir": vector_literal(direction) if np.any(direction) else None},
-    ).scalar_one()
+    audit_id = conn.execute(insert(Audit).values(
+        monitor_id=monitor_id, baseline_id=baseline_id, window_start=window[0], window_end=window[1],
+        batch_ids=list(batch_ids), n_current=n_current, status="done", params=params,
+        n_flagged=sum(1 for r in results if r.flagged), dim=int(direction.shape[0]),
+        direction=np.asarray(direction, dtype=np.float32) if np.any(direction) else None, finished_at=func.now(),
+    ).returning(Audit.id)).scalar_one()
     copy.copy_into(conn, "audit_result", [
         copy.int_column("audit_id", [audit_id] * len(results)),
         copy.int_column("concept_id", concept_ids),
@@ -213,22 +196,36 @@ def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_i
     return int(audit_id)
 
 
-def concept_history(conn: Connection, monitor_id: int, concept: str, *, limit: int = 50) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ConceptHistoryRow:
+    """One concept's line in one audit, as `t2c audit history` shows it."""
+
+    audit_id: int
+    started_at: datetime
+    n_current: int
+    ks_stat: float
+    q_value: float
+    effect: float
+    direction: int
+    flagged: bool
+    rank: int | None
+
+
+def concept_history(conn: Connection, monitor_id: int, concept: str, *, limit: int = 50) -> list[ConceptHistoryRow]:
     """A concept's KS statistic, effect and flag over the monitor's audits, oldest first."""
     rows = conn.execute(
-        text("SELECT a.id AS audit_id, a.started_at, a.n_current, r.ks_stat, r.q_value, r.effect, r.direction, "
-             "r.flagged, r.rank FROM audit_result r JOIN audit a ON a.id = r.audit_id "
-             "JOIN concept c ON c.id = r.concept_id WHERE a.monitor_id = :m AND lower(c.name) = lower(:c) "
-             "ORDER BY a.started_at DESC LIMIT :limit"),
-        {"m": monitor_id, "c": concept, "limit": limit},
-    ).mappings().all()
-    return [dict(r) for r in reversed(rows)]
-
+        select(Audit.id.label("audit_id"), Audit.started_at, Audit.n_current, AuditResult.ks_stat,
+               AuditResult.q_value, AuditResult.effect, AuditResult.direction, AuditResult.flagged, AuditResult.rank)
+        .join(Audit, Audit.id == AuditResult.audit_id).join(Concept, Concept.id == AuditResult.concept_id)
+        .where(Audit.monitor_id == monitor_id, func.lower(Concept.name) == concept.lower())
+        .order_by(Audit.started_at.desc()).limit(limit)
+    ).all()
+    return [ConceptHistoryRow(**r._mapping) for r in reversed(rows)]
 
 
 def delete_audits(conn: Connection, monitor_id: int) -> int:
     """Delete a monitor's audits (with their results, alerts and reports); returns how many."""
-    return conn.execute(text("DELETE FROM audit WHERE monitor_id = :m"), {"m": monitor_id}).rowcount
+    return conn.execute(delete(Audit).where(Audit.monitor_id == monitor_id)).rowcount
 
 
 def insert_failed_audit(conn: Connection, *, monitor_id: int, error: str, baseline_id: int | None = None,
@@ -236,13 +233,11 @@ def insert_failed_audit(conn: Connection, *, monitor_id: int, error: str, baseli
                         window: tuple[datetime | None, datetime | None] = (None, None),
                         params: dict[str, Any] | None = None) -> int:
     """Record an audit that could not complete (``failed``, with its error) so it shows beside the others."""
-    return int(conn.execute(
-        text("INSERT INTO audit (monitor_id, baseline_id, window_start, window_end, batch_ids, status, params, error, "
-             "finished_at) VALUES (:m, :b, :ws, :we, CAST(:batches AS jsonb), 'failed', CAST(:params AS jsonb), :e, "
-             "now()) RETURNING id"),
-        {"m": monitor_id, "b": baseline_id, "ws": window[0], "we": window[1], "batches": json.dumps(batch_ids or []),
-         "params": json.dumps(params or {}), "e": error[:4000]},
-    ).scalar_one())
+    return int(conn.execute(insert(Audit).values(
+        monitor_id=monitor_id, baseline_id=baseline_id, window_start=window[0], window_end=window[1],
+        batch_ids=list(batch_ids or []), status="failed", params=params or {}, error=error[:4000],
+        finished_at=func.now(),
+    ).returning(Audit.id)).scalar_one())
 
 
 @dataclass(frozen=True)
@@ -262,12 +257,12 @@ class AuditRow:
 def list_audits(conn: Connection, monitor_id: int, *, limit: int = 20) -> list[AuditRow]:
     """The monitor's latest audits, newest first, with the external ids of their batches."""
     rows = conn.execute(
-        text("SELECT a.id, a.status, a.started_at, a.finished_at, a.n_current, a.n_flagged, a.error, "
-             "COALESCE((SELECT array_agg(b.external_id ORDER BY b.id) FROM batch b "
-             "WHERE b.id IN (SELECT jsonb_array_elements_text(a.batch_ids)::int)), '{}') AS batches "
-             "FROM audit a WHERE a.monitor_id = :m ORDER BY a.started_at DESC, a.id DESC LIMIT :limit"),
-        {"m": monitor_id, "limit": limit},
+        select(Audit.id, Audit.status, Audit.started_at, Audit.finished_at, Audit.batch_ids, Audit.n_current,
+               Audit.n_flagged, Audit.error)
+        .where(Audit.monitor_id == monitor_id).order_by(Audit.started_at.desc(), Audit.id.desc()).limit(limit)
     ).all()
+    wanted = {int(b) for r in rows for b in r.batch_ids}
+    names = dict(conn.execute(select(Batch.id, Batch.external_id).where(Batch.id.in_(wanted))).all()) if wanted else {}
     return [AuditRow(id=r.id, status=r.status, started_at=r.started_at, finished_at=r.finished_at,
-                     batches=list(r.batches), n_current=r.n_current, n_flagged=r.n_flagged, error=r.error)
-            for r in rows]
+                     batches=[names.get(int(b), str(b)) for b in r.batch_ids], n_current=r.n_current,
+                     n_flagged=r.n_flagged, error=r.error) for r in rows]

@@ -7,7 +7,9 @@ changes nothing; a bank whose concepts or vectors changed becomes a new version 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -156,8 +158,9 @@ _RECORDS: dict[tuple[str, str], tuple[tuple, MonitorRecord]] = {}
 
 
 def get_monitor(session: Session, name: str) -> MonitorRecord:
-    """The recorded monitor ``name`` as a run needs it; cached in this process and reused until the
-    monitor is applied again (its row's ``updated_at``, aligner or bank change)."""
+    """The recorded monitor ``name`` as a run needs it; cached in this process and reused while the
+    monitor row is unchanged (its config, models and ``updated_at``): the concept vectors are read
+    once per bank, not on every call."""
     row = session.execute(select(m.Monitor).filter_by(name=name)).scalar_one_or_none()
     if row is None:
         known = session.execute(select(m.Monitor.name).order_by(m.Monitor.name)).scalars().all()
@@ -166,7 +169,8 @@ def get_monitor(session: Session, name: str) -> MonitorRecord:
             + (f"; known monitors: {', '.join(known)}." if known else "; none is recorded yet.")
             + " Declare it in a YAML file and run `t2c monitor apply FILE`."
         )
-    version = (row.id, row.updated_at, row.encoder_id, row.clip_model_id, row.aligner_id, row.bank_id)
+    version = (row.id, row.updated_at, row.encoder_id, row.clip_model_id, row.aligner_id, row.bank_id,
+               json.dumps(row.config, sort_keys=True))  # the row is read anyway; the bank's vectors are not
     cache_key = (session.get_bind().url.render_as_string(hide_password=True), name)
     cached = _RECORDS.get(cache_key)
     if cached is not None and cached[0] == version:
@@ -188,7 +192,20 @@ def get_monitor(session: Session, name: str) -> MonitorRecord:
     return record
 
 
-def list_monitors(session: Session) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class MonitorSummary:
+    """A recorded monitor as `t2c monitor list` shows it."""
+
+    name: str
+    encoder: str
+    clip: str
+    bank: str
+    bank_version: int
+    updated_at: datetime
+
+
+def list_monitors(session: Session) -> list[MonitorSummary]:
+    """The recorded monitors, by name."""
     rows = session.execute(
         select(m.Monitor.name, m.Encoder.name.label("encoder"), m.ClipModel.name.label("clip"),
                m.ConceptBank.name.label("bank"), m.ConceptBank.version.label("bank_version"),
@@ -198,4 +215,4 @@ def list_monitors(session: Session) -> list[dict[str, Any]]:
         .join(m.ConceptBank, m.ConceptBank.id == m.Monitor.bank_id)
         .order_by(m.Monitor.name)
     ).all()
-    return [dict(r._mapping) for r in rows]
+    return [MonitorSummary(**r._mapping) for r in rows]
