@@ -29,10 +29,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import ARRAY, Connection, Engine, Text, any_, bindparam, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from t2c_monitor.store import batches, copy
+from t2c_monitor.store.models import Batch, Image
 
 
 @dataclass
@@ -84,16 +85,18 @@ class StoredCounts:
     scores: int
 
 
+def _text_array(name: str, values: list[str]) -> Any:
+    """One array parameter (``= ANY(:name)``): a chunk's hundreds of values travel as one bound array."""
+    return bindparam(name, values, type_=ARRAY(Text))
+
+
 def _already_stored(conn: Connection, batch_id: int, chunk: ImageChunk) -> tuple[set[str], dict[str, str]]:
     """URIs of this chunk the batch already holds, and sha256 -> uri of its ok images with this content."""
-    uris = conn.execute(
-        text("SELECT uri FROM image WHERE batch_id = :b AND uri = ANY(:uris)"), {"b": batch_id, "uris": chunk.uris}
-    ).scalars()
+    uris = conn.execute(select(Image.uri).where(Image.batch_id == batch_id,
+                                                Image.uri == any_(_text_array("uris", list(chunk.uris))))).scalars()
     shas = [s for s in chunk.sha256 if s is not None]
-    ok_content = conn.execute(
-        text("SELECT sha256, uri FROM image WHERE batch_id = :b AND status = 'ok' AND sha256 = ANY(:shas)"),
-        {"b": batch_id, "shas": shas},
-    ).all()
+    ok_content = conn.execute(select(Image.sha256, Image.uri).where(
+        Image.batch_id == batch_id, Image.status == "ok", Image.sha256 == any_(_text_array("shas", shas)))).all()
     return set(uris), {row.sha256: row.uri for row in ok_content}
 
 
@@ -147,10 +150,9 @@ def _batch_bank(conn: Connection, batch_id: int, bank_id: int) -> int:
     """The bank the batch's ``image.scores`` are against; a batch without one takes ``bank_id``."""
     bank = batches.batch_bank(conn, batch_id)
     if bank is None:  # rare (batches are opened with their monitor's bank): the row lock is brief
-        bank = conn.execute(
-            text("UPDATE batch SET bank_id = COALESCE(bank_id, :bank) WHERE id = :b RETURNING bank_id"),
-            {"b": batch_id, "bank": bank_id},
-        ).scalar_one_or_none()
+        bank = conn.execute(update(Batch).where(Batch.id == batch_id)
+                            .values(bank_id=func.coalesce(Batch.bank_id, bank_id)).returning(Batch.bank_id)
+                            ).scalar_one_or_none()
     if bank is None:
         raise ValueError(f"batch {batch_id} does not exist")
     return int(bank)
