@@ -217,3 +217,42 @@ def test_an_audit_that_fails_is_stored_as_failed_with_its_error(prefect_harness,
     with monitored.engine.connect() as conn:
         latest, earlier = list_audits(conn, monitor_id)
     assert (latest.id, latest.status, latest.batches) == (result["id"], "done", ["dark"]) and earlier == failed
+
+
+def test_a_report_write_that_keeps_failing_is_retried_without_storing_the_audit_twice(prefect_harness, monitored,
+                                                                                         tmp_path, monkeypatch):
+    """The report is its own task: its retries after a disk error never run the audit again."""
+    import asyncio
+
+    import pytest
+    from sqlalchemy import text
+
+    from flows.audit import AuditParams, audit_flow
+    from t2c_monitor.audit import build_baseline
+    from t2c_monitor.settings import get_settings
+
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    reports = get_settings().reports_dir
+    reports.parent.mkdir(parents=True, exist_ok=True)
+    reports.write_text("a file where the reports folder should be")  # every write under it fails (OSError)
+    state = audit_flow(AuditParams(monitor="tiny", batches=["dark"], alerts=False), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(OSError):
+        state.result()
+
+    async def task_runs():
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+
+    runs = asyncio.run(task_runs())
+    report_run = next(r for r in runs if r.name.startswith("report"))
+    window_run = next(r for r in runs if r.name.startswith("audit_window"))
+    assert (report_run.run_count, window_run.run_count) == (3, 1), "the report task retried, the audit did not"
+    with monitored.engine.connect() as conn:
+        audits = conn.execute(text("SELECT status FROM audit")).scalars().all()
+        reports_rows = conn.execute(text("SELECT count(*) FROM report")).scalar_one()
+    assert audits == ["done"] and reports_rows == 0, "the audit is stored once"
