@@ -21,209 +21,29 @@ can group them; ``t2c_monitor.images`` lists every category.
 
 from __future__ import annotations
 
-import csv
 import glob as globlib
 import hashlib
-import io
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
-from fsspec.registry import known_implementations
 
 from t2c_monitor.errors import ConfigError, ImageDecodeError
+from t2c_monitor.manifests import MANIFEST_SUFFIXES, items_from_manifest
+from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of, unknown_protocol_reason
+
+__all__ = ["IMAGE_EXTENSIONS", "SourceItem", "canonical_uri", "content_batch_id", "expand_source", "read_bytes",
+           "resolve_source"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
 )
 """Suffixes (lower case) picked up when a folder or prefix is listed."""
 
-MANIFEST_SUFFIXES: frozenset[str] = frozenset({".jsonl", ".ndjson", ".csv"})
-URI_COLUMNS: tuple[str, ...] = ("uri", "path", "file")
-"""Manifest columns that may hold the image URI, in order of preference."""
-CAPTURED_AT_KEYS: tuple[str, ...] = ("captured_at", "capture_time")
 _GLOB_CHARS = frozenset("*?[")
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One image of a batch: where it is, what the manifest said about it, and if it is already bad.
-
-    ``error`` is set when the item itself is unusable (a manifest row without a URI, an unknown
-    protocol); ingest records it as a failed image without trying to read anything.
-    """
-
-    uri: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    captured_at: datetime | None = None
-    error: str | None = None
-
-
-# --------------------------------------------------------------------------- protocols
-
-
-def _protocol(uri: str) -> str | None:
-    """The scheme of ``uri`` (``"s3"``), or None for a plain local path."""
-    head, sep, _ = uri.partition("://")
-    if not sep or not head or "/" in head:
-        return None
-    return head.lower()
-
-
-def _unknown_protocol_reason(protocol: str) -> str | None:
-    """None when fsspec can open ``protocol``; otherwise a failure reason saying what to install."""
-    try:
-        fsspec.get_filesystem_class(protocol)
-    except ImportError as exc:
-        return f"unknown protocol: {protocol!r} needs a package that is not installed ({exc})"
-    except ValueError:
-        hint = known_implementations.get(protocol, {}).get("err")
-        fix = hint or "install the fsspec implementation, e.g. s3fs for s3://, gcsfs for gs://"
-        return f"unknown protocol: {protocol!r} is not an fsspec filesystem here: {fix}"
-    return None
-
-
-def _local_path(uri: str) -> str | None:
-    """The absolute local path ``uri`` names, or None when it is a remote URI."""
-    protocol = _protocol(uri)
-    if protocol is None:
-        return os.path.abspath(os.path.expanduser(uri))
-    if protocol in ("file", "local"):
-        return os.path.abspath(uri.partition("://")[2] or "/")
-    return None
-
-
-def canonical_uri(uri: str) -> str:
-    """The canonical spelling of ``uri``: absolute path for local files, the URI itself otherwise."""
-    local = _local_path(uri)
-    return local if local is not None else uri
-
-
-# --------------------------------------------------------------------------- metadata
-
-
-def _parse_captured_at(meta: dict[str, Any]) -> tuple[datetime | None, str | None]:
-    """The capture time from ``meta`` (UTC if naive), or a failure reason when it is unreadable."""
-    for key in CAPTURED_AT_KEYS:
-        value = meta.get(key)
-        if value is None or value == "":
-            continue
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            if isinstance(value, (int, float)):
-                return datetime.fromtimestamp(value, tz=UTC), None
-            parsed = datetime.fromisoformat(str(value).strip())
-        except (TypeError, ValueError, OverflowError, OSError):
-            return None, (
-                f"bad metadata: {key}={value!r} is not an ISO 8601 time or Unix seconds "
-                "(write e.g. 2024-05-01T12:30:00Z)"
-            )
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed, None
-    return None, None
-
-
-# --------------------------------------------------------------------------- manifests
-
-
-def _manifest_rows(text: str, name: str, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a JSONL or CSV manifest; ConfigError naming the line when malformed."""
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-        try:
-            header = reader.fieldnames
-            if not header:
-                raise ConfigError(f"manifest {name} is empty: write a header row with a 'uri' column")
-            if not set(URI_COLUMNS) & {h.strip() for h in header if h}:
-                raise ConfigError(
-                    f"manifest {name} line 1: header {header} has no uri column: "
-                    f"name the image column one of {', '.join(URI_COLUMNS)}"
-                )
-            for row in reader:
-                if None in row:
-                    raise ConfigError(
-                        f"manifest {name} line {reader.line_num}: more fields than the "
-                        f"{len(header)} header columns (quote fields that contain commas)"
-                    )
-                yield reader.line_num, {k.strip(): v for k, v in row.items() if k}
-        except csv.Error as exc:
-            raise ConfigError(f"manifest {name} line {reader.line_num}: not valid CSV ({exc})") from exc
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"manifest {name} line {number}: not valid JSON ({exc.msg}); "
-                "write one JSON object per line"
-            ) from exc
-        if isinstance(row, str):
-            row = {"uri": row}
-        if not isinstance(row, dict):
-            raise ConfigError(
-                f"manifest {name} line {number}: expected a JSON object like "
-                f'{{"uri": "a.png"}}, got {type(row).__name__}'
-            )
-        yield number, row
-
-
-def _resolve_relative(uri: str, manifest_uri: str) -> str:
-    """``uri`` as written in a manifest, made absolute against the manifest's folder."""
-    if _protocol(uri) is not None or os.path.isabs(uri):
-        return canonical_uri(uri)
-    local = _local_path(manifest_uri)
-    if local is not None:
-        return os.path.normpath(os.path.join(os.path.dirname(local), uri))
-    protocol, _, path = manifest_uri.partition("://")
-    joined = os.path.normpath(PurePosixPath(path).parent.joinpath(uri).as_posix())
-    return f"{protocol}://{joined}"
-
-
-def _items_from_manifest(manifest_uri: str) -> list[SourceItem]:
-    suffix = PurePosixPath(manifest_uri).suffix.lower()
-    try:
-        with fsspec.open(manifest_uri, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"manifest {manifest_uri} cannot be read: {exc}") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"manifest {manifest_uri} is not UTF-8 text ({exc}); save it as UTF-8") from exc
-    items = []
-    for number, row in _manifest_rows(text, manifest_uri, suffix):
-        column = next((c for c in URI_COLUMNS if row.get(c) not in (None, "")), None)
-        meta = {k: v for k, v in row.items() if k != column}
-        captured_at, bad_time = _parse_captured_at(meta)
-        if column is None:
-            error = (
-                f"missing uri: manifest row {number} has no uri "
-                f"(fill one of the columns {', '.join(URI_COLUMNS)})"
-            )
-            items.append(SourceItem(uri=f"{manifest_uri}#line={number}", meta=meta,
-                                    captured_at=captured_at, error=error))
-            continue
-        uri = _resolve_relative(str(row[column]).strip(), manifest_uri)
-        items.append(_item(uri, meta, captured_at, bad_time))
-    return items
-
-
-def _item(uri: str, meta: dict[str, Any] | None = None, captured_at: datetime | None = None,
-          error: str | None = None) -> SourceItem:
-    """A SourceItem, marked failed up front when its protocol cannot be opened here."""
-    protocol = _protocol(uri)
-    if error is None and protocol is not None and protocol not in ("file", "local"):
-        error = _unknown_protocol_reason(protocol)
-    return SourceItem(uri=uri, meta=dict(meta or {}), captured_at=captured_at, error=error)
 
 
 # --------------------------------------------------------------------------- listing
@@ -263,31 +83,31 @@ def _list_remote(fs: Any, path: str, recursive: bool) -> list[str] | None:
 
 
 def _resolve_string(source: str, recursive: bool) -> list[SourceItem]:
-    protocol = _protocol(source)
-    local = _local_path(source)
+    protocol = protocol_of(source)
+    local = local_path(source)
     suffix = PurePosixPath(source.split("?", 1)[0]).suffix.lower()
     if local is None:
         assert protocol is not None
-        bad = _unknown_protocol_reason(protocol)
+        bad = unknown_protocol_reason(protocol)
         if bad is not None:
             if _is_image_name(source):
                 return [SourceItem(uri=source, meta={}, captured_at=None, error=bad)]
             raise ConfigError(f"cannot list source {source}: {bad.split(': ', 1)[1]}")
         fs, path = fsspec.core.url_to_fs(source)
         if suffix in MANIFEST_SUFFIXES and fs.isfile(path):
-            return _items_from_manifest(fs.unstrip_protocol(path))
+            return items_from_manifest(fs.unstrip_protocol(path))
         listed = _list_remote(fs, path, recursive)
         if listed is None:
             raise ConfigError(f"source {source} does not exist: give an existing prefix, file or glob")
-        return [_item(u) for u in listed]
+        return [make_item(u) for u in listed]
     if any(c in local for c in _GLOB_CHARS) and not os.path.exists(local):
-        return [_item(p) for p in sorted(globlib.glob(local, recursive=True)) if os.path.isfile(p)]
+        return [make_item(p) for p in sorted(globlib.glob(local, recursive=True)) if os.path.isfile(p)]
     if os.path.isdir(local):
-        return [_item(p) for p in _list_local_dir(local, recursive)]
+        return [make_item(p) for p in _list_local_dir(local, recursive)]
     if os.path.isfile(local):
         if suffix in MANIFEST_SUFFIXES:
-            return _items_from_manifest(local)
-        return [_item(local)]
+            return items_from_manifest(local)
+        return [make_item(local)]
     raise ConfigError(f"source {source} does not exist: give an existing folder, file, glob or URI")
 
 
@@ -322,7 +142,7 @@ def resolve_source(source: str | Path | Sequence[str], *, recursive: bool = True
         entries = [os.fspath(s) for s in source]
         if any(not isinstance(e, str) or not e.strip() for e in entries):
             raise ValueError("source list must hold non-empty URI strings")
-        items = [_item(canonical_uri(e)) for e in entries]
+        items = [make_item(canonical_uri(e)) for e in entries]
         what = f"a list of {len(entries)} URIs"
     else:
         raise ValueError(f"source must be a path, URI, glob or list of URIs, got {type(source).__name__}")
@@ -362,7 +182,7 @@ def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
     """
     if max_bytes is not None and max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes}")
-    local = _local_path(uri)
+    local = local_path(uri)
     try:
         if local is not None:
             with open(local, "rb") as fh:
@@ -371,9 +191,9 @@ def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
                     raise ImageDecodeError(_size_reason(size, max_bytes))
                 data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
         else:
-            protocol = _protocol(uri)
+            protocol = protocol_of(uri)
             assert protocol is not None
-            bad = _unknown_protocol_reason(protocol)
+            bad = unknown_protocol_reason(protocol)
             if bad is not None:
                 raise ImageDecodeError(bad)
             with fsspec.open(uri, "rb") as fh:
@@ -389,7 +209,7 @@ def _fingerprint(item: SourceItem) -> list[Any]:
     """What identifies an item's content cheaply: its URI, size and modification time."""
     if item.error is not None:
         return [item.uri, "error", item.error]
-    local = _local_path(item.uri)
+    local = local_path(item.uri)
     try:
         if local is not None:
             st = os.stat(local)

@@ -1,0 +1,135 @@
+"""Manifests: a batch listed as a file with one image per row (``.jsonl``/``.ndjson`` or ``.csv``).
+
+Each row names its image in a URI column (``uri``, ``path`` or ``file``; relative to the manifest)
+and may carry any metadata columns, stored with the image; ``captured_at`` (or ``capture_time``)
+is read as the capture time. A row without a URI, or with a capture time that is not a time,
+becomes a failed item with its reason: one bad row never stops the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+
+from t2c_monitor.errors import ConfigError
+from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of
+
+MANIFEST_SUFFIXES: frozenset[str] = frozenset({".jsonl", ".ndjson", ".csv"})
+URI_COLUMNS: tuple[str, ...] = ("uri", "path", "file")
+"""Manifest columns that may hold the image URI, in order of preference."""
+CAPTURED_AT_KEYS: tuple[str, ...] = ("captured_at", "capture_time")
+
+
+def _parse_captured_at(meta: dict[str, Any]) -> tuple[datetime | None, str | None]:
+    """The capture time from ``meta`` (UTC if naive), or a failure reason when it is unreadable."""
+    for key in CAPTURED_AT_KEYS:
+        value = meta.get(key)
+        if value is None or value == "":
+            continue
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            if isinstance(value, (int, float)):
+                return datetime.fromtimestamp(value, tz=UTC), None
+            parsed = datetime.fromisoformat(str(value).strip())
+        except (TypeError, ValueError, OverflowError, OSError):
+            return None, (
+                f"bad metadata: {key}={value!r} is not an ISO 8601 time or Unix seconds "
+                "(write e.g. 2024-05-01T12:30:00Z)"
+            )
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed, None
+    return None, None
+
+
+def _manifest_rows(text: str, name: str, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSONL or CSV manifest; ConfigError naming the line when malformed."""
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            header = reader.fieldnames
+            if not header:
+                raise ConfigError(f"manifest {name} is empty: write a header row with a 'uri' column")
+            if not set(URI_COLUMNS) & {h.strip() for h in header if h}:
+                raise ConfigError(
+                    f"manifest {name} line 1: header {header} has no uri column: "
+                    f"name the image column one of {', '.join(URI_COLUMNS)}"
+                )
+            for row in reader:
+                if None in row:
+                    raise ConfigError(
+                        f"manifest {name} line {reader.line_num}: more fields than the "
+                        f"{len(header)} header columns (quote fields that contain commas)"
+                    )
+                yield reader.line_num, {k.strip(): v for k, v in row.items() if k}
+        except csv.Error as exc:
+            raise ConfigError(f"manifest {name} line {reader.line_num}: not valid CSV ({exc})") from exc
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"manifest {name} line {number}: not valid JSON ({exc.msg}); "
+                "write one JSON object per line"
+            ) from exc
+        if isinstance(row, str):
+            row = {"uri": row}
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"manifest {name} line {number}: expected a JSON object like "
+                f'{{"uri": "a.png"}}, got {type(row).__name__}'
+            )
+        yield number, row
+
+
+def _resolve_relative(uri: str, manifest_uri: str) -> str:
+    """``uri`` as written in a manifest, made absolute against the manifest's folder."""
+    if protocol_of(uri) is not None or os.path.isabs(uri):
+        return canonical_uri(uri)
+    local = local_path(manifest_uri)
+    if local is not None:
+        return os.path.normpath(os.path.join(os.path.dirname(local), uri))
+    protocol, _, path = manifest_uri.partition("://")
+    joined = os.path.normpath(PurePosixPath(path).parent.joinpath(uri).as_posix())
+    return f"{protocol}://{joined}"
+
+
+def items_from_manifest(manifest_uri: str) -> list[SourceItem]:
+    suffix = PurePosixPath(manifest_uri).suffix.lower()
+    try:
+        with fsspec.open(manifest_uri, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"manifest {manifest_uri} cannot be read: {exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"manifest {manifest_uri} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    items = []
+    for number, row in _manifest_rows(text, manifest_uri, suffix):
+        column = next((c for c in URI_COLUMNS if row.get(c) not in (None, "")), None)
+        meta = {k: v for k, v in row.items() if k != column}
+        captured_at, bad_time = _parse_captured_at(meta)
+        if column is None:
+            error = (
+                f"missing uri: manifest row {number} has no uri "
+                f"(fill one of the columns {', '.join(URI_COLUMNS)})"
+            )
+            items.append(SourceItem(uri=f"{manifest_uri}#line={number}", meta=meta,
+                                    captured_at=captured_at, error=error))
+            continue
+        uri = _resolve_relative(str(row[column]).strip(), manifest_uri)
+        items.append(make_item(uri, meta, captured_at, bad_time))
+    return items
