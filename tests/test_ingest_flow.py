@@ -70,12 +70,15 @@ def test_a_run_that_fails_part_way_marks_its_batch_failed_and_a_rerun_completes_
         prefect_harness, applied_monitor, tiny_monitor_dir, tmp_path):
     """The encoder's weights go missing after the batch is planned: the run fails, the batch says
     `failed` with the error (not `embedding` for ever), and a rerun once they are back stores it."""
+    import json
     import shutil
 
     import pytest
     from conftest import apply_tiny
+    from typer.testing import CliRunner
 
     from flows.ingest import IngestParams, ingest_flow
+    from t2c_monitor.cli import app
     from t2c_monitor.errors import T2CError
 
     models = tmp_path / "models"
@@ -89,6 +92,9 @@ def test_a_run_that_fails_part_way_marks_its_batch_failed_and_a_rerun_completes_
     with applied_monitor.engine.connect() as conn:
         status, error = conn.execute(text("SELECT status, error FROM batch WHERE external_id = 'day'")).one()
     assert status == "failed" and "encoder.safetensors" in error, error
+    listed = CliRunner().invoke(app, ["batches", "list", "--monitor", "tiny", "--json"])  # what the user sees
+    (row,) = json.loads(listed.stdout)["batches"]
+    assert (row["external_id"], row["status"], row["error"]) == ("day", "failed", error)
 
     (models / "moved").rename(models / "encoder.safetensors")
     summary = ingest_flow(params)

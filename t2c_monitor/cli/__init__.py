@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "aligner",
     "monitor",
     "ingest",
+    "batches",
     "world",
     "audit",
     "alerts",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, or_, select, update
@@ -101,3 +102,31 @@ def finish_batch(conn: Connection, batch_id: int, *, timings: dict[str, float]) 
     ).scalar_one()
     return BatchSummary(id=batch_id, external_id=external_id, status=status, n_images=n_ok + n_failed,
                         n_ok=n_ok, n_failed=n_failed, failures=failures, timings=timings, error=error)
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One batch as `t2c batches list` shows it."""
+
+    id: int
+    external_id: str
+    status: BatchStatus
+    source_uri: str
+    received_at: datetime
+    finished_at: datetime | None
+    n_images: int
+    n_ok: int
+    n_failed: int
+    error: str | None
+
+
+def list_batches(conn: Connection, monitor_id: int, *, limit: int = 20,
+                 status: BatchStatus | None = None) -> list[BatchRow]:
+    """The monitor's latest batches (of one status, or all), newest first."""
+    query = select(Batch.id, Batch.external_id, Batch.status, Batch.source_uri, Batch.received_at,
+                   Batch.finished_at, Batch.n_images, Batch.n_ok, Batch.n_failed, Batch.error)
+    query = query.where(Batch.monitor_id == monitor_id)
+    if status is not None:
+        query = query.where(Batch.status == status)
+    rows = conn.execute(query.order_by(Batch.received_at.desc(), Batch.id.desc()).limit(limit)).all()
+    return [BatchRow(**r._mapping) for r in rows]
