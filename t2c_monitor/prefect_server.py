@@ -170,7 +170,11 @@ def _spawn(settings: Settings) -> PrefectEndpoint:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_PROFILE")}
     # WARNING unless debugging: at INFO every poll of every runner is a line of its log, forever
     env.update(SERVER_ENV, PREFECT_HOME=str(directory),
-               PREFECT_SERVER_LOGGING_LEVEL="DEBUG" if settings.log_level == "DEBUG" else "WARNING")
+               PREFECT_SERVER_LOGGING_LEVEL="DEBUG" if settings.log_level == "DEBUG" else "WARNING",
+               # the UI is a page in the user's browser: it must be told where this server's API is
+               # (otherwise it looks for Prefect's default port 4200 and shows no runs)
+               PREFECT_UI_API_URL=f"http://{HOST}:{port}/api", PREFECT_SERVER_API_HOST=HOST,
+               PREFECT_SERVER_API_PORT=str(port))
     with open(directory / LOG, "ab") as log:
         log.write(f"\n--- {datetime.now(UTC).isoformat()} starting on port {port}\n".encode())
         log.flush()

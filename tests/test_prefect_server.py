@@ -51,6 +51,8 @@ def test_two_processes_on_a_fresh_home_share_one_server_that_stop_stops(tmp_path
     assert prefect_servers(home) == [first["pid"]], "one server for the home"
     assert httpx.get(f"{first['api_url']}/health", timeout=5).json() is True
     assert httpx.get(first["ui_url"], timeout=5).status_code == 200, "the UI is served"
+    ui_settings = httpx.get(f"{first['ui_url']}/ui-settings", timeout=5).json()
+    assert ui_settings["api_url"] == first["api_url"], "the UI in the browser talks to this server's API"
 
     # a later command finds it through the record (no second start), and prints the UI URL
     url = run_t2c("server", "url", home=home)
