@@ -286,6 +286,8 @@ def _send_with_retries(db: Database, alert_id: int, sender: Sender, message: Ale
             with db.engine.begin() as conn:
                 alert_store.record_attempt(conn, alert_id, sent=False, error=error)
             log(f"alert {alert_id} to {sender.name}: attempt {attempt} failed: {error}")
+            if isinstance(exc, ConfigError):  # a channel set up wrong stays wrong: kept failed, sent once fixed
+                return AlertOutcome(alert_id, sender.name, "failed", attempt, error)
             if attempt <= retries:
                 sleep(min(wait, MAX_RETRY_DELAY_S))
                 wait *= 2

@@ -103,6 +103,21 @@ def test_failing_receiver_is_retried_then_recorded_and_resent_later(drifted, tin
     assert resend_failed_alerts(drifted, "tiny") == [], "nothing is sent twice"
 
 
+def test_a_channel_set_up_wrong_is_not_retried_and_is_sent_once_fixed(drifted, tiny_monitor_dir, tmp_path, receiver,
+                                                                       monkeypatch):
+    """The webhook's environment variable is missing: retrying within seconds cannot help, so the
+    alert is kept failed after one attempt (no waits), saying what to fix, and goes out once it is fixed."""
+    monkeypatch.delenv("T2C_TEST_HOOK", raising=False)
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=3, retry_delay="5s")
+    waits: list[float] = []
+    (outcome,) = alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]), sleep=waits.append)
+    assert (outcome.status, outcome.attempts, waits) == ("failed", 1, [])
+    assert "T2C_TEST_HOOK" in outcome.error and "not set" in outcome.error
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    (resent,) = resend_failed_alerts(drifted, "tiny")
+    assert (resent.alert_id, resent.status) == (outcome.alert_id, "sent") and len(receiver.bodies) == 1
+
+
 def test_unreachable_receiver_error_is_recorded_without_the_secret(drifted, tiny_monitor_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("T2C_TEST_HOOK", f"http://127.0.0.1:9/{TOKEN}")  # discard port: connection refused
     _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=0)
