@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
-from flows.common import retry_on_io_error
+from flows.common import database, retry_on_io_error
 from t2c_monitor.audit import AuditRun
 from t2c_monitor.wording import change_word
 
@@ -38,17 +38,11 @@ class AuditParams(BaseModel):
     alerts: bool = Field(True, description="alert the monitor's channels when concepts are flagged")
 
 
-def _database():
-    from t2c_monitor.store import open_database
-
-    return open_database(migrate_to_head=False)
-
-
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
 def build(params: BaselineParams) -> dict[str, Any]:
     from t2c_monitor.audit import build_baseline
 
-    return build_baseline(_database(), params.monitor, batches=params.batches, last=params.last,
+    return build_baseline(database(), params.monitor, batches=params.batches, last=params.last,
                           reservoir_size=params.reservoir, seed=params.seed).to_dict()
 
 
@@ -64,7 +58,7 @@ def baseline_flow(params: BaselineParams) -> dict[str, Any]:
 def resend_failed(monitor: str) -> list[Any]:
     from t2c_monitor.alerts import resend_failed_alerts
 
-    return resend_failed_alerts(_database(), monitor, log=get_run_logger().info)
+    return resend_failed_alerts(database(), monitor, log=get_run_logger().info)
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
@@ -72,7 +66,7 @@ def audit_window(params: AuditParams) -> Any:
     """Compare and store, in one transaction: a retry after an I/O error stores the audit once."""
     from t2c_monitor.audit import audit_window as run
 
-    return run(_database(), params.monitor, last=params.last, batches=params.batches, since=params.since,
+    return run(database(), params.monitor, last=params.last, batches=params.batches, since=params.since,
                until=params.until)
 
 
@@ -82,14 +76,14 @@ def report(outcome: Any) -> Any:
     from t2c_monitor.audit import write_report
     from t2c_monitor.settings import get_settings
 
-    return write_report(_database(), outcome, get_settings().reports_dir)
+    return write_report(database(), outcome, get_settings().reports_dir)
 
 
 @task
 def alert(summary: Any) -> list[Any]:
     from t2c_monitor.alerts import alert_audit
 
-    return alert_audit(_database(), summary, log=get_run_logger().info)
+    return alert_audit(database(), summary, log=get_run_logger().info)
 
 
 @flow(name="audit", log_prints=True)

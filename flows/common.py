@@ -12,9 +12,19 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from t2c_monitor.errors import T2CError
+from t2c_monitor.errors import DatabaseUnavailableError, T2CError
 
-IO_ERRORS = (OSError, OperationalError, ConnectionError, TimeoutError)
+# a database that does not answer when a task opens it is DatabaseUnavailableError (a T2CError with
+# the URL and what to check): it may be back by the next attempt, so it is retried like the rest
+IO_ERRORS = (OSError, OperationalError, ConnectionError, TimeoutError, DatabaseUnavailableError)
+
+
+def database(*, migrate: bool = False) -> Any:
+    """The database of the settings, as every task opens it (``migrate``: bring the schema to head
+    first; the first task of a run does, the rest trust it)."""
+    from t2c_monitor.store import open_database
+
+    return open_database(migrate_to_head=migrate)
 
 
 def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:

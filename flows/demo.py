@@ -19,7 +19,7 @@ from typing import Any
 from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
 from flows.ingest import IngestParams, ingest_flow
 from t2c_monitor.demo import DEMO_MONITOR, WEBHOOK_ENV, DayResult, DemoResult, prepare_demo
-from t2c_monitor.wording import change_word
+from t2c_monitor.wording import concept_change
 
 
 def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) -> DemoResult:
@@ -52,7 +52,7 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
                 batch = ingest_flow(IngestParams(source=str(folder), monitor=DEMO_MONITOR, batch_id=day))
                 # the hourly deployment's flow, on this day's batch (named: a rerun's batches keep their first times)
                 audit = audit_flow(AuditParams(monitor=DEMO_MONITOR, batches=[day]))
-                flagged = [f"{change_word(f['direction'])} '{f['name']}'" for f in audit["flagged"]]
+                flagged = [concept_change(f["name"], f["direction"], quoted=True) for f in audit["flagged"]]
                 alerts = [f"{a['channel']}: {a['status']}" for a in audit["alerts"]]
                 result.days.append(DayResult(day, batch["n_ok"], planted, flagged, alerts, audit["report"]))
                 lap(day)

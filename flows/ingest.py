@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
-from flows.common import retry_on_io_error
+from flows.common import database, retry_on_io_error
 
 
 class IngestParams(BaseModel):
@@ -37,10 +37,9 @@ def list_source(source: str) -> list:
 @task
 def plan(monitor: str, items: list, source: str, batch_id: str | None) -> dict[str, Any]:
     from t2c_monitor.ingest import plan_batch
-    from t2c_monitor.store import open_database
     from t2c_monitor.store.monitors import get_monitor
 
-    db = open_database()
+    db = database(migrate=True)  # the first task of an ingest run brings the schema to head
     with db.session() as session:
         record = get_monitor(session, monitor)
     batch = plan_batch(db, record, items, source_uri=source, batch_id=batch_id)
@@ -52,9 +51,7 @@ def plan(monitor: str, items: list, source: str, batch_id: str | None) -> dict[s
 def ingest_shard(monitor: str, batch_id: int, items: list) -> dict[str, float]:
     """Embed and store one shard; safe to retry, since stored images are skipped."""
     from t2c_monitor.ingest import IngestOptions, ingest_items, load_runtime
-    from t2c_monitor.store import open_database
-
-    db = open_database(migrate_to_head=False)
+    db = database()
     runtime = load_runtime(db, monitor)
     logger = get_run_logger()
     options = IngestOptions.for_monitor(runtime.record)
@@ -67,12 +64,11 @@ def fail(batch_id: int, error: BaseException) -> None:
     database itself is what failed, since Prefect's run state keeps the error too."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from t2c_monitor.errors import DatabaseUnavailableError
     from t2c_monitor.ingest import fail_batch
-    from t2c_monitor.store import open_database
-
     try:
-        fail_batch(open_database(migrate_to_head=False), batch_id, error)
-    except SQLAlchemyError as exc:
+        fail_batch(database(), batch_id, error)
+    except (SQLAlchemyError, DatabaseUnavailableError) as exc:
         get_run_logger().warning(f"could not mark batch {batch_id} failed: {exc}")
 
 
@@ -91,9 +87,7 @@ def embed_and_store(monitor: str, batch: dict[str, Any], workers: int, dask_addr
 @task
 def finish(batch_id: int, timings: dict[str, float]) -> dict[str, Any]:
     from t2c_monitor.ingest import finish_batch
-    from t2c_monitor.store import open_database
-
-    return finish_batch(open_database(migrate_to_head=False), batch_id, timings).to_dict()
+    return finish_batch(database(), batch_id, timings).to_dict()
 
 
 def shards(items: list, n: int) -> list[list]:
@@ -134,10 +128,9 @@ def select_new(monitor: str, items: list, interval_s: float) -> dict[str, Any]:
     from datetime import timedelta
 
     from t2c_monitor.ingest import inbox_batch_id, new_items
-    from t2c_monitor.store import open_database
     from t2c_monitor.store.monitors import get_monitor
 
-    db = open_database(migrate_to_head=False)
+    db = database()
     with db.session() as session:
         record = get_monitor(session, monitor)
     batch_id = inbox_batch_id(timedelta(seconds=interval_s))

@@ -25,7 +25,6 @@ error texts are scrubbed of the secret and of any URL.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -45,6 +44,7 @@ from t2c_monitor.monitors import (
 )
 from t2c_monitor.store import Database
 from t2c_monitor.store import alerts as alert_store
+from t2c_monitor.store.models import AlertStatus
 from t2c_monitor.wording import change_word, concept_change
 
 MAX_RETRY_DELAY_S = 300.0
@@ -79,10 +79,6 @@ class AlertMessage:
         return cls(subject=payload["subject"], text=payload["text"], payload=payload)
 
 
-def _finite(x: Any) -> float | None:
-    return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
 def _concept_line(f: dict[str, Any]) -> str:
     size = f"{f['effect_size']:+.2f} SD, " if f.get("effect_size") is not None else ""
     return (f"{f['rank']}. {f['name']}: {change_word(f['direction'])} "
@@ -93,12 +89,10 @@ def _concept_line(f: dict[str, Any]) -> str:
 def build_message(summary: Any, *, report: str | None) -> AlertMessage:
     """The alert of an audit (``audit.AuditSummary``): monitor, window, each flagged concept with
     its direction and figures, and where the report is."""
-    flagged = [{
-        "rank": f.rank, "name": f.name, "direction": int(f.direction), "change": change_word(f.direction),
-        "ks_stat": float(f.ks_stat), "q_value": float(f.q_value), "mean_ref": float(f.mean_ref),
-        "mean_cur": float(f.mean_cur), "effect": float(f.effect), "effect_size": _finite(f.effect_size),
-        "n_current": summary.n_current,
-    } for f in summary.flagged]  # the payload: what webhooks receive and the alert row keeps
+    from t2c_monitor.audit import flagged_dict
+
+    flagged = [flagged_dict(f) | {"change": change_word(f.direction), "n_current": summary.n_current}
+               for f in summary.flagged]  # the payload: what webhooks receive and the alert row keeps
     window = summary.window_text()
     names = ", ".join(concept_change(f["name"], f["direction"], countable=True, quoted=True) for f in flagged[:3])
     subject = (f"[t2c] {summary.monitor}: {len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted "
@@ -266,7 +260,7 @@ def _load_block_class(cls: Any, block_name: str, channel: str) -> Any:
 class AlertOutcome:
     alert_id: int
     channel: str
-    status: str  # sent | failed | suppressed
+    status: AlertStatus
     attempts: int
     error: str | None = None
 

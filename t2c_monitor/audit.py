@@ -47,8 +47,11 @@ def batch_scores(db: Database, record: MonitorRecord, batch_id: int) -> np.ndarr
         if scores.shape[0] == len(image_ids):
             return scores
         embeddings = audit_store.batch_embeddings(conn, batch_id)
-    bank = record.concept_vectors / np.linalg.norm(record.concept_vectors, axis=1, keepdims=True)
-    scores = (embeddings @ bank.T).astype(np.float32)
+    import torch
+
+    from t2c_monitor.scoring import cosine_scores
+
+    scores = cosine_scores(torch.from_numpy(embeddings), torch.tensor(record.concept_vectors), device="cpu").numpy()
     with db.engine.begin() as conn:
         audit_store.replace_scores(conn, batch_id, record.bank_id, image_ids, scores)
     return scores
@@ -115,7 +118,10 @@ def flagged_dict(concept: ConceptDrift) -> dict[str, Any]:
     """A flagged concept as JSON carries it (a baseline with no spread gives an infinite effect
     size, and strict JSON has no infinity: None)."""
     out = {k: getattr(concept, k) for k in FLAGGED_FIELDS}
-    out["effect_size"] = out["effect_size"] if np.isfinite(out["effect_size"]) else None
+    for key in ("ks_stat", "q_value", "effect", "mean_ref", "mean_cur"):
+        out[key] = float(out[key])
+    out["direction"] = int(out["direction"])
+    out["effect_size"] = float(out["effect_size"]) if np.isfinite(out["effect_size"]) else None
     return out
 
 
@@ -195,12 +201,18 @@ def audit_window(db: Database, monitor: str, *, last: int | None = None, batches
                  since: datetime | None = None, until: datetime | None = None,
                  detector: KSDriftDetector | None = None) -> AuditOutcome:
     """Compare the window with the baseline and store the audit in one transaction (stored whole or
-    not at all, so a retry stores it once). An audit that fails is stored as ``failed`` with its
-    error, and the error is raised."""
+    not at all, so a retry stores it once). An audit that fails on what it was given (no baseline,
+    no batch in the window, a stale baseline, a bad score) is stored as ``failed`` with its error,
+    and the error is raised. An I/O failure (disk, database connection) is only raised: the flow
+    retries it, and the attempt that succeeds is the audit."""
+    from sqlalchemy.exc import DBAPIError
+
     with db.session() as session:
         record = get_monitor(session, monitor)
     try:
         return _audit(db, record, last=last, batches=batches, since=since, until=until, detector=detector)
+    except (OSError, DBAPIError):
+        raise
     except Exception as exc:
         _record_failure(db, record, exc)
         raise

@@ -16,6 +16,7 @@ is stored as a failed row with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -94,19 +95,20 @@ def load_runtime(db: Database, monitor: str, *, device: str | None = None) -> Mo
     longer match what was recorded by ``t2c monitor apply``."""
     from t2c_monitor.aligner import Aligner
     from t2c_monitor.encoders import create_source_encoder
-    from t2c_monitor.identity import ModelIdentity
+    from t2c_monitor.identity import same_space
 
     with db.session() as session:
         record = get_monitor(session, monitor)
     encoder = create_source_encoder(record.config.encoder, device=device)
-    if not encoder.identity.same_model(ModelIdentity.from_dict(record.encoder)):
+    if not same_space(encoder.identity, record.encoder):
         raise SpaceMismatchError(
             f"Monitor {record.name}: the encoder {record.config.encoder} now has weights "
             f"{encoder.identity.weights_sha256[:12]} ({encoder.identity.dim}-d), but the monitor was applied with "
-            f"{record.encoder['weights_sha256'][:12]} ({record.encoder['dim']}-d). Its aligner and baseline belong to "
+            f"{record.encoder.weights_sha256[:12]} ({record.encoder.dim}-d). Its aligner and baseline belong to "
             "the old weights: fit an aligner for the new encoder and run `t2c monitor apply` again."
         )
-    aligner = Aligner.load(record.aligner_path, expect_source=encoder.identity.to_dict(), expect_clip=record.clip)
+    aligner = Aligner.load(record.aligner_path, expect_source=encoder.identity.to_dict(),
+                           expect_clip=record.clip.to_dict())
     if aligner.d_out != record.concept_vectors.shape[1]:
         raise SpaceMismatchError(
             f"Monitor {record.name}: the aligner maps into {aligner.d_out}-d space but bank {record.bank_name} "
@@ -286,9 +288,20 @@ def fail_batch(db: Database, batch_id: int, error: BaseException) -> None:
         batch_store.set_status(conn, batch_id, "failed", error=f"run stopped: {type(error).__name__}: {error}"[:2000])
 
 
+def try_fail_batch(db: Database, batch_id: int, error: BaseException) -> None:
+    """``fail_batch`` when the database lets us; when the database is what failed, the batch stays
+    ``embedding`` (a rerun completes it) and the original error is the one the caller raises."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    with contextlib.suppress(SQLAlchemyError):
+        fail_batch(db, batch_id, error)
+
+
 def ingest(db: Database, monitor: str, source: Any, *, batch_id: str | None = None,
            runtime: MonitorRuntime | None = None, progress: bool = False, **overrides: Any) -> batch_store.BatchSummary:
-    """Ingest one batch locally, in this process: the library path under the CLI and the flow."""
+    """Ingest one batch locally, in this process (``t2c ingest --no-flow``, benchmarks). The ingest
+    flow runs the same steps (plan, ingest the items, finish; a failure marks the batch failed) as
+    tasks, with retries on I/O and optional Dask shards."""
     started = time.perf_counter()
     runtime = runtime or load_runtime(db, monitor)
     items = resolve_source(source)
@@ -297,7 +310,7 @@ def ingest(db: Database, monitor: str, source: Any, *, batch_id: str | None = No
     try:
         timings = ingest_items(db, runtime, plan.batch_id, plan.items, options)
     except BaseException as exc:
-        fail_batch(db, plan.batch_id, exc)
+        try_fail_batch(db, plan.batch_id, exc)
         raise
     timings["total"] = time.perf_counter() - started
     return finish_batch(db, plan.batch_id, timings)

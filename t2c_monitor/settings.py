@@ -3,8 +3,9 @@
 Every path, URL and threshold of the service comes from here (environment variables with the
 prefix ``T2C_``, or a ``.env`` file) or from a monitor config. The environment is read elsewhere
 only for what belongs to other tools or to the user's secrets: Prefect's own variables (which
-``prefect_server`` and ``flows`` set for Prefect), the Hugging Face offline flags, and the
-variables that alert channels name for their webhook URLs (``url_env``), read when sending.
+``prefect_server``, ``flows`` and ``configure_logging`` set for Prefect), the Hugging Face offline
+flags, ``XDG_RUNTIME_DIR`` (set for pgserver's lock when missing), and the variables that alert
+channels name for their webhook URLs (``url_env``), read when sending.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class Settings(BaseSettings):
         "its database)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Level of t2c's own log and of the Prefect flow runs it starts (unless "
-        "PREFECT_LOGGING_LEVEL says otherwise); the local Prefect server logs warnings unless this is DEBUG."
+        default="INFO", description="Level of the logs of the Prefect flow runs t2c starts, ingest and audit "
+        "progress among them (unless PREFECT_LOGGING_LEVEL says otherwise), and of the `t2c_monitor` logger; "
+        "the local Prefect server logs warnings only, unless this is DEBUG."
     )
     max_image_pixels: int = Field(
         default=64_000_000, ge=1, description="Images with more pixels are refused (decompression-bomb guard)."

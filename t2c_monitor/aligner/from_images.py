@@ -23,7 +23,7 @@ from torch import Tensor
 from t2c_monitor.aligner.exact import fit_exact
 from t2c_monitor.aligner.image_pairs import Status, embed_folder
 from t2c_monitor.aligner.metrics import AlignmentMetrics, evaluate_chunks
-from t2c_monitor.aligner.model import Aligner
+from t2c_monitor.aligner.model import Aligner, FitMethod
 from t2c_monitor.aligner.sgd import fit_sgd
 from t2c_monitor.features import PairedFeatures, open_feature_file
 
@@ -75,7 +75,7 @@ def fit_aligner(
     clip: str | None = None,
     templates: list[str] | None = None,
     save_features: str | Path | None = None,
-    method: str = "exact",
+    method: FitMethod = "exact",
     ridge: float = 0.0,
     holdout: float = 0.1,
     seed: int = 0,
@@ -220,7 +220,7 @@ def _class_vectors(paired: PairedFeatures) -> Tensor | None:
 
 def _fit_and_score(
     paired: PairedFeatures,
-    method: str,
+    method: FitMethod,
     ridge: float,
     holdout: float,
     seed: int,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "aligner.json"
 FORMAT = "t2c-aligner"
 FORMAT_VERSION = 1
+FitMethod = Literal["exact", "sgd"]  # how an aligner was fitted
 REFIT_HINT = "refit the aligner for this encoder/CLIP pair with `t2c aligner fit`"
 ALIGNER_FORMAT = ArtifactFormat(label="aligner", marker=FORMAT, version=FORMAT_VERSION, metadata_file=METADATA_FILE,
                                 tensors_file=WEIGHTS_FILE, checksum_key="weights_sha256",
@@ -46,7 +48,7 @@ class Aligner:
     feature_mean: Tensor
     feature_variance: float
     n_train: int
-    method: str
+    method: FitMethod
     source: dict | None = None
     clip: dict | None = None
     metrics: dict = field(default_factory=dict)

@@ -38,7 +38,7 @@ def load_model_plugins() -> list[str]:
     for point in entry_points(group=MODEL_PLUGINS):
         try:
             point.load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is named, and the others still load
+        except Exception as exc:  # noqa: BLE001 - a broken plugin stops the load, named, with its error
             raise ModelLoadError(f"The timm model plugin {point.name} ({point.value}) failed to import: {exc}") \
                 from exc
         loaded.append(point.value)

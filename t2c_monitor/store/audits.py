@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, delete, func, insert, select, text, update
+from sqlalchemy import ARRAY, BigInteger, Connection, all_, bindparam, delete, func, insert, select, text, update
 
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.store.batches import batch_bank
 from t2c_monitor.store.copy import read_matrix
-from t2c_monitor.store.models import Audit, AuditResult, AuditStatus, Baseline, Batch, Concept, Image
+from t2c_monitor.store.models import Audit, AuditResult, AuditStatus, Baseline, Batch, Concept, Image, ImageScore
 
 
 def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str] | None = None,
@@ -69,10 +69,10 @@ def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: lis
     from t2c_monitor.store import copy
 
     if batch_bank(conn, batch_id) == bank_id:  # else: image_score
-        conn.execute(
-            text("UPDATE image SET scores = NULL WHERE batch_id = :b AND scores IS NOT NULL AND id <> ALL(:ids)"),
-            {"b": batch_id, "ids": list(image_ids)},
-        )
+        conn.execute(update(Image).where(Image.batch_id == batch_id, Image.scores.is_not(None),
+                                         Image.id != all_(bindparam("ids", [int(i) for i in image_ids],
+                                                                    type_=ARRAY(BigInteger))))
+                     .values(scores=None))  # one array parameter, however many images
         conn.execute(
             text("CREATE TEMPORARY TABLE t2c_new_scores (image_id bigint PRIMARY KEY, scores real[]) ON COMMIT DROP")
         )
@@ -87,11 +87,8 @@ def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: lis
         )
         conn.execute(text("DROP TABLE t2c_new_scores"))
         return
-    conn.execute(
-        text("DELETE FROM image_score s USING image i "
-             "WHERE i.id = s.image_id AND i.batch_id = :b AND s.bank_id = :bank"),
-        {"b": batch_id, "bank": bank_id},
-    )
+    conn.execute(delete(ImageScore).where(ImageScore.image_id == Image.id, Image.batch_id == batch_id,
+                                          ImageScore.bank_id == bank_id))
     copy.copy_into(conn, "image_score", [
         copy.int_column("image_id", image_ids, bits=64),
         copy.int_column("bank_id", [bank_id] * len(image_ids)),

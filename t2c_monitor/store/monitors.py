@@ -17,12 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.identity import ModelIdentity
 from t2c_monitor.monitors import MonitorConfig
 from t2c_monitor.store import models as m
-
-
-def _identity(kind: str, name: str, weights: str | None, sha: str, dim: int) -> dict[str, Any]:
-    return {"kind": kind, "name": name, "weights": weights, "weights_sha256": sha, "dim": dim}
 
 
 def _get_or_add(session: Session, model: type, match: dict[str, Any], values: dict[str, Any]):
@@ -141,8 +138,8 @@ class MonitorRecord:
     id: int
     name: str
     config: MonitorConfig  # validated once, here: every part reads it typed
-    encoder: dict[str, Any]
-    clip: dict[str, Any]
+    encoder: ModelIdentity
+    clip: ModelIdentity
     aligner_id: int
     aligner_path: str | None
     bank_id: int
@@ -183,8 +180,8 @@ def get_monitor(session: Session, name: str) -> MonitorRecord:
     vectors.setflags(write=False)  # shared by every reader of the cached record
     record = MonitorRecord(
         id=row.id, name=row.name, config=MonitorConfig.model_validate(row.config),
-        encoder=_identity("timm", enc.name, enc.weights_ref, enc.weights_sha256, enc.feature_dim),
-        clip=_identity("open_clip", clip.name, clip.pretrained, clip.weights_sha256, clip.embed_dim),
+        encoder=ModelIdentity("timm", enc.name, enc.weights_ref, enc.weights_sha256, enc.feature_dim),
+        clip=ModelIdentity("open_clip", clip.name, clip.pretrained, clip.weights_sha256, clip.embed_dim),
         aligner_id=aligner.id, aligner_path=aligner.path, bank_id=bank.id, bank_name=bank.name,
         bank_version=bank.version, concept_names=names, concept_vectors=vectors,
     )
