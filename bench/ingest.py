@@ -53,7 +53,7 @@ def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 
 def build_monitor(db, encoder_spec: str, clip_spec: str, fit_images: list, device: str | None):
-    from t2c_monitor.aligner import fit_exact, iter_chunks
+    from t2c_monitor.aligner import fit_on_images
     from t2c_monitor.apply import record_models
     from t2c_monitor.concepts import BankDefinition, Concept, encode_bank
     from t2c_monitor.encoders import create_clip_model, create_source_encoder
@@ -61,10 +61,7 @@ def build_monitor(db, encoder_spec: str, clip_spec: str, fit_images: list, devic
 
     encoder = create_source_encoder(encoder_spec, device=device)
     clip = create_clip_model(clip_spec, device=device)
-    X = encoder.encode_images(fit_images, batch_size=32)
-    Y = clip.encode_images(fit_images, batch_size=32)
-    aligner = fit_exact(iter_chunks(X, Y), ridge=1e-2)
-    aligner.source, aligner.clip = encoder.identity.to_dict(), clip.identity.to_dict()
+    aligner = fit_on_images(encoder, clip, fit_images, ridge=1e-2, batch_size=32)
     concepts = [f"{w} {n}".strip() for w in CONCEPT_WORDS for n in ("", "scene", "photo", "object", "picture")][:100]
     bank = encode_bank(BankDefinition(name="bench", version=1, templates=("a photo of {}.",),
                                       concepts=tuple(Concept(name=c, phrasings=(c,)) for c in concepts)), clip)

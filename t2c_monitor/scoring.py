@@ -199,3 +199,18 @@ def zero_shot_folder(
         accuracy=float((pred == y).float().mean()), clip_accuracy=float((clip_pred == y).float().mean()),
         per_class=per_class, failed=failed, encoder=encoder.identity.to_dict(), clip=clip.identity.to_dict(),
     )
+
+
+def zero_shot(folder: str | Path, *, encoder: str, aligner: str | Path, clip: str,
+              templates: str | Sequence[str] | None = None, device: str | None = None, batch_size: int = 64,
+              progress: bool = False) -> ZeroShotReport:
+    """The use case behind `t2c zeroshot`: load the encoder, the CLIP model and the aligner between
+    them (refused when fitted for other models), and classify a labelled folder both ways."""
+    from t2c_monitor.aligner import Aligner
+    from t2c_monitor.encoders import create_clip_model, create_source_encoder
+
+    source = create_source_encoder(encoder, device=device)
+    clip_model = create_clip_model(clip, device=device)
+    fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(), expect_clip=clip_model.identity.to_dict())
+    return zero_shot_folder(folder, source, fitted, clip_model, templates=templates, batch_size=batch_size,
+                            progress=progress)

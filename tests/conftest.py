@@ -187,7 +187,7 @@ def tiny_monitor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_config:
     import torch
     from safetensors.torch import save_file
 
-    from t2c_monitor.aligner import fit_exact, iter_chunks
+    from t2c_monitor.aligner import fit_on_images
     from t2c_monitor.encoders import create_clip_model, create_source_encoder
 
     root = tmp_path_factory.mktemp("tiny-monitor")
@@ -201,10 +201,7 @@ def tiny_monitor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_config:
     from PIL import Image
 
     images = [Image.open(p).convert("RGB") for p in write_images(root / "train", 96, seed=1)]
-    X, Y = encoder.encode_images(images), clip.encode_images(images)
-    aligner = fit_exact(iter_chunks(X, Y), ridge=1e-3)
-    aligner.source, aligner.clip = encoder.identity.to_dict(), clip.identity.to_dict()
-    aligner.save(root / "aligner")
+    fit_on_images(encoder, clip, images, ridge=1e-3).save(root / "aligner")
     (root / "bank.yaml").write_text(TINY_BANK)
     (root / "monitors.yaml").write_text(
         "monitors:\n"

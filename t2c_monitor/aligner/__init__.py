@@ -17,7 +17,14 @@ Paired feature files live in ``t2c_monitor.features`` (re-exported here as befor
 """
 
 from t2c_monitor.aligner.exact import fit_exact, iter_chunks
-from t2c_monitor.aligner.from_images import EvalResult, FitResult, SettingError, evaluate_aligner, fit_aligner
+from t2c_monitor.aligner.from_images import (
+    EvalResult,
+    FitResult,
+    SettingError,
+    evaluate_aligner,
+    fit_aligner,
+    fit_on_images,
+)
 from t2c_monitor.aligner.image_pairs import embed_folder
 from t2c_monitor.aligner.metrics import AlignmentMetrics, evaluate, evaluate_chunks
 from t2c_monitor.aligner.model import (
@@ -34,6 +41,7 @@ from t2c_monitor.aligner.sgd import SGDRecipe, fit_sgd
 from t2c_monitor.features import FeatureFileWriter, PairedFeatures, open_feature_file, save_feature_file
 
 __all__ = [
+    "fit_on_images",
     "ALIGNER_FORMAT",
     "FORMAT",
     "FORMAT_VERSION",

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -274,3 +275,15 @@ def _row_chunks(
             X, Y = X[mask], Y[mask]
             y_labels = None if y_labels is None else y_labels[mask]
         yield X, Y, y_labels
+
+
+def fit_on_images(encoder: Any, clip: Any, images: list, *, ridge: float, batch_size: int = 256,
+                  progress: bool = False) -> Aligner:
+    """The exact aligner from ``encoder``'s features to ``clip``'s embeddings of in-memory images
+    (PIL), with both models' identities recorded: what the shapes world, the benchmarks and the
+    tests fit; ``fit_aligner`` does the same from an image folder or feature file, streamed."""
+    Y = clip.encode_images(images, batch_size=batch_size, progress=progress)
+    X = encoder.encode_images(images, batch_size=batch_size, progress=progress)
+    aligner = fit_exact([(X, Y)], ridge=ridge)
+    aligner.source, aligner.clip = encoder.identity.to_dict(), clip.identity.to_dict()
+    return aligner

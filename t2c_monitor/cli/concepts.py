@@ -48,17 +48,13 @@ def encode(
     as_json: bool = JsonOption,
 ) -> None:
     """Encode BANKFILE with a CLIP model's text tower and save the bank with its vectors."""
-    from t2c_monitor.concepts import encode_bank, load_bank_definition, read_class_names
-    from t2c_monitor.encoders import create_clip_model
+    from t2c_monitor.concepts import encode_bank_file, read_class_names
+    from t2c_monitor.identity import ModelIdentity
 
     with user_errors():
         class_names = list(classes or []) + list(read_class_names(classes_file) if classes_file else [])
-        definition = load_bank_definition(
-            bankfile, name=name, version=version, templates=templates or None, classes=class_names or None
-        )
-        model = create_clip_model(clip, device=device)
-        bank = encode_bank(definition, model, batch_size=batch_size, progress=not as_json)
-        bank.save(out)
+        bank = encode_bank_file(bankfile, clip, out=out, name=name, version=version, templates=templates,
+                                classes=class_names, device=device, batch_size=batch_size, progress=not as_json)
     payload = {
         "out": str(out),
         "name": bank.name,
@@ -75,5 +71,5 @@ def encode(
     console.print(
         f"bank [bold]{bank.name}[/] v{bank.version}: {bank.k} concepts x {bank.dim} dims "
         f"({len(bank.templates)} templates{f', {len(bank.classes)} classes' if bank.classes else ''}) "
-        f"encoded with {model.identity}, saved to {out}"
+        f"encoded with {ModelIdentity.from_dict(bank.clip)}, saved to {out}"
     )

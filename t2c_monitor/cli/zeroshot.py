@@ -26,17 +26,11 @@ def zeroshot(
     as_json: bool = JsonOption,
 ) -> None:
     """Classify FOLDER's images by class-name prompts, through ENCODER + ALIGNER and through CLIP itself."""
-    from t2c_monitor.aligner import Aligner
-    from t2c_monitor.encoders import create_clip_model, create_source_encoder
-    from t2c_monitor.scoring import zero_shot_folder
+    from t2c_monitor.scoring import zero_shot
 
     with user_errors():
-        source = create_source_encoder(encoder, device=device)
-        clip_model = create_clip_model(clip, device=device)
-        fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(),
-                              expect_clip=clip_model.identity.to_dict())
-        report = zero_shot_folder(folder, source, fitted, clip_model, templates=templates or None,
-                                  batch_size=batch_size, progress=not as_json)
+        report = zero_shot(folder, encoder=encoder, aligner=aligner, clip=clip, templates=templates or None,
+                           device=device, batch_size=batch_size, progress=not as_json)
     if as_json:
         emit_json(report.to_dict())
         return

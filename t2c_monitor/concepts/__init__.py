@@ -32,7 +32,12 @@ from t2c_monitor.concepts.definition import (
     parse_bank_yaml,
     read_class_names,
 )
-from t2c_monitor.concepts.encode import ConceptTruncatedWarning, encode_bank, encode_texts_as_concepts
+from t2c_monitor.concepts.encode import (
+    ConceptTruncatedWarning,
+    encode_bank,
+    encode_bank_file,
+    encode_texts_as_concepts,
+)
 from t2c_monitor.concepts.schema import BankFile, ConceptEntry
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "ConceptTruncatedWarning",
     "check_same_space",
     "encode_bank",
+    "encode_bank_file",
     "encode_texts_as_concepts",
     "load_bank_definition",
     "parse_bank_text",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.concepts.bank import ConceptBank
-from t2c_monitor.concepts.definition import BankDefinition
+from t2c_monitor.concepts.definition import BankDefinition, load_bank_definition
 from t2c_monitor.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -118,3 +119,21 @@ def encode_bank(
         vectors=vectors,
         classes=definition.classes,
     )
+
+
+def encode_bank_file(path: str | Path, clip_spec: str, *, out: str | Path | None = None, name: str | None = None,
+                     version: int | None = None, templates: Sequence[str] | None = None,
+                     classes: Sequence[str] | None = None, device: str | None = None, batch_size: int = 256,
+                     progress: bool = False) -> ConceptBank:
+    """The use case behind `t2c concepts encode`: read a bank file (``name``, ``version``,
+    ``templates`` and ``classes`` override it), encode it with the CLIP model of ``clip_spec``,
+    and save it to ``out`` when given."""
+    from t2c_monitor.encoders import create_clip_model
+
+    definition = load_bank_definition(path, name=name, version=version, templates=templates or None,
+                                      classes=classes or None)
+    bank = encode_bank(definition, create_clip_model(clip_spec, device=device), batch_size=batch_size,
+                       progress=progress)
+    if out is not None:
+        bank.save(out)
+    return bank

@@ -35,7 +35,7 @@ def fit_world_aligner(world: Any, out: Path, *, n_fit: int = 10_000, seed: int =
     ``out`` (reused when already there for this world)."""
     import json
 
-    from t2c_monitor.aligner import fit_exact
+    from t2c_monitor.aligner import fit_on_images
     from t2c_monitor.world.generate import generate
 
     marker = out / "world.json"
@@ -43,11 +43,7 @@ def fit_world_aligner(world: Any, out: Path, *, n_fit: int = 10_000, seed: int =
     if marker.is_file() and json.loads(marker.read_text()) == key:
         return out
     clip, source = world.clip_model(device="cpu"), world.source_encoder(device="cpu")
-    images = generate(n_fit, seed=seed).pil_images()
-    Y = clip.encode_images(images, batch_size=256, progress=progress)
-    X = source.encode_images(images, batch_size=256, progress=progress)
-    aligner = fit_exact([(X, Y)], ridge=1e-4)
-    aligner.source, aligner.clip = source.identity.to_dict(), clip.identity.to_dict()
+    aligner = fit_on_images(source, clip, generate(n_fit, seed=seed).pil_images(), ridge=1e-4, progress=progress)
     aligner.save(out)
     marker.write_text(json.dumps(key))
     return out

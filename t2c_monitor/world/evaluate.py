@@ -45,7 +45,7 @@ def evaluate_world(world, *, n_fit: int = 10_000, n_test: int = 2000, seed: int 
     ``world`` is a ``t2c_monitor.world.build.World``. Images come from seeds no build uses
     (``seed`` and ``seed + 1``), so every figure is held out.
     """
-    from t2c_monitor.aligner import evaluate, fit_exact
+    from t2c_monitor.aligner import evaluate, fit_on_images
     from t2c_monitor.concepts import encode_bank, load_bank_definition
     from t2c_monitor.scoring import cosine_scores, zero_shot_accuracy
     from t2c_monitor.world.generate import generate
@@ -55,12 +55,9 @@ def evaluate_world(world, *, n_fit: int = 10_000, n_test: int = 2000, seed: int 
     clip, source = world.clip_model(device=device), world.source_encoder(device=device)
     fit, test = generate(n_fit, seed=seed), generate(n_test, seed=seed + 1)
     fit_images, test_images = fit.pil_images(), test.pil_images()
-    Y_fit = clip.encode_images(fit_images, batch_size=256, progress=progress)
-    X_fit = source.encode_images(fit_images, batch_size=256, progress=progress)
+    aligner = fit_on_images(source, clip, fit_images, ridge=ridge, progress=progress)
     Y_test = clip.encode_images(test_images, batch_size=256, progress=progress)
     X_test = source.encode_images(test_images, batch_size=256, progress=progress)
-    aligner = fit_exact([(X_fit, Y_fit)], ridge=ridge)
-    aligner.source, aligner.clip = source.identity.to_dict(), clip.identity.to_dict()
     aligned = aligner.transform(X_test)
     bank = encode_bank(load_bank_definition(default_bank_path()), clip)
     metrics = evaluate(aligner, X_test, Y_test)
