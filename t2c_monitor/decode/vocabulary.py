@@ -1,0 +1,100 @@
+"""A vocabulary of words and phrases embedded once by a CLIP text tower, cached per CLIP identity.
+
+The terms are the caller's (a bank's concepts, a user's word list) plus, by default, the whole
+alphabetic words of open_clip's own BPE vocabulary (about 30,000, shipped with open_clip: no
+download). Each term is embedded as it is, without a template, and normalised. Embedding 30,000
+terms takes seconds on a small text tower and minutes on a large one, so a vocabulary is saved in
+the artifact format of aligners and banks under ``<models>/vocabularies/`` and reused whenever
+the same CLIP weights ask for the same terms; other weights (another sha256) get their own file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from t2c_monitor.artifacts import ArtifactFormat
+from t2c_monitor.errors import SpaceMismatchError
+from t2c_monitor.identity import ModelIdentity, as_dict, describe, same_space
+
+VOCABULARY_FORMAT = ArtifactFormat(
+    label="vocabulary", marker="t2c-vocabulary", version=1, metadata_file="vocabulary.json",
+    tensors_file="vectors.safetensors", checksum_key="vectors_sha256", written_by="t2c (a decoder's first use)",
+    hint="delete the directory: the next decode embeds the vocabulary again",
+)
+
+
+@lru_cache(maxsize=1)
+def bpe_words(min_length: int = 2) -> tuple[str, ...]:
+    """The whole lower-case alphabetic words of open_clip's BPE vocabulary (tokens ending a word)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    words = {token[:-4] for token in SimpleTokenizer().encoder if token.endswith("</w>")}
+    return tuple(sorted(w for w in words if len(w) >= min_length and w.isascii() and w.isalpha() and w.islower()))
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Terms and their unit text embeddings ``(n, d)`` in the space of ``clip``."""
+
+    terms: tuple[str, ...]
+    vectors: Tensor
+    clip: ModelIdentity
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.terms):
+            raise ValueError(f"vectors must be ({len(self.terms)}, d), got {tuple(self.vectors.shape)}")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def check_space(self, identity: ModelIdentity | dict | None, *, what: str = "vectors to decode") -> None:
+        """Refuse vectors of another CLIP space (or of an unrecorded one)."""
+        if not same_space(self.clip, identity):
+            raise SpaceMismatchError(
+                f"The {what} live in the space of {describe(identity)}, but this vocabulary was embedded by "
+                f"{describe(self.clip)}: decode with a vocabulary of that CLIP model (the one the monitor's "
+                "aligner maps into)."
+            )
+
+
+def _key(clip: ModelIdentity, terms: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(json.dumps([clip.weights_sha256, clip.dim, list(terms)]).encode()).hexdigest()
+    return f"{clip.weights_sha256[:12]}-{digest[:16]}"
+
+
+def build_vocabulary(clip: Any, terms: list[str] | tuple[str, ...] = (), *, include_bpe_words: bool = True,
+                     cache_dir: str | Path | None = None, batch_size: int = 512,
+                     progress: bool = False) -> Vocabulary:
+    """The vocabulary of ``terms`` (and the BPE words) for ``clip`` (an ``encoders.ClipModel``),
+    read from ``cache_dir`` when embedded before by the same weights, else embedded and saved there."""
+    unique = tuple(dict.fromkeys(t.strip() for t in (*terms, *(bpe_words() if include_bpe_words else ())) if t.strip()))
+    if not unique:
+        raise ValueError("terms must name at least one word or phrase (or include_bpe_words=True)")
+    identity: ModelIdentity = clip.identity
+    directory = Path(cache_dir) / _key(identity, unique) if cache_dir is not None else None
+    if directory is not None and (directory / VOCABULARY_FORMAT.metadata_file).is_file():
+        meta, tensors = VOCABULARY_FORMAT.read(directory, ("vectors",))
+        if tuple(meta["terms"]) == unique and same_space(meta["clip"], identity):
+            return Vocabulary(terms=unique, vectors=tensors["vectors"], clip=identity)
+    vectors = F.normalize(clip.encode_text(list(unique), batch_size=batch_size, progress=progress), dim=1)
+    vocabulary = Vocabulary(terms=unique, vectors=vectors.contiguous(), clip=identity)
+    if directory is not None:
+        VOCABULARY_FORMAT.write(directory, {"vectors": vocabulary.vectors},
+                                {"terms": list(unique), "clip": as_dict(identity), "n": len(unique)})
+    return vocabulary
+
+
+def vocabulary_of(vectors: Tensor, terms: list[str], clip: ModelIdentity) -> Vocabulary:
+    """A vocabulary from vectors already embedded (normalised here)."""
+    return Vocabulary(terms=tuple(terms), vectors=F.normalize(torch.as_tensor(vectors, dtype=torch.float32), dim=1),
+                      clip=clip)

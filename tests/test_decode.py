@@ -1,0 +1,101 @@
+"""The ``vocab`` decoder on a real (tiny, random-weight) open_clip text tower: nearest terms, sparse
+decompositions of mixtures, signed directions, the per-identity cache, and refusals."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2c_monitor.decode import VocabDecoder, bpe_words, build_vocabulary
+from t2c_monitor.errors import SpaceMismatchError
+from t2c_monitor.identity import ModelIdentity
+
+WORDS = (
+    "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "circle", "square", "triangle", "cross",
+    "star", "small", "large", "gray", "sand", "sky", "grass", "brick", "snow", "night", "blur", "fog", "dog", "cat",
+    "car", "tree", "house", "boat", "bird", "fish", "apple", "bread", "chair",
+)
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tiny_clip):
+    return build_vocabulary(tiny_clip, WORDS, include_bpe_words=False)
+
+
+def test_open_clip_bpe_words_are_a_large_offline_vocabulary():
+    words = bpe_words()
+    assert len(words) > 30_000 and {"night", "grass", "fog", "small"} <= set(words)
+    assert all(w.isalpha() and w.islower() and len(w) >= 2 for w in words[:1000])
+
+
+def test_nearest_terms_put_a_terms_own_embedding_first(vocabulary, tiny_clip):
+    decoded = VocabDecoder(vocabulary, top=3).decode(vocabulary.vectors, space=tiny_clip.identity)
+    assert [d.words(1)[0] for d in decoded] == list(WORDS)
+    assert all(len(d.texts) == 3 and d.texts[0][1] == pytest.approx(1.0, abs=1e-5) for d in decoded)
+
+
+def test_a_mixture_of_two_concepts_is_named_by_both(vocabulary, tiny_clip):
+    """Every pair of terms mixed on the image side (centred by the image mean) comes back as that pair."""
+    mean = vocabulary.vectors.mean(dim=0)
+    decoder = VocabDecoder(vocabulary, mode="sparse", max_terms=4, top=2, image_mean=mean)
+    pairs = list(itertools.combinations(range(len(WORDS)), 2))
+    mixtures = torch.stack([vocabulary.vectors[i] + vocabulary.vectors[j] - mean for i, j in pairs])
+    decoded = decoder.decode(mixtures, space=tiny_clip.identity)
+    named = sum(set(d.words(2)) == {WORDS[i], WORDS[j]} for d, (i, j) in zip(decoded, pairs, strict=True))
+    assert named >= 0.95 * len(pairs), f"{named} of {len(pairs)} mixtures named by both terms"
+    assert all(w > 0 for d in decoded for _, w in d.texts), "weights are non-negative"
+
+
+def test_a_signed_direction_splits_into_what_grew_and_what_shrank(vocabulary, tiny_clip):
+    decoder = VocabDecoder(vocabulary, mode="sparse")
+    pairs = list(itertools.permutations(range(len(WORDS)), 2))
+    right = 0
+    for i, j in pairs:
+        direction = decoder.decode_direction(vocabulary.vectors[i] - vocabulary.vectors[j], space=tiny_clip.identity)
+        right += direction.grew.words(1) == [WORDS[i]] and direction.shrank.words(1) == [WORDS[j]]
+    assert right >= 0.95 * len(pairs), f"{right} of {len(pairs)} directions read the right way round"
+    nothing = decoder.decode_direction(torch.zeros(vocabulary.dim), space=tiny_clip.identity)
+    assert nothing.grew.texts == [] and nothing.shrank.texts == []
+
+
+def test_vectors_of_another_space_or_shape_are_refused(vocabulary, tiny_clip):
+    other = ModelIdentity("open_clip", "other", None, "f" * 64, vocabulary.dim)
+    decoder = VocabDecoder(vocabulary)
+    with pytest.raises(SpaceMismatchError, match="embedded by open_clip") as info:
+        decoder.decode(vocabulary.vectors[:1], space=other)
+    assert "f" * 12 in str(info.value) and tiny_clip.identity.weights_sha256[:12] in str(info.value)
+    with pytest.raises(SpaceMismatchError):
+        decoder.decode(vocabulary.vectors[:1], space=None)
+    with pytest.raises(ValueError, match=r"vectors must be \(n, 32\)"):
+        decoder.decode(torch.ones(2, 5), space=tiny_clip.identity)
+    with pytest.raises(ValueError, match="finite"):
+        decoder.decode(torch.full((1, vocabulary.dim), float("nan")), space=tiny_clip.identity)
+    with pytest.raises(ValueError, match="mode must be"):
+        VocabDecoder(vocabulary, mode="dense")
+
+
+def test_the_vocabulary_is_cached_per_clip_identity(tiny_clip, tiny_clip_config, tmp_path, monkeypatch):
+    """A second build reads the saved vectors instead of embedding again; other weights embed anew."""
+    from t2c_monitor.encoders import create_clip_model
+
+    calls: list[int] = []
+    real = type(tiny_clip).encode_text
+
+    def counting(self, texts, *args, **kwargs):
+        calls.append(len(texts))
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_clip), "encode_text", counting)
+    first = build_vocabulary(tiny_clip, WORDS[:10], include_bpe_words=False, cache_dir=tmp_path)
+    again = build_vocabulary(tiny_clip, WORDS[:10], include_bpe_words=False, cache_dir=tmp_path)
+    assert calls == [10] and torch.equal(first.vectors, again.vectors) and again.terms == first.terms
+
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in tiny_clip.model.state_dict().items()}
+    torch.save(weights, tmp_path / "other.pt")
+    other_clip = create_clip_model(f"open_clip:{tiny_clip_config}@{tmp_path / 'other.pt'}", device="cpu")
+    other = build_vocabulary(other_clip, WORDS[:10], include_bpe_words=False, cache_dir=tmp_path)
+    assert calls == [10, 10] and not torch.allclose(other.vectors, first.vectors)
+    assert len([p for p in Path(tmp_path).iterdir() if p.is_dir()]) == 2, "one cached vocabulary per identity"
