@@ -99,3 +99,41 @@ def test_the_vocabulary_is_cached_per_clip_identity(tiny_clip, tiny_clip_config,
     other = build_vocabulary(other_clip, WORDS[:10], include_bpe_words=False, cache_dir=tmp_path)
     assert calls == [10, 10] and not torch.allclose(other.vectors, first.vectors)
     assert len([p for p in Path(tmp_path).iterdir() if p.is_dir()]) == 2, "one cached vocabulary per identity"
+
+
+def test_t2c_decode_says_what_grew_and_shrank_in_an_audit_and_names_stored_vectors(monitored, tmp_path):
+    """`t2c decode --audit` on a stored audit of the tiny monitor, and `--vectors` on a vector file:
+    the words come from the monitor's vocabulary (its bank here), with their weights or cosines."""
+    import json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from t2c_monitor.audit import build_baseline, run_audit
+    from t2c_monitor.cli import app
+    from t2c_monitor.store.monitors import get_monitor
+
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    audit = run_audit(monitored, "tiny", batches=["dark"])
+    with monitored.session() as session:
+        record = get_monitor(session, "tiny")
+    bank = set(record.concept_names)
+
+    result = CliRunner().invoke(app, ["decode", "--monitor", "tiny", "--audit", str(audit.id), "--bank-only",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    said = json.loads(result.stdout.strip().splitlines()[-1])
+    assert said["audit"] == audit.id and said["grew"] and said["shrank"]
+    for text, weight in said["grew"] + said["shrank"]:
+        assert text in bank and weight > 0
+    assert not {t for t, _ in said["grew"]} & {t for t, _ in said["shrank"]}, "a term grew or shrank, not both"
+
+    np.save(tmp_path / "v.npy", record.concept_vectors[:2])  # the bank's own (text-side) vectors
+    result = CliRunner().invoke(app, ["decode", "--monitor", "tiny", "--vectors", str(tmp_path / "v.npy"),
+                                      "--bank-only", "--top", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    decoded = json.loads(result.stdout.strip().splitlines()[-1])["decoded"]
+    assert [d[0][0] for d in decoded] == record.concept_names[:2]
+
+    unknown = CliRunner().invoke(app, ["decode", "--monitor", "tiny", "--audit", "99999", "--bank-only"])
+    assert unknown.exit_code == 2 and "has no audit 99999" in unknown.output

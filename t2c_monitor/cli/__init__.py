@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "batches",
     "world",
     "audit",
+    "decode",
     "alerts",
     "serve",
     "server",

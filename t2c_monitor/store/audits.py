@@ -263,3 +263,13 @@ def list_audits(conn: Connection, monitor_id: int, *, limit: int = 20) -> list[A
     return [AuditRow(id=r.id, status=r.status, started_at=r.started_at, finished_at=r.finished_at,
                      batches=[names.get(int(b), str(b)) for b in r.batch_ids], n_current=r.n_current,
                      n_flagged=r.n_flagged, error=r.error) for r in rows]
+
+
+def audit_direction(conn: Connection, monitor_id: int, audit_id: int) -> np.ndarray | None:
+    """The drift direction (window mean minus baseline mean of aligned vectors) of the monitor's audit
+    ``audit_id``; None when it is zero or the audit failed; ``ConfigError`` when there is no such audit."""
+    row = conn.execute(select(Audit.direction, Audit.status)
+                       .where(Audit.id == audit_id, Audit.monitor_id == monitor_id)).one_or_none()
+    if row is None:
+        raise ConfigError(f"The monitor has no audit {audit_id}: `t2c audit list --monitor NAME` shows its audits.")
+    return None if row.direction is None else np.asarray(row.direction, dtype=np.float32)
