@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from t2c_monitor.errors import T2CError
+from t2c_monitor.identity import ModelIdentity, as_dict
 
 
 def check_pairs(X: Tensor, Y: Tensor) -> None:
@@ -48,8 +49,8 @@ class PairedFeatures:
     n: int
     d_in: int
     d_out: int
-    source: dict | None
-    clip: dict | None
+    source: ModelIdentity | None
+    clip: ModelIdentity | None
     _arrays: dict = field(repr=False, default_factory=dict)
 
     def rows(self, key: str, start: int, stop: int) -> Tensor:
@@ -129,8 +130,8 @@ def save_feature_file(
     *,
     labels: Tensor | None = None,
     class_vectors: Tensor | None = None,
-    source: dict | None = None,
-    clip: dict | None = None,
+    source: ModelIdentity | dict | None = None,
+    clip: ModelIdentity | dict | None = None,
 ) -> None:
     """Write paired features as ``.safetensors`` (identities as JSON in the header) or ``.npz``."""
     with FeatureFileWriter(path) as writer:
@@ -197,13 +198,14 @@ class FeatureFileWriter:
         self.n += X.shape[0]
 
     def finish(
-        self, *, class_vectors: Tensor | None = None, source: dict | None = None, clip: dict | None = None
+        self, *, class_vectors: Tensor | None = None, source: ModelIdentity | dict | None = None,
+        clip: ModelIdentity | dict | None = None,
     ) -> None:
         """Write the file: every row appended so far, ``class_vectors`` (k, d_out) and the identities."""
         if self._widths is None:
             raise ValueError(f"no rows were appended to {self.path}: a feature file needs at least one pair")
         identities = {
-            k: json.dumps(v, sort_keys=True) for k, v in (("source", source), ("clip", clip)) if v is not None
+            k: json.dumps(as_dict(v), sort_keys=True) for k, v in (("source", source), ("clip", clip)) if v is not None
         }
         extra = None if class_vectors is None else torch.as_tensor(class_vectors).to(torch.float32).contiguous().numpy()
         partial = self.path.with_name(f".{self.path.name}.partial")
@@ -250,7 +252,7 @@ class FeatureFileWriter:
         self.path.with_name(f".{self.path.name}.partial").unlink(missing_ok=True)
 
 
-def _parse_identity(raw: str | None, path: Path, key: str) -> dict | None:
+def _parse_identity(raw: str | None, path: Path, key: str) -> ModelIdentity | None:
     if raw is None:
         return None
     try:
@@ -259,4 +261,7 @@ def _parse_identity(raw: str | None, path: Path, key: str) -> dict | None:
         raise T2CError(f"feature file {path}: '{key}' identity is not valid JSON ({exc}): rewrite the file") from exc
     if not isinstance(value, dict):
         raise T2CError(f"feature file {path}: '{key}' identity must be a JSON object, got {type(value).__name__}")
-    return value
+    try:
+        return ModelIdentity.from_dict(value)
+    except (ValueError, TypeError) as exc:
+        raise T2CError(f"feature file {path}: '{key}' identity is incomplete ({exc}): rewrite the file") from exc

@@ -44,6 +44,13 @@ class ModelIdentity:
         return f"{self.kind}:{self.name} ({weights}, dim {self.dim}, sha256 {self.weights_sha256[:12]})"
 
 
+def as_identity(identity: ModelIdentity | dict | None) -> ModelIdentity | None:
+    """An identity as the typed object (a dict read from JSON metadata or the database converted), or None."""
+    if identity is None or isinstance(identity, ModelIdentity):
+        return identity
+    return ModelIdentity.from_dict(identity)
+
+
 def as_dict(identity: ModelIdentity | dict | None) -> dict | None:
     """An identity as its dict (what JSON metadata and the database hold), or None."""
     return identity.to_dict() if isinstance(identity, ModelIdentity) else identity

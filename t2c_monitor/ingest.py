@@ -107,8 +107,8 @@ def load_runtime(db: Database, monitor: str, *, device: str | None = None) -> Mo
             f"{record.encoder.weights_sha256[:12]} ({record.encoder.dim}-d). Its aligner and baseline belong to "
             "the old weights: fit an aligner for the new encoder and run `t2c monitor apply` again."
         )
-    aligner = Aligner.load(record.aligner_path, expect_source=encoder.identity.to_dict(),
-                           expect_clip=record.clip.to_dict())
+    aligner = Aligner.load(record.aligner_path, expect_source=encoder.identity,
+                           expect_clip=record.clip)
     if aligner.d_out != record.concept_vectors.shape[1]:
         raise SpaceMismatchError(
             f"Monitor {record.name}: the aligner maps into {aligner.d_out}-d space but bank {record.bank_name} "

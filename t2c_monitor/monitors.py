@@ -386,7 +386,7 @@ def load_models(config: MonitorConfig, *, device: str | None = None) -> MonitorM
     encoder = create_source_encoder(config.encoder, device=device)
     clip = create_clip_model(config.clip, device=device)
     aligner = Aligner.load(
-        config.aligner, expect_source=encoder.identity.to_dict(), expect_clip=clip.identity.to_dict()
+        config.aligner, expect_source=encoder.identity, expect_clip=clip.identity
     )
     bank = load_bank(config.bank, clip, name=config.name)
     return MonitorModels(config=config, encoder=encoder, clip=clip, aligner=aligner, bank=bank)

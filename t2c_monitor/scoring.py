@@ -171,7 +171,7 @@ def zero_shot_folder(
     from t2c_monitor.encoders import batch_starts
     from t2c_monitor.images import load_files
 
-    aligner.check_models(source=encoder.identity.to_dict(), clip=clip.identity.to_dict())
+    aligner.check_models(source=encoder.identity, clip=clip.identity)
     paths, labels, classes = list_labelled_images(root)
     phrases = [class_prompt(c) for c in classes]
     class_vectors = class_text_vectors(clip, classes, templates)
@@ -211,6 +211,6 @@ def zero_shot(folder: str | Path, *, encoder: str, aligner: str | Path, clip: st
 
     source = create_source_encoder(encoder, device=device)
     clip_model = create_clip_model(clip, device=device)
-    fitted = Aligner.load(aligner, expect_source=source.identity.to_dict(), expect_clip=clip_model.identity.to_dict())
+    fitted = Aligner.load(aligner, expect_source=source.identity, expect_clip=clip_model.identity)
     return zero_shot_folder(folder, source, fitted, clip_model, templates=templates, batch_size=batch_size,
                             progress=progress)

@@ -128,7 +128,7 @@ def test_feature_files_written_chunk_by_chunk_read_back_like_one_write(tmp_path,
     X, Y, _, _ = planted(230, noise=0.5)
     labels = torch.arange(230) % 4
     class_vectors = torch.randn(4, Y.shape[1])
-    identities = {"source": {"kind": "timm", "dim": X.shape[1]}, "clip": {"kind": "open_clip", "dim": Y.shape[1]}}
+    identities = {"source": {**SOURCE, "dim": X.shape[1]}, "clip": {**CLIP, "dim": Y.shape[1]}}
     streamed = tmp_path / f"streamed{suffix}"
     with FeatureFileWriter(streamed) as writer:
         for start in range(0, 230, 64):
@@ -140,7 +140,7 @@ def test_feature_files_written_chunk_by_chunk_read_back_like_one_write(tmp_path,
     for path in (streamed, whole):
         paired = open_feature_file(path)
         assert (paired.n, paired.d_in, paired.d_out) == (230, X.shape[1], Y.shape[1])
-        assert (paired.source, paired.clip) == (identities["source"], identities["clip"])
+        assert (paired.source.to_dict(), paired.clip.to_dict()) == (identities["source"], identities["clip"])
         assert torch.equal(paired.rows("X", 0, 230), X) and torch.equal(paired.rows("Y", 100, 230), Y[100:])
         assert torch.equal(paired.get("labels"), labels) and torch.equal(paired.get("class_vectors"), class_vectors)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([streamed.name, whole.name])  # no scratch left
@@ -261,7 +261,8 @@ def test_save_load_round_trip_gives_identical_transform(tmp_path):
     aligner.save(tmp_path / "al")
     loaded = Aligner.load(tmp_path / "al", expect_source=dict(SOURCE), expect_clip=dict(CLIP))
     assert torch.equal(loaded.transform(X), aligner.transform(X))
-    assert (loaded.source, loaded.clip, loaded.method, loaded.n_train) == (SOURCE, CLIP, "exact", 500)
+    assert (loaded.source.to_dict(), loaded.clip.to_dict()) == (SOURCE, CLIP)
+    assert (loaded.method, loaded.n_train) == ("exact", 500)
     assert loaded.feature_variance == aligner.feature_variance
     assert loaded.metrics == aligner.metrics
     meta = json.loads((tmp_path / "al" / "aligner.json").read_text())
@@ -366,7 +367,7 @@ def test_feature_files_round_trip_with_identities(tmp_path, suffix):
     save_feature_file(path, X, Y, labels=labels, class_vectors=torch.randn(3, 6), source=SOURCE, clip=CLIP)
     pairs = open_feature_file(path)
     assert (pairs.n, pairs.d_in, pairs.d_out) == (50, 24, 6)
-    assert pairs.source == SOURCE and pairs.clip == CLIP
+    assert pairs.source.to_dict() == SOURCE and pairs.clip.to_dict() == CLIP
     assert torch.equal(pairs.rows("X", 10, 20), X[10:20])
     assert torch.equal(pairs.get("labels"), labels)
     assert pairs.get("nothing") is None

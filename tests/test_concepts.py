@@ -64,7 +64,7 @@ def test_bank_vectors_are_normalised_template_averages(tiny_clip) -> None:
     with torch.no_grad():
         raw = tiny_clip.model.encode_text(tiny_clip.tokenizer(["a photo of red.", "red in a video game"]))
     assert not torch.allclose(F.normalize(raw.mean(0), dim=0), bank.vectors[0], atol=1e-6)
-    assert bank.clip == tiny_clip.identity.to_dict()
+    assert bank.clip == tiny_clip.identity
 
 
 def test_class_conditioned_concepts_average_over_classes(tiny_clip) -> None:
@@ -158,7 +158,7 @@ def test_bank_save_load_round_trip_and_corruption(tiny_clip, tmp_path: Path) -> 
 
 def test_vectors_of_another_clip_space_are_refused(tiny_clip, tmp_path: Path) -> None:
     bank = encode_bank(parse_bank_text("red\n", name="c"), tiny_clip)
-    other = dict(bank.clip, weights_sha256="f" * 64, name="other-clip")
+    other = dict(bank.clip.to_dict(), weights_sha256="f" * 64, name="other-clip")
     bank.check_space(tiny_clip.identity)  # same space: fine
     with pytest.raises(SpaceMismatchError, match=r"encoded with open_clip:.*t2c_test_tiny_clip.*other-clip"):
         bank.check_space(other)

@@ -61,7 +61,7 @@ def aligner(models, folder: Path) -> Aligner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # singular covariance: expected with 12 images
         fitted = fit_exact([(encoder.encode_images(images), clip.encode_images(images))])
-    fitted.source, fitted.clip = encoder.identity.to_dict(), clip.identity.to_dict()
+    fitted.source, fitted.clip = encoder.identity, clip.identity
     return fitted
 
 
@@ -110,7 +110,7 @@ def test_an_aligner_of_other_models_is_refused(models, folder: Path, aligner: Al
         zero_shot_folder(folder, other, aligner, clip)
     foreign = Aligner(W=aligner.W, b=aligner.b, feature_mean=aligner.feature_mean,
                       feature_variance=aligner.feature_variance, n_train=aligner.n_train, method="exact",
-                      source=aligner.source, clip=dict(aligner.clip, weights_sha256="0" * 64))
+                      source=aligner.source, clip=dict(aligner.clip.to_dict(), weights_sha256="0" * 64))
     refusal = "fitted for CLIP model .*sha256 000000000000.* CLIP model in use is"
     with pytest.raises(SpaceMismatchError, match=refusal) as refused:
         zero_shot_folder(folder, encoder, foreign, clip)

@@ -285,5 +285,5 @@ def fit_on_images(encoder: Any, clip: Any, images: list, *, ridge: float, batch_
     Y = clip.encode_images(images, batch_size=batch_size, progress=progress)
     X = encoder.encode_images(images, batch_size=batch_size, progress=progress)
     aligner = fit_exact([(X, Y)], ridge=ridge)
-    aligner.source, aligner.clip = encoder.identity.to_dict(), clip.identity.to_dict()
+    aligner.source, aligner.clip = encoder.identity, clip.identity
     return aligner

@@ -76,8 +76,8 @@ def embed_folder(
             )
         writer.finish(
             class_vectors=None if labels is None else class_text_vectors(clip_model, classes, templates),
-            source=source.identity.to_dict(),
-            clip=clip_model.identity.to_dict(),
+            source=source.identity,
+            clip=clip_model.identity,
         )
     return failed, notes
 

@@ -3,8 +3,9 @@
 ``z -> z @ W + b`` with ``W`` stored as ``(d_in, d_out)`` (the paper writes ``W^T z + b``).
 ``Aligner.save`` / ``Aligner.load`` keep it (through the shared ``ALIGNER_FORMAT``) with the
 identities of the two models whose spaces it joins, so an aligner is never applied to features of
-another encoder or compared with text vectors of another CLIP model. Identities are plain dicts
-here (``ModelIdentity.to_dict()``) so this module does not import the model libraries. Also here:
+another encoder or compared with text vectors of another CLIP model. Identities are
+``ModelIdentity`` objects (dicts read from JSON metadata are converted); they come from
+``t2c_monitor.identity``, so this module does not import the model libraries. Also here:
 ``element_variance``, the one pooled statistic an aligner keeps of its training features (and the
 SGD recipe scales by). The solvers that make an ``Aligner`` live in ``exact`` and ``sgd``.
 """
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from t2c_monitor.artifacts import ArtifactFormat
 from t2c_monitor.errors import ModelLoadError, SpaceMismatchError
-from t2c_monitor.identity import describe, same_space
+from t2c_monitor.identity import ModelIdentity, as_dict, as_identity, describe, same_space
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "aligner.json"
@@ -49,12 +50,13 @@ class Aligner:
     feature_variance: float
     n_train: int
     method: FitMethod
-    source: dict | None = None
-    clip: dict | None = None
+    source: ModelIdentity | None = None  # a dict (JSON metadata) is accepted and converted
+    clip: ModelIdentity | None = None
     metrics: dict = field(default_factory=dict)
     fit_info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.source, self.clip = as_identity(self.source), as_identity(self.clip)
         if self.W.ndim != 2:
             raise ValueError(f"W must be 2-d (d_in, d_out), got shape {tuple(self.W.shape)}")
         if tuple(self.b.shape) != (self.W.shape[1],):
@@ -121,8 +123,8 @@ class Aligner:
     def save(self, path: str | Path) -> None:
         """Write the aligner to directory ``path``: ``weights.safetensors`` and ``aligner.json``."""
         ALIGNER_FORMAT.write(path, {"W": self.W, "b": self.b, "feature_mean": self.feature_mean}, {
-            "d_in": self.d_in, "d_out": self.d_out, "method": self.method, "source": self.source,
-            "clip": self.clip, "feature_variance": self.feature_variance, "n_train": self.n_train,
+            "d_in": self.d_in, "d_out": self.d_out, "method": self.method, "source": as_dict(self.source),
+            "clip": as_dict(self.clip), "feature_variance": self.feature_variance, "n_train": self.n_train,
             "metrics": self.metrics, "fit_info": self.fit_info,
         })
 
@@ -136,7 +138,7 @@ class Aligner:
     ) -> Aligner:
         """Read an aligner saved by ``save``; refuse it when it joins other spaces than expected.
 
-        ``expect_source`` / ``expect_clip`` are ``ModelIdentity.to_dict()`` of the encoder and CLIP
+        ``expect_source`` / ``expect_clip`` are the ``ModelIdentity`` (or its dict) of the encoder and CLIP
         model the caller will use; they must match the stored ones in kind, weights_sha256 and dim.
         """
         directory = Path(path)
@@ -165,10 +167,11 @@ class Aligner:
         aligner.check_models(source=expect_source, clip=expect_clip, where=str(directory))
         return aligner
 
-    def check_models(self, *, source: dict | None = None, clip: dict | None = None, where: str = "") -> None:
+    def check_models(self, *, source: ModelIdentity | dict | None = None, clip: ModelIdentity | dict | None = None,
+                     where: str = "") -> None:
         """Refuse use with another source encoder or CLIP model than the aligner was fitted for.
 
-        ``source`` / ``clip`` are ``ModelIdentity.to_dict()`` of the models in use (None: not
+        ``source`` / ``clip`` are the ``ModelIdentity`` (or its dict) of the models in use (None: not
         checked); they must match the recorded ones in kind, weights_sha256 and dim. The message
         names both models. ``where`` names the aligner (its directory) in that message.
         """
@@ -176,7 +179,8 @@ class Aligner:
         _check_identity("CLIP model", self.clip, clip, self.d_out, where)
 
 
-def _check_identity(role: str, stored: dict | None, expected: dict | None, width: int, where: str) -> None:
+def _check_identity(role: str, stored: ModelIdentity | None, expected: ModelIdentity | dict | None, width: int,
+                    where: str) -> None:
     """Refuse an aligner whose recorded model differs from the one the caller will use."""
     if expected is None:
         return
@@ -186,7 +190,7 @@ def _check_identity(role: str, stored: dict | None, expected: dict | None, width
             f"{name} records no {role} identity, so it cannot be checked against "
             f"{describe(expected)}: {REFIT_HINT} (it records both identities)"
         )
-    if not same_space(stored, expected) or expected.get("dim") != width:
+    if not same_space(stored, expected) or as_dict(expected).get("dim") != width:
         raise SpaceMismatchError(
             f"{name} was fitted for {role} {describe(stored)}, but the {role} in use is "
             f"{describe(expected)}: {REFIT_HINT}"

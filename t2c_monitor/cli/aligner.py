@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from t2c_monitor.cli.common import JsonOption, TemplateOption, console, emit_json, user_errors
+from t2c_monitor.identity import as_dict
 
 aligner_app = typer.Typer(help="Fit and evaluate aligners (source features -> CLIP image space).", no_args_is_help=True)
 
@@ -84,8 +85,8 @@ def fit(
             "n_train": aligner.n_train,
             "n_holdout": n_holdout,
             "metrics": aligner.metrics,
-            "source": aligner.source,
-            "clip": aligner.clip,
+            "source": as_dict(aligner.source),
+            "clip": as_dict(aligner.clip),
             "fit_info": {k: v for k, v in aligner.fit_info.items() if k != "epoch_losses_scaled"},
             "failed": result.failed,
             "warnings": result.warnings,

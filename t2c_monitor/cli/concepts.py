@@ -49,7 +49,7 @@ def encode(
 ) -> None:
     """Encode BANKFILE with a CLIP model's text tower and save the bank with its vectors."""
     from t2c_monitor.concepts import encode_bank_file, read_class_names
-    from t2c_monitor.identity import ModelIdentity
+    from t2c_monitor.identity import as_dict
 
     with user_errors():
         class_names = list(classes or []) + list(read_class_names(classes_file) if classes_file else [])
@@ -63,7 +63,7 @@ def encode(
         "dim": bank.dim,
         "templates": len(bank.templates),
         "classes": len(bank.classes),
-        "clip": bank.clip,
+        "clip": as_dict(bank.clip),
     }
     if as_json:
         emit_json(payload)
@@ -71,5 +71,5 @@ def encode(
     console.print(
         f"bank [bold]{bank.name}[/] v{bank.version}: {bank.k} concepts x {bank.dim} dims "
         f"({len(bank.templates)} templates{f', {len(bank.classes)} classes' if bank.classes else ''}) "
-        f"encoded with {ModelIdentity.from_dict(bank.clip)}, saved to {out}"
+        f"encoded with {bank.clip}, saved to {out}"
     )

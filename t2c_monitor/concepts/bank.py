@@ -23,7 +23,7 @@ from torch import Tensor
 from t2c_monitor.artifacts import ArtifactFormat
 from t2c_monitor.concepts.definition import normalise_key
 from t2c_monitor.errors import ConfigError, ModelLoadError, SpaceMismatchError
-from t2c_monitor.identity import ModelIdentity, as_dict, describe, same_space
+from t2c_monitor.identity import ModelIdentity, as_dict, as_identity, describe, same_space
 
 VECTORS_FILE = "vectors.safetensors"
 METADATA_FILE = "bank.json"
@@ -69,7 +69,7 @@ class ConceptBank:
 
     name: str
     version: int
-    clip: dict
+    clip: ModelIdentity  # a dict (JSON metadata) is accepted and converted
     templates: tuple[str, ...]
     concept_names: tuple[str, ...]
     phrasings: tuple[tuple[str, ...], ...]
@@ -78,6 +78,7 @@ class ConceptBank:
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def __post_init__(self) -> None:
+        self.clip = as_identity(self.clip)
         if self.vectors.ndim != 2 or self.vectors.shape[0] != len(self.concept_names):
             raise ValueError(f"vectors must be ({len(self.concept_names)}, d), got {tuple(self.vectors.shape)}")
         if len(self.phrasings) != len(self.concept_names):
@@ -113,7 +114,7 @@ class ConceptBank:
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
-            "clip": self.clip,
+            "clip": as_dict(self.clip),
             "templates": list(self.templates),
             "classes": list(self.classes),
             "concepts": [
@@ -154,7 +155,7 @@ class ConceptBank:
                 f"Concept bank {directory} is incomplete or inconsistent ({type(exc).__name__}: {exc}): "
                 f"{REENCODE_HINT}."
             ) from exc
-        clip_dim = bank.clip.get("dim") if isinstance(bank.clip, dict) else None
+        clip_dim = bank.clip.dim if bank.clip is not None else None
         for what, expected in (("the bank's CLIP model", clip_dim), ("'dim'", meta.get("dim"))):
             if expected is not None and expected != bank.dim:
                 raise ModelLoadError(

@@ -112,7 +112,7 @@ def encode_bank(
     return ConceptBank(
         name=definition.name,
         version=definition.version,
-        clip=clip.identity.to_dict(),
+        clip=clip.identity,
         templates=definition.templates,
         concept_names=tuple(c.name for c in definition.concepts),
         phrasings=tuple(c.phrasings for c in definition.concepts),

@@ -79,7 +79,7 @@ def drift_semantics(world: Any, aligner_dir: Path, *, n_ref: int = 2000, n_cur: 
 
     shifts = shifts if shifts is not None else SHIFTS
     clip, source = world.clip_model(device="cpu"), world.source_encoder(device="cpu")
-    aligner = Aligner.load(aligner_dir, expect_source=source.identity.to_dict(), expect_clip=clip.identity.to_dict())
+    aligner = Aligner.load(aligner_dir, expect_source=source.identity, expect_clip=clip.identity)
     bank = encode_bank(load_bank_definition(default_bank_path()), clip)
     vectors = torch.nn.functional.normalize(torch.as_tensor(bank.vectors, dtype=torch.float32), dim=1)
 
