@@ -19,6 +19,7 @@ from typing import Any
 from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
 from flows.ingest import IngestParams, ingest_flow
 from t2c_monitor.demo import DEMO_MONITOR, WEBHOOK_ENV, DayResult, DemoResult, prepare_demo
+from t2c_monitor.monitors import format_duration
 from t2c_monitor.wording import concept_change
 
 
@@ -37,7 +38,7 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
     setup = prepare_demo(quick=quick, progress=progress, log=log, lap=lap)
     schedules = setup.config.schedules
     result = DemoResult(monitor_file=str(setup.monitor_file), database_url=setup.database_url, baseline_images=0,
-                        inbox=str(setup.inbox), ingest_interval=_minutes(schedules.ingest_interval),
+                        inbox=str(setup.inbox), ingest_interval=format_duration(schedules.ingest_interval),
                         audit_schedule=f"on cron '{schedules.audit_cron}' ({schedules.timezone})")
     with WebhookReceiver(path="/t2c-alerts") as receiver:
         os.environ[WEBHOOK_ENV] = receiver.url  # the secret lives in this process's environment only
@@ -62,7 +63,3 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
     result.seconds = seconds
     return result
 
-
-def _minutes(interval: Any) -> str:
-    seconds = int(interval.total_seconds()) if interval else 0
-    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"

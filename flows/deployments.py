@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from t2c_monitor.monitors import MonitorConfig
+from t2c_monitor.monitors import MonitorConfig, format_duration
 
 AUDIT_ENTRYPOINT = "flows/audit.py:audit_flow"
 INBOX_ENTRYPOINT = "flows/ingest.py:ingest_inbox_flow"
@@ -153,19 +153,12 @@ async def _describe(deployment: Any) -> ServedDeployment:
         words = f"cron '{schedule.cron}' ({schedule.timezone or 'UTC'})"
         model = server_schedules.CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
     else:
-        words = f"every {_duration(schedule.interval.total_seconds())}"
+        words = f"every {format_duration(schedule.interval)}"
         model = server_schedules.IntervalSchedule(interval=schedule.interval, anchor_date=schedule.anchor_date,
                                                   timezone=schedule.timezone)
     dates = await model.get_dates(n=1, start=datetime.now(UTC))
     return ServedDeployment(name=f"{deployment.flow_name}/{deployment.name}", schedule=words,
                             next_run=dates[0] if dates else None)
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def prefect_yaml(configs: list[MonitorConfig], *, work_pool: str = DEFAULT_WORK_POOL) -> dict[str, Any]:

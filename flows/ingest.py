@@ -51,6 +51,7 @@ def plan(monitor: str, items: list, source: str, batch_id: str | None) -> dict[s
 def ingest_shard(monitor: str, batch_id: int, items: list) -> dict[str, float]:
     """Embed and store one shard; safe to retry, since stored images are skipped."""
     from t2c_monitor.ingest import IngestOptions, ingest_items, load_runtime
+
     db = database()
     runtime = load_runtime(db, monitor)
     logger = get_run_logger()
@@ -62,14 +63,15 @@ def ingest_shard(monitor: str, batch_id: int, items: list) -> dict[str, float]:
 def fail(batch_id: int, error: BaseException) -> None:
     """Mark the batch ``failed`` with the error (a rerun still completes it); best effort when the
     database itself is what failed, since Prefect's run state keeps the error too."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from t2c_monitor.errors import DatabaseUnavailableError
-    from t2c_monitor.ingest import fail_batch
+    from t2c_monitor.ingest import try_fail_batch
+
     try:
-        fail_batch(database(), batch_id, error)
-    except (SQLAlchemyError, DatabaseUnavailableError) as exc:
-        get_run_logger().warning(f"could not mark batch {batch_id} failed: {exc}")
+        marked = try_fail_batch(database(), batch_id, error)
+    except DatabaseUnavailableError:
+        marked = False
+    if not marked:
+        get_run_logger().warning(f"could not mark batch {batch_id} failed: the database did not answer")
 
 
 def embed_and_store(monitor: str, batch: dict[str, Any], workers: int, dask_address: str | None) -> dict[str, float]:
@@ -87,6 +89,7 @@ def embed_and_store(monitor: str, batch: dict[str, Any], workers: int, dask_addr
 @task
 def finish(batch_id: int, timings: dict[str, float]) -> dict[str, Any]:
     from t2c_monitor.ingest import finish_batch
+
     return finish_batch(database(), batch_id, timings).to_dict()
 
 

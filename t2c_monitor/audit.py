@@ -310,6 +310,5 @@ def audit_and_alert(db: Database, monitor: str, *, last: int | None = None, batc
     from t2c_monitor.alerts import alert_audit, resend_failed_alerts
 
     resent = resend_failed_alerts(db, monitor, log=log) if alerts else []
-    outcome = audit_window(db, monitor, last=last, batches=batches, since=since, until=until)
-    summary = write_report(db, outcome, report_dir) if report_dir is not None else outcome.summary
+    summary = run_audit(db, monitor, last=last, batches=batches, since=since, until=until, report_dir=report_dir)
     return AuditRun(summary=summary, alerts=alert_audit(db, summary, log=log) if alerts else [], resent=resent)

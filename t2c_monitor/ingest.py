@@ -16,7 +16,6 @@ is stored as a failed row with its reason.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -288,13 +287,17 @@ def fail_batch(db: Database, batch_id: int, error: BaseException) -> None:
         batch_store.set_status(conn, batch_id, "failed", error=f"run stopped: {type(error).__name__}: {error}"[:2000])
 
 
-def try_fail_batch(db: Database, batch_id: int, error: BaseException) -> None:
-    """``fail_batch`` when the database lets us; when the database is what failed, the batch stays
-    ``embedding`` (a rerun completes it) and the original error is the one the caller raises."""
+def try_fail_batch(db: Database, batch_id: int, error: BaseException) -> bool:
+    """``fail_batch`` when the database lets us, and whether it did; when the database is what
+    failed, the batch stays ``embedding`` (a rerun completes it) and the original error is the one
+    the caller raises."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    with contextlib.suppress(SQLAlchemyError):
+    try:
         fail_batch(db, batch_id, error)
+    except SQLAlchemyError:
+        return False
+    return True
 
 
 def ingest(db: Database, monitor: str, source: Any, *, batch_id: str | None = None,

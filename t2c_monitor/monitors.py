@@ -86,6 +86,16 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
 
 
+def format_duration(value: timedelta | float) -> str:
+    """A duration as a config writes it (``10m``, ``6h``, ``90s``): the inverse of ``parse_duration``."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    for unit in ("w", "d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
