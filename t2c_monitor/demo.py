@@ -31,10 +31,12 @@ DAYS = (
 QUICK_SIZES = {"baseline": 600, "day": 200}
 
 
-def demo_monitor_document(*, encoder: str, clip: str, aligner: str, bank: str) -> dict[str, Any]:
+def demo_monitor_document(*, encoder: str, clip: str, aligner: str, bank: str,
+                          decode: dict[str, Any] | None = None) -> dict[str, Any]:
     """The demo's monitors file: one monitor with an hourly audit, an inbox ingested every ten
-    minutes, and two alert channels (a webhook whose URL is a secret in the environment, and a file)."""
-    return {
+    minutes, two alert channels (a webhook whose URL is a secret in the environment, and a file),
+    and the world's decoders (``decode``, from ``World.decode_section``)."""
+    document = {
         "channels": {
             "oncall": {"type": "webhook", "url_env": WEBHOOK_ENV},
             "log": {"type": "file", "path": "alerts.jsonl"},
@@ -51,6 +53,9 @@ def demo_monitor_document(*, encoder: str, clip: str, aligner: str, bank: str) -
                           "ingest_interval": "10m"},
         }],
     }
+    if decode:
+        document["monitors"][0]["decode"] = decode
+    return document
 
 
 @dataclass
@@ -131,7 +136,7 @@ def prepare_demo(*, quick: bool = False, progress: bool = True, log: Any = print
 
     monitor_file = root / "monitors.yaml"
     document = demo_monitor_document(encoder=world.source_spec, clip=world.clip_spec, aligner=str(aligner),
-                                     bank=str(default_bank_path()))
+                                     bank=str(default_bank_path()), decode=world.decode_section())
     monitor_file.write_text("# The demo's monitor, as a user would declare it (t2c monitor apply FILE)\n"
                             + yaml.safe_dump(document, sort_keys=False))
     (config,) = load_monitor_file(monitor_file)

@@ -219,6 +219,19 @@ class SchedulesConfig(_Strict):
         return self
 
 
+class DecodeConfig(_Strict):
+    """How this monitor's vectors and drift directions are put into words (`t2c decode`, reports)."""
+
+    decoder: Literal["vocab", "prefix", "guided"] = Field("vocab", description="the decoder used by default")
+    words: list[str] = Field(default_factory=list, description="extra vocabulary terms besides the bank's")
+    bpe_words: bool = Field(True, description="add open_clip's ~33k whole words to the vocabulary")
+    corpus: Path | None = Field(None, description="captions the CLIP was trained on (one per line): keep only the "
+                                "open_clip words they use (for a CLIP trained on a small corpus)")
+    prefix: Path | None = Field(None, description="directory written by `t2c decoder train` (the prefix decoder)")
+    lm: str = Field("gpt2", description="causal LM of the guided decoder: hub name or save_pretrained directory")
+    top: int = Field(5, ge=1, le=100, description="texts per decoded vector")
+
+
 class MonitorConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     encoder: str = Field(description="source encoder spec, e.g. timm:resnet50.a1_in1k")
@@ -230,6 +243,7 @@ class MonitorConfig(_Strict):
     audit: AuditConfig = AuditConfig()
     alerts: AlertsConfig = AlertsConfig()
     schedules: SchedulesConfig = SchedulesConfig()
+    decode: DecodeConfig = DecodeConfig()
 
     @field_validator("encoder", "clip")
     @classmethod
@@ -258,6 +272,12 @@ class MonitorConfig(_Strict):
                 "encoder": _absolute_spec(self.encoder, base),
                 "clip": _absolute_spec(self.clip, base),
                 "alerts": self.alerts.model_copy(update={"channels": resolved_channels}),
+                "decode": self.decode.model_copy(update={
+                    "corpus": _absolute(self.decode.corpus, base) if self.decode.corpus else None,
+                    "prefix": _absolute(self.decode.prefix, base) if self.decode.prefix else None,
+                    "lm": str(_absolute(Path(self.decode.lm), base))
+                    if _is_local_path(self.decode.lm, base) or (base / self.decode.lm).is_dir() else self.decode.lm,
+                }),
             }
         )
 

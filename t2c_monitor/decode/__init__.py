@@ -8,16 +8,19 @@ Every decoder refuses vectors of another CLIP space. (The ``guided`` and ``prefi
 decoders of issue 14 are still to come.)
 """
 
-from t2c_monitor.decode.vocab import Decoded, DecodedDirection, VocabDecoder, VocabMode
-from t2c_monitor.decode.vocabulary import Vocabulary, bpe_words, build_vocabulary, vocabulary_of
+from t2c_monitor.decode.base import Decoded, Decoder
+from t2c_monitor.decode.vocab import DecodedDirection, VocabDecoder, VocabMode
+from t2c_monitor.decode.vocabulary import Vocabulary, bpe_words, build_vocabulary, corpus_words, vocabulary_of
 
 __all__ = [
     "Decoded",
+    "Decoder",
     "DecodedDirection",
     "VocabDecoder",
     "VocabMode",
     "Vocabulary",
     "bpe_words",
     "build_vocabulary",
+    "corpus_words",
     "vocabulary_of",
 ]

@@ -1,27 +1,69 @@
-"""Decoding in a monitor's CLIP space: its vocabulary (the bank's concepts and open_clip's words),
-and the use case behind `t2c decode`: an audit's drift direction, or any file of vectors, in words.
+"""Decoding in a monitor's CLIP space: the use cases behind `t2c decode`.
+
+Each function reads what it needs (the monitor's record, its models, its baseline's mean vector,
+which bridges the modality gap for the decoders that centre) and returns typed results:
+an audit's drift direction as what grew and what shrank; and, as ``DecodedRow``s, any file of
+aligned vectors, the aligned embeddings of images, or the rows of the source model's classifier
+(rescaled as the paper's Appendix I says before they are aligned).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from t2c_monitor.decode.vocab import Decoded, DecodedDirection, VocabDecoder, VocabMode
-from t2c_monitor.decode.vocabulary import build_vocabulary
+from t2c_monitor.decode.base import Decoded, Decoder
+from t2c_monitor.decode.factory import DecoderKind, DecoderSettings, create_decoder
+from t2c_monitor.decode.vocab import DecodedDirection, VocabDecoder, VocabMode
 from t2c_monitor.errors import ConfigError, SpaceMismatchError
 from t2c_monitor.identity import describe, same_space
 from t2c_monitor.store import Database
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
 
 
-def monitor_decoder(record: MonitorRecord, *, mode: VocabMode = "sparse", top: int = 5,
-                    include_bpe_words: bool = True, progress: bool = False) -> VocabDecoder:
-    """The ``vocab`` decoder of the monitor's CLIP space; its vocabulary is cached under
-    ``<models>/vocabularies`` (embedding open_clip's 33k words takes a while the first time)."""
-    from t2c_monitor.encoders import create_clip_model
+@dataclass(frozen=True)
+class DecodedRow:
+    """One decoded vector and what it is (a row number, an image's URI, a class name)."""
+
+    label: str
+    decoded: Decoded
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "texts": [[t, s] for t, s in self.decoded.texts]}
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    uri: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    rows: list[DecodedRow]
+    skipped: list[SkippedImage]
+
+
+def decoder_settings(record: MonitorRecord, kind: DecoderKind | None = None, *, mode: VocabMode = "nearest",
+                     top: int | None = None, bpe_words: bool | None = None) -> DecoderSettings:
+    """The monitor's ``decode:`` section as decoder settings, with the caller's overrides."""
     from t2c_monitor.settings import get_settings
+
+    config = record.config.decode
+    return DecoderSettings(
+        kind=kind or config.decoder, top=top or config.top, mode=mode,
+        terms=tuple(dict.fromkeys([*record.concept_names, *config.words])),
+        bpe_words=config.bpe_words if bpe_words is None else bpe_words, corpus=config.corpus,
+        cache_dir=get_settings().models_dir / "vocabularies", prefix=config.prefix, lm=config.lm,
+    )
+
+
+def _clip_of(record: MonitorRecord):
+    from t2c_monitor.encoders import create_clip_model
 
     clip = create_clip_model(record.config.clip)
     if not same_space(clip.identity, record.clip):
@@ -29,12 +71,26 @@ def monitor_decoder(record: MonitorRecord, *, mode: VocabMode = "sparse", top: i
             f"Monitor {record.name} was recorded with CLIP {describe(record.clip)}, but {record.config.clip} now "
             f"loads {describe(clip.identity)}: run `t2c monitor apply` again (and refit what belongs to it)."
         )
-    vocabulary = build_vocabulary(clip, record.concept_names, include_bpe_words=include_bpe_words,
-                                  cache_dir=get_settings().models_dir / "vocabularies", progress=progress)
-    return VocabDecoder(vocabulary, mode=mode, top=top)
+    return clip
 
 
-def decode_audit(db: Database, monitor: str, audit_id: int, *, top: int = 5, include_bpe_words: bool = True,
+def _record_and_mean(db: Database, monitor: str) -> tuple[MonitorRecord, np.ndarray | None]:
+    from t2c_monitor.store.audits import baseline_mean
+
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    with db.engine.connect() as conn:
+        return record, baseline_mean(conn, record.id)
+
+
+def monitor_decoder(record: MonitorRecord, settings: DecoderSettings, *, image_mean: np.ndarray | None = None,
+                    clip=None, progress: bool = False) -> Decoder:
+    """The decoder ``settings`` of the monitor's CLIP space (vocabularies are cached under the models
+    directory: embedding open_clip's 33k words takes a while the first time)."""
+    return create_decoder(settings, clip=clip or _clip_of(record), image_mean=image_mean, progress=progress)
+
+
+def decode_audit(db: Database, monitor: str, audit_id: int, *, top: int = 5, include_bpe_words: bool | None = None,
                  progress: bool = False) -> DecodedDirection:
     """What grew and what shrank in audit ``audit_id`` of ``monitor``, from its drift direction."""
     from t2c_monitor.store.audits import audit_direction
@@ -46,27 +102,98 @@ def decode_audit(db: Database, monitor: str, audit_id: int, *, top: int = 5, inc
     if direction is None:
         raise ConfigError(f"Audit {audit_id} of {monitor} has no drift direction (it failed, or the window's mean "
                           "equals the baseline's): nothing to decode.")
-    decoder = monitor_decoder(record, top=top, include_bpe_words=include_bpe_words, progress=progress)
+    settings = decoder_settings(record, "vocab", mode="sparse", top=top, bpe_words=include_bpe_words)
+    decoder = monitor_decoder(record, settings, progress=progress)
+    assert isinstance(decoder, VocabDecoder)
     return decoder.decode_direction(direction, space=record.clip)
 
 
-def decode_vector_file(db: Database, monitor: str, path: str | Path, *, mode: VocabMode = "nearest", top: int = 5,
-                       include_bpe_words: bool = True, progress: bool = False) -> list[Decoded]:
-    """Each row of a ``.npy`` or ``.safetensors`` (tensor ``vectors``) file of vectors of the
-    monitor's aligned space, in words."""
+def read_vector_file(path: str | Path) -> np.ndarray:
+    """Vectors from a ``.npy`` file or a ``.safetensors`` file's tensor ``vectors``."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Vector file {path} does not exist.")
     if path.suffix == ".npy":
-        vectors = np.load(path)
-    elif path.suffix == ".safetensors":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not a readable .npy array ({exc}).") from exc
+    if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
         tensors = load_file(str(path))
         if "vectors" not in tensors:
             raise ConfigError(f"{path} holds no tensor named 'vectors' (it holds {sorted(tensors)}).")
-        vectors = tensors["vectors"]
-    else:
-        raise ConfigError(f"{path}: give vectors as .npy or .safetensors (a tensor named 'vectors').")
-    with db.session() as session:
-        record = get_monitor(session, monitor)
-    decoder = monitor_decoder(record, mode=mode, top=top, include_bpe_words=include_bpe_words, progress=progress)
-    return decoder.decode(vectors, space=record.clip)
+        return tensors["vectors"]
+    raise ConfigError(f"{path}: give vectors as .npy or .safetensors (a tensor named 'vectors').")
+
+
+def decode_vector_file(db: Database, monitor: str, path: str | Path, *, kind: DecoderKind | None = None,
+                       mode: VocabMode = "nearest", top: int | None = None, include_bpe_words: bool | None = None,
+                       progress: bool = False) -> list[DecodedRow]:
+    """Each row of a file of vectors of the monitor's aligned space, in words."""
+    vectors = read_vector_file(path)
+    record, mean = _record_and_mean(db, monitor)
+    decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
+                              image_mean=mean, progress=progress)
+    decoded = decoder.decode(vectors, space=record.clip)
+    return [DecodedRow(str(i), d) for i, d in enumerate(decoded)]
+
+
+def decode_images(db: Database, monitor: str, source: str | Path, *, kind: DecoderKind | None = None,
+                  mode: VocabMode = "nearest", top: int | None = None, include_bpe_words: bool | None = None,
+                  progress: bool = False) -> DecodedImages:
+    """The images of ``source`` (a file, folder or URI, as ingest reads them) embedded by the monitor's
+    encoder, aligned, and decoded; images that cannot be read are skipped with their reason."""
+    from t2c_monitor.images import DecodedImage, load_image
+    from t2c_monitor.monitors import load_models
+    from t2c_monitor.sources import resolve_source
+
+    record, mean = _record_and_mean(db, monitor)
+    models = load_models(record.config)
+    items = resolve_source(str(source))
+    if not items:
+        raise ConfigError(f"{source} holds no images.")
+    loaded = [load_image(item) for item in items]
+    good = [r for r in loaded if isinstance(r, DecodedImage)]
+    skipped = [SkippedImage(r.uri, r.reason) for r in loaded if not isinstance(r, DecodedImage)]
+    if not good:
+        return DecodedImages([], skipped)
+    features = models.encoder.encode_images([r.image for r in good], progress=progress)
+    aligned = F.normalize(models.aligner.transform(features), dim=1)
+    decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
+                              image_mean=mean if mean is not None else aligned.mean(0).numpy(), clip=models.clip,
+                              progress=progress)
+    decoded = decoder.decode(aligned, space=record.clip)
+    return DecodedImages([DecodedRow(r.uri, d) for r, d in zip(good, decoded, strict=True)], skipped)
+
+
+def class_head_vectors(encoder, aligner) -> tuple[list[str], torch.Tensor]:
+    """The source model's classifier rows aligned into CLIP space (rescaled first, Appendix I), with
+    the class names its pretrained config records (else the row numbers)."""
+    model = encoder.model
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise ConfigError(f"The source model {describe(encoder.identity)} has no linear classifier head to decode "
+                          "(timm's get_classifier() returns none): decode --images or --vectors instead.")
+    rows = weight.detach().float().cpu()
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = list(cfg.get("label_names") or []) if isinstance(cfg, dict) else []
+    labels = names if len(names) == rows.shape[0] else [f"class {i}" for i in range(rows.shape[0])]
+    return labels, F.normalize(aligner.align_vectors(rows, rescale=True), dim=1)
+
+
+def decode_class_head(db: Database, monitor: str, *, kind: DecoderKind | None = None, mode: VocabMode = "nearest",
+                      top: int | None = None, include_bpe_words: bool | None = None,
+                      progress: bool = False) -> list[DecodedRow]:
+    """Each class of the monitor's source model, in words: its classifier row aligned into CLIP space."""
+    from t2c_monitor.monitors import load_models
+
+    record, mean = _record_and_mean(db, monitor)
+    models = load_models(record.config)
+    labels, vectors = class_head_vectors(models.encoder, models.aligner)
+    decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
+                              image_mean=mean, clip=models.clip, progress=progress)
+    decoded = decoder.decode(vectors, space=record.clip)
+    return [DecodedRow(label, d) for label, d in zip(labels, decoded, strict=True)]

@@ -25,20 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from t2c_monitor.decode.base import Decoded, as_rows
 from t2c_monitor.decode.vocabulary import Vocabulary
 from t2c_monitor.identity import ModelIdentity
 
 VocabMode = Literal["nearest", "sparse"]
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """One vector in words: ranked (text, score) pairs (cosine for ``nearest``, weight for ``sparse``)."""
-
-    texts: list[tuple[str, float]]
-
-    def words(self, top: int | None = None) -> list[str]:
-        return [t for t, _ in self.texts[:top]]
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,10 @@ class DecodedDirection:
 
 
 class VocabDecoder:
-    """Decode unit vectors of one CLIP space with a ``Vocabulary`` of that space."""
+    """Decode unit vectors of one CLIP space with a ``Vocabulary`` of that space (scores: cosine for
+    ``nearest``, weight for ``sparse``)."""
+
+    name = "vocab"
 
     def __init__(self, vocabulary: Vocabulary, *, mode: VocabMode = "nearest", top: int = 5, max_terms: int = 5,
                  candidates: int = 256, image_mean: Tensor | np.ndarray | None = None) -> None:
@@ -66,6 +60,10 @@ class VocabDecoder:
         self._image_mean = None if image_mean is None else torch.as_tensor(image_mean, dtype=torch.float32)
         if self._image_mean is not None and self._image_mean.shape != (vocabulary.dim,):
             raise ValueError(f"image_mean must have shape ({vocabulary.dim},), got {tuple(self._image_mean.shape)}")
+
+    @property
+    def clip(self) -> ModelIdentity:
+        return self.vocabulary.clip
 
     def decode(self, vectors: Tensor | np.ndarray, *, space: ModelIdentity | dict | None) -> list[Decoded]:
         """Each row of ``vectors`` (image-side vectors of the CLIP space ``space``) in words."""
@@ -88,15 +86,7 @@ class VocabDecoder:
         return DecodedDirection(grew=grew, shrank=shrank)
 
     def _rows(self, vectors: Tensor | np.ndarray) -> Tensor:
-        rows = vectors if isinstance(vectors, Tensor) else torch.from_numpy(np.asarray(vectors, dtype=np.float32))
-        rows = rows.detach().float().cpu()
-        if rows.ndim == 1:
-            rows = rows[None]
-        if rows.ndim != 2 or rows.shape[1] != self.vocabulary.dim:
-            raise ValueError(f"vectors must be (n, {self.vocabulary.dim}), got {tuple(rows.shape)}")
-        if not torch.isfinite(rows).all():
-            raise ValueError("vectors must be finite")
-        return rows
+        return as_rows(vectors, self.vocabulary.dim)
 
     def _nearest(self, v: Tensor) -> Decoded:
         scores = self.vocabulary.vectors @ F.normalize(v, dim=0)

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from t2c_monitor.artifacts import ArtifactFormat
-from t2c_monitor.errors import SpaceMismatchError
-from t2c_monitor.identity import ModelIdentity, as_dict, describe, same_space
+from t2c_monitor.decode.base import check_space
+from t2c_monitor.errors import ConfigError
+from t2c_monitor.identity import ModelIdentity, as_dict, same_space
 
 VOCABULARY_FORMAT = ArtifactFormat(
     label="vocabulary", marker="t2c-vocabulary", version=1, metadata_file="vocabulary.json",
@@ -57,14 +58,9 @@ class Vocabulary:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def check_space(self, identity: ModelIdentity | dict | None, *, what: str = "vectors to decode") -> None:
+    def check_space(self, identity: ModelIdentity | dict | None) -> None:
         """Refuse vectors of another CLIP space (or of an unrecorded one)."""
-        if not same_space(self.clip, identity):
-            raise SpaceMismatchError(
-                f"The {what} live in the space of {describe(identity)}, but this vocabulary was embedded by "
-                f"{describe(self.clip)}: decode with a vocabulary of that CLIP model (the one the monitor's "
-                "aligner maps into)."
-            )
+        check_space(self.clip, identity, built="this vocabulary was embedded by")
 
 
 def _key(clip: ModelIdentity, terms: tuple[str, ...]) -> str:
@@ -72,12 +68,31 @@ def _key(clip: ModelIdentity, terms: tuple[str, ...]) -> str:
     return f"{clip.weights_sha256[:12]}-{digest[:16]}"
 
 
+def corpus_words(path: str | Path) -> frozenset[str]:
+    """The lower-case alphabetic words a text corpus (one caption per line) uses."""
+    import re
+
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the corpus {path} ({exc.strerror or exc}): give a text file of captions, "
+                          "one per line.") from exc
+    return frozenset(re.findall(r"[a-z]+", text.lower()))
+
+
 def build_vocabulary(clip: Any, terms: list[str] | tuple[str, ...] = (), *, include_bpe_words: bool = True,
-                     cache_dir: str | Path | None = None, batch_size: int = 512,
-                     progress: bool = False) -> Vocabulary:
+                     known_words: frozenset[str] | set[str] | None = None, cache_dir: str | Path | None = None,
+                     batch_size: int = 512, progress: bool = False) -> Vocabulary:
     """The vocabulary of ``terms`` (and the BPE words) for ``clip`` (an ``encoders.ClipModel``),
-    read from ``cache_dir`` when embedded before by the same weights, else embedded and saved there."""
-    unique = tuple(dict.fromkeys(t.strip() for t in (*terms, *(bpe_words() if include_bpe_words else ())) if t.strip()))
+    read from ``cache_dir`` when embedded before by the same weights, else embedded and saved there.
+
+    ``known_words`` keeps only the BPE words in it (the words of the corpus a small CLIP was trained
+    on: the embedding of a word its text tower never saw is arbitrary and would outrank true ones);
+    ``terms`` are always kept."""
+    words = bpe_words() if include_bpe_words else ()
+    if known_words is not None:
+        words = tuple(w for w in words if w in known_words)
+    unique = tuple(dict.fromkeys(t.strip() for t in (*terms, *words) if t.strip()))
     if not unique:
         raise ValueError("terms must name at least one word or phrase (or include_bpe_words=True)")
     identity: ModelIdentity = clip.identity

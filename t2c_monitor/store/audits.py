@@ -273,3 +273,10 @@ def audit_direction(conn: Connection, monitor_id: int, audit_id: int) -> np.ndar
     if row is None:
         raise ConfigError(f"The monitor has no audit {audit_id}: `t2c audit list --monitor NAME` shows its audits.")
     return None if row.direction is None else np.asarray(row.direction, dtype=np.float32)
+
+
+def baseline_mean(conn: Connection, monitor_id: int) -> np.ndarray | None:
+    """The mean aligned vector of the monitor's active baseline (None when it has none)."""
+    value = conn.execute(select(Baseline.mean_vector)
+                         .where(Baseline.monitor_id == monitor_id, Baseline.active)).scalar_one_or_none()
+    return None if value is None else np.asarray(value, dtype=np.float32)

@@ -14,6 +14,8 @@ Layout of a built world::
     source/model.safetensors          timm t2c_world_resnet weights (shape classifier)
     source/source.json                architecture, classes, how to load
     caption_lm/                       GPT-2 + tokenizer (save_pretrained) and prefix.json
+    captions.txt                      the captions the LM and the decoder learned from (a corpus)
+    decoder/                          the prefix decoder (concept-to-text), ``PrefixDecoder.load``
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from t2c_monitor.world.factors import EFFECTS, FACTORS
 
 # Bump whenever the generator, the captions or the training recipe change: it is part of the
 # cache key, so every cached world built by older code is rebuilt.
-WORLD_CODE_VERSION = "6"
+WORLD_CODE_VERSION = "7"
 WORLD_FILE = "world.json"
 
 
@@ -49,6 +51,7 @@ class Recipe:
     source_steps: int
     lm_captions: int
     lm_steps: int
+    prefix_steps: int = 1200  # the prefix decoder (concept-to-text), on the LM's captions
     focus_share: float = 0.5  # share of each CLIP batch captioned by focus captions
     focus_detail: float = 0.25  # chance a focus caption also names size, colour, background (each)
     focus_effect_only: float = 0.0  # chance an image with effects gets one effect's bare phrase instead
@@ -65,9 +68,9 @@ class Recipe:
 # build 313 s. More source steps trade aligned colour for R² (300: R² 0.80, colour 0.80x; 100:
 # R² 0.69, colour 0.87x).
 FULL = Recipe(clip_images=16000, clip_steps=800, clip_batch=160, source_images=8000, source_steps=180,
-              lm_captions=16000, lm_steps=200, focus_detail=0.2, focus_effect_only=0.3)
+              lm_captions=16000, lm_steps=200, prefix_steps=1200, focus_detail=0.2, focus_effect_only=0.3)
 QUICK = Recipe(clip_images=2000, clip_steps=120, clip_batch=64, source_images=1500, source_steps=30,
-               lm_captions=2000, lm_steps=30, focus_effect_only=0.3)
+               lm_captions=2000, lm_steps=30, prefix_steps=300, focus_effect_only=0.3)
 
 
 def recipe_for(quick: bool) -> Recipe:
@@ -123,6 +126,21 @@ class World:
     @property
     def caption_lm_dir(self) -> Path:
         return self.root / self.metadata["files"]["caption_lm"]
+
+    @property
+    def corpus(self) -> Path:
+        """The world's captions, one per line (what its LM and prefix decoder learned from)."""
+        return self.root / self.metadata["files"]["corpus"]
+
+    @property
+    def prefix_decoder_dir(self) -> Path:
+        return self.root / self.metadata["files"]["prefix_decoder"]
+
+    def decode_section(self) -> dict[str, Any]:
+        """A monitor's ``decode:`` section for this world: its corpus (so the vocabulary keeps only the
+        words its CLIP learned), its prefix decoder and its caption LM for the guided decoder."""
+        return {"decoder": "vocab", "corpus": str(self.corpus), "prefix": str(self.prefix_decoder_dir),
+                "lm": str(self.caption_lm_dir)}
 
     @property
     def clip_spec(self) -> str:
@@ -283,16 +301,45 @@ def _train_into(out: Path, seed: int, quick: bool, progress: bool) -> None:
             progress=tracker("caption LM", recipe.lm_steps))
         lm_dir = save_caption_lm(lm, tokenizer, out / "caption_lm", clip_dim=model_config["embed_dim"])
         timings["caption_lm"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        corpus = out / "captions.txt"
+        corpus.write_text("\n".join(data.captions[: recipe.lm_captions]) + "\n")
+        decoder_dir, prefix_losses = _train_prefix_decoder(
+            out, clip_config, clip_weights, lm_dir, data.captions[: recipe.lm_captions], recipe.prefix_steps, seed,
+            tracker("prefix decoder (text only)", recipe.prefix_steps))
+        timings["prefix_decoder"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
     metadata = {
         "world_code_version": WORLD_CODE_VERSION, "key": world_key(seed, quick), "seed": seed, "quick": quick,
         "factors": {k: list(v) for k, v in FACTORS.items()}, "effects": list(EFFECTS),
         "recipe": asdict(recipe), "build_seconds": timings,
         "final_losses": {"clip": float(np.mean(clip_losses[-10:])), "source": float(np.mean(source_losses[-10:])),
-                         "caption_lm": float(np.mean(lm_losses[-10:]))},
+                         "caption_lm": float(np.mean(lm_losses[-10:])),
+                         "prefix_decoder": float(np.mean(prefix_losses[-10:]))},
         "files": {"clip_config": str(clip_config.relative_to(out)), "clip_weights": str(clip_weights.relative_to(out)),
                   "source_weights": str(source_weights.relative_to(out)),
-                  "source_config": str(source_config.relative_to(out)), "caption_lm": str(lm_dir.relative_to(out))},
+                  "source_config": str(source_config.relative_to(out)), "caption_lm": str(lm_dir.relative_to(out)),
+                  "corpus": str(corpus.relative_to(out)), "prefix_decoder": str(decoder_dir.relative_to(out))},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / WORLD_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def _train_prefix_decoder(out: Path, clip_config: Path, clip_weights: Path, lm_dir: Path, captions: list[str],
+                          steps: int, seed: int, progress) -> tuple[Path, list[float]]:
+    """The world's prefix decoder, trained through the production loaders on the saved CLIP and LM."""
+    from t2c_monitor.decode.lm import load_causal_lm
+    from t2c_monitor.decode.prefix import PrefixTraining, train_prefix_decoder
+    from t2c_monitor.encoders import create_clip_model
+
+    clip = create_clip_model(f"open_clip:{clip_config}@{clip_weights}", device="cpu")
+    losses: list[float] = []
+
+    def step(i: int, loss: float) -> None:
+        losses.append(loss)
+        progress(i, loss)
+
+    decoder = train_prefix_decoder(clip, load_causal_lm(lm_dir), captions, PrefixTraining(steps=steps, seed=seed),
+                                   progress=step)
+    return decoder.save(out / "decoder"), losses

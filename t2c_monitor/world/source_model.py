@@ -41,7 +41,7 @@ ARCH_KWARGS = {"block": BasicBlock, "layers": (1, 1, 1, 1), "channels": (32, 64,
 PRETRAINED_CFG = {
     "num_classes": len(FACTORS["shape"]), "input_size": (3, IMAGE_SIZE, IMAGE_SIZE), "pool_size": (2, 2),
     "crop_pct": 1.0, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-    "first_conv": "conv1.0", "classifier": "fc", "license": "apache-2.0",
+    "first_conv": "conv1.0", "classifier": "fc", "license": "apache-2.0", "label_names": tuple(FACTORS["shape"]),
 }
 
 default_cfgs = generate_default_cfgs({SOURCE_ARCH: dict(url="", **PRETRAINED_CFG)})
