@@ -28,7 +28,7 @@ that the bank was encoded in that CLIP space.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -229,7 +229,21 @@ class DecodeConfig(_Strict):
                                 "open_clip words they use (for a CLIP trained on a small corpus)")
     prefix: Path | None = Field(None, description="directory written by `t2c decoder train` (the prefix decoder)")
     lm: str = Field("gpt2", description="causal LM of the guided decoder: hub name or save_pretrained directory")
+    guided: dict[str, Any] = Field(default_factory=dict, description="guided decoder knobs (ZeroCap's), e.g. "
+                                   "{max_tokens: 12, num_iterations: 3}")
     top: int = Field(5, ge=1, le=100, description="texts per decoded vector")
+
+    @field_validator("guided")
+    @classmethod
+    def _known_guided_knobs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from t2c_monitor.decode.guided import GuidedSettings
+
+        try:
+            GuidedSettings(**value)
+        except TypeError as exc:
+            known = ", ".join(f.name for f in fields(GuidedSettings))
+            raise ValueError(f"unknown guided decoder knob ({exc}); known: {known}") from exc
+        return value
 
 
 class MonitorConfig(_Strict):

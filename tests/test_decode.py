@@ -133,7 +133,7 @@ def test_t2c_decode_says_what_grew_and_shrank_in_an_audit_and_names_stored_vecto
                                       "--bank-only", "--top", "1", "--json"])
     assert result.exit_code == 0, result.output
     decoded = json.loads(result.stdout.strip().splitlines()[-1])["decoded"]
-    assert [d[0][0] for d in decoded] == record.concept_names[:2]
+    assert [d["texts"][0][0] for d in decoded] == record.concept_names[:2]
 
     unknown = CliRunner().invoke(app, ["decode", "--monitor", "tiny", "--audit", "99999", "--bank-only"])
     assert unknown.exit_code == 2 and "has no audit 99999" in unknown.output

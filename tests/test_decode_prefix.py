@@ -42,7 +42,7 @@ def trained(tiny_clip, lm_dir):
     lm = load_causal_lm(lm_dir)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     decoder = train_prefix_decoder(tiny_clip, lm, CAPTIONS, PrefixTraining(steps=250, batch_size=20, lr=3e-3,
-                                                                           lm_lr=3e-3, noise_std=0.01, seed=0))
+                                                                           lm_lr=3e-3, noise_norm=0.05, seed=0))
     return lm, before, decoder.with_options(beam_size=2)
 
 

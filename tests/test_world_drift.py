@@ -67,3 +67,31 @@ def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, t
     assert received["flagged"][0]["name"] == "grass" and received["batches"] == [first_shift]
     lines = (tmp_path / "t2c-home" / "demo" / "alerts.jsonl").read_text().splitlines()
     assert [json.loads(line)["audit_id"] for line in lines] == [received["audit_id"]]
+
+    # the demo monitor in words (concept-to-text through the CLI, on the same database)
+    from typer.testing import CliRunner
+
+    from t2c_monitor.cli import app
+    from t2c_monitor.demo import DEMO_MONITOR
+    from t2c_monitor.world.decode_check import first_named, named_value
+
+    def decode(*args: str) -> dict:
+        run = CliRunner().invoke(app, ["decode", "--monitor", DEMO_MONITOR, *args, "--json"])
+        assert run.exit_code == 0, run.output
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    grew = [text for text, _ in decode("--audit", str(received["audit_id"]))["grew"]]
+    assert first_named(grew, "background") == "grass", grew
+    def grass_share(day: str) -> float:
+        """Share of the day's images whose decoded sentence (prefix decoder) puts the shape on grass."""
+        folder = tmp_path / "t2c-home" / "demo" / "images" / day
+        said = decode("--images", str(folder), "--decoder", "prefix", "--top", "1")
+        texts = [row["texts"][0][0] for row in said["decoded"]]
+        assert len(texts) == len(list(folder.glob("*.png"))) and not said["skipped"]
+        return sum(named_value(t, "background") == "grass" for t in texts) / len(texts)
+
+    clean_day = next(name for name, shift in planted.items() if shift is None)
+    shifted, clean = grass_share(first_shift), grass_share(clean_day)
+    assert shifted >= clean + 0.2, f"grass in {shifted:.2f} of the grass day's sentences, {clean:.2f} of a clean day's"
+    heads = decode("--class-head", "--top", "3")["decoded"]
+    assert [row["label"] for row in heads] == ["circle", "square", "triangle", "cross", "star"]

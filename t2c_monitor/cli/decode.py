@@ -91,8 +91,8 @@ def train(
     steps: int = typer.Option(1500, "--steps", min=1, help="training steps"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     prefix_length: int = typer.Option(4, "--prefix-length", min=1, help="prefix embeddings per CLIP vector"),
-    noise_std: float = typer.Option(None, "--noise-std", min=0.0, help="noise added to text embeddings "
-                                    "(default CapDec's, variance 0.016)"),
+    noise_norm: float = typer.Option(0.5, "--noise-norm", min=0.0, help="expected length of the noise added to "
+                                     "each centred unit text embedding (bridges the modality gap)"),
     freeze_lm: bool = typer.Option(False, "--freeze-lm", help="train only the mapping network"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option(None, "--device", help="torch device (default: T2C_DEVICE, 'auto')"),
@@ -101,10 +101,9 @@ def train(
     """Train a prefix decoder on captions alone (CapDec): CLIP text embeddings plus noise -> the caption."""
     from t2c_monitor.decode.prefix import PrefixTraining, train_decoder
 
-    extra = {} if noise_std is None else {"noise_std": noise_std}
     with user_errors():
         training = PrefixTraining(steps=steps, batch_size=batch_size, prefix_length=prefix_length,
-                                  train_lm=not freeze_lm, seed=seed, **extra)
+                                  noise_norm=noise_norm, train_lm=not freeze_lm, seed=seed)
         result = train_decoder(clip, lm, corpus, out, training, device=device, progress=not as_json)
     if as_json:
         emit_json(result.to_dict())

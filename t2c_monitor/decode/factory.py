@@ -39,19 +39,29 @@ class DecoderSettings:
 
 
 def create_decoder(settings: DecoderSettings, *, clip: Any, image_mean: Tensor | np.ndarray | None = None,
-                   device: str | torch.device | None = None, progress: bool = False) -> Decoder:
+                   bank: Any = None, device: str | torch.device | None = None, progress: bool = False) -> Decoder:
     """The decoder ``settings.kind`` for ``clip`` (an ``encoders.ClipModel``). ``image_mean`` is the mean
     unit image-side vector of the space when known (a baseline's): the decoders that bridge the
-    modality gap by centring use it."""
+    modality gap by centring use it. A ``bank`` (``ConceptBank``) puts its concepts, as its own
+    vectors, at the head of the vocabulary."""
     if settings.kind == "vocab":
         from t2c_monitor.decode.vocab import VocabDecoder
-        from t2c_monitor.decode.vocabulary import build_vocabulary, corpus_words
+        from t2c_monitor.decode.vocabulary import build_vocabulary, corpus_words, vocabulary_of, with_concepts
 
-        known = corpus_words(settings.corpus) if settings.corpus is not None else None
-        vocabulary = build_vocabulary(clip, settings.terms, include_bpe_words=settings.bpe_words, known_words=known,
-                                      cache_dir=settings.cache_dir, progress=progress)
-        return VocabDecoder(vocabulary, mode=settings.mode, top=settings.top,
-                            image_mean=image_mean if settings.mode == "sparse" else None)
+        if bank is not None and not same_space(bank.clip, clip.identity):
+            raise SpaceMismatchError(f"Concept bank {bank.name} was encoded by {describe(bank.clip)}, not by "
+                                     f"{describe(clip.identity)}: encode it with this CLIP model.")
+        if settings.terms or settings.bpe_words:
+            known = corpus_words(settings.corpus) if settings.corpus is not None else None
+            vocabulary = build_vocabulary(clip, settings.terms, include_bpe_words=settings.bpe_words,
+                                          known_words=known, cache_dir=settings.cache_dir, progress=progress)
+            if bank is not None:
+                vocabulary = with_concepts(vocabulary, bank.concept_names, bank.vectors)
+        elif bank is not None:
+            vocabulary = vocabulary_of(bank.vectors, list(bank.concept_names), clip.identity)
+        else:
+            raise ConfigError("The vocab decoder has no terms: give words, a concept bank, or allow open_clip's words.")
+        return VocabDecoder(vocabulary, mode=settings.mode, top=settings.top, image_mean=image_mean)
     if settings.kind == "prefix":
         from t2c_monitor.decode.prefix import PrefixDecoder
 

@@ -56,9 +56,10 @@ def decoder_settings(record: MonitorRecord, kind: DecoderKind | None = None, *, 
     config = record.config.decode
     return DecoderSettings(
         kind=kind or config.decoder, top=top or config.top, mode=mode,
-        terms=tuple(dict.fromkeys([*record.concept_names, *config.words])),
+        terms=tuple(config.words),
         bpe_words=config.bpe_words if bpe_words is None else bpe_words, corpus=config.corpus,
         cache_dir=get_settings().models_dir / "vocabularies", prefix=config.prefix, lm=config.lm,
+        guided=dict(config.guided),
     )
 
 
@@ -84,10 +85,16 @@ def _record_and_mean(db: Database, monitor: str) -> tuple[MonitorRecord, np.ndar
 
 
 def monitor_decoder(record: MonitorRecord, settings: DecoderSettings, *, image_mean: np.ndarray | None = None,
-                    clip=None, progress: bool = False) -> Decoder:
-    """The decoder ``settings`` of the monitor's CLIP space (vocabularies are cached under the models
-    directory: embedding open_clip's 33k words takes a while the first time)."""
-    return create_decoder(settings, clip=clip or _clip_of(record), image_mean=image_mean, progress=progress)
+                    clip=None, bank=None, progress: bool = False) -> Decoder:
+    """The decoder ``settings`` of the monitor's CLIP space; a vocabulary starts with the monitor's bank
+    concepts (as the bank's vectors) and is cached under the models directory (embedding open_clip's
+    33k words takes a while the first time)."""
+    from t2c_monitor.monitors import load_bank
+
+    clip = clip or _clip_of(record)
+    if settings.kind == "vocab" and bank is None:
+        bank = load_bank(record.config.bank, clip, name=record.name)
+    return create_decoder(settings, clip=clip, image_mean=image_mean, bank=bank, progress=progress)
 
 
 def decode_audit(db: Database, monitor: str, audit_id: int, *, top: int = 5, include_bpe_words: bool | None = None,
@@ -163,25 +170,20 @@ def decode_images(db: Database, monitor: str, source: str | Path, *, kind: Decod
     aligned = F.normalize(models.aligner.transform(features), dim=1)
     decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
                               image_mean=mean if mean is not None else aligned.mean(0).numpy(), clip=models.clip,
-                              progress=progress)
+                              bank=models.bank, progress=progress)
     decoded = decoder.decode(aligned, space=record.clip)
     return DecodedImages([DecodedRow(r.uri, d) for r, d in zip(good, decoded, strict=True)], skipped)
 
 
 def class_head_vectors(encoder, aligner) -> tuple[list[str], torch.Tensor]:
     """The source model's classifier rows aligned into CLIP space (rescaled first, Appendix I), with
-    the class names its pretrained config records (else the row numbers)."""
-    model = encoder.model
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    weight = getattr(head, "weight", None)
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        raise ConfigError(f"The source model {describe(encoder.identity)} has no linear classifier head to decode "
-                          "(timm's get_classifier() returns none): decode --images or --vectors instead.")
-    rows = weight.detach().float().cpu()
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    names = list(cfg.get("label_names") or []) if isinstance(cfg, dict) else []
-    labels = names if len(names) == rows.shape[0] else [f"class {i}" for i in range(rows.shape[0])]
-    return labels, F.normalize(aligner.align_vectors(rows, rescale=True), dim=1)
+    their class names."""
+    head = getattr(encoder, "class_head", None)
+    if head is None:
+        raise ConfigError(f"The source model {describe(encoder.identity)} was loaded without a classifier head "
+                          "(random init, or a model with no linear classifier): decode --images or --vectors "
+                          "instead.")
+    return list(head.labels), F.normalize(aligner.align_vectors(head.weight, rescale=True), dim=1)
 
 
 def decode_class_head(db: Database, monitor: str, *, kind: DecoderKind | None = None, mode: VocabMode = "nearest",
@@ -194,6 +196,6 @@ def decode_class_head(db: Database, monitor: str, *, kind: DecoderKind | None = 
     models = load_models(record.config)
     labels, vectors = class_head_vectors(models.encoder, models.aligner)
     decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
-                              image_mean=mean, clip=models.clip, progress=progress)
+                              image_mean=mean, clip=models.clip, bank=models.bank, progress=progress)
     decoded = decoder.decode(vectors, space=record.clip)
     return [DecodedRow(label, d) for label, d in zip(labels, decoded, strict=True)]

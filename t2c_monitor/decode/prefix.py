@@ -47,14 +47,21 @@ LM_DIR = "lm"
 
 @dataclass(frozen=True)
 class PrefixTraining:
-    """How a prefix decoder is trained. ``noise_std`` is CapDec's (noise variance 0.016)."""
+    """How a prefix decoder is trained.
+
+    ``noise_norm`` is the expected length of the Gaussian noise added to each (centred, unit) text
+    embedding: per dimension its standard deviation is ``noise_norm / sqrt(dim)``, so one setting
+    means the same for CLIP models of any width. CapDec's variance of 0.016 per dimension on
+    ViT-B/32 (512-d) is a norm of about 2.9 on uncentred vectors; on the shapes world's centred
+    128-d vectors 0.5 named colours, sizes and backgrounds from image embeddings best (bench/decode.py).
+    """
 
     steps: int = 1500
     batch_size: int = 64
     lr: float = 2e-3  # the mapping network
     lm_lr: float = 5e-4  # the LM, when ``train_lm``
     prefix_length: int = 4
-    noise_std: float = math.sqrt(0.016)
+    noise_norm: float = 0.5
     train_lm: bool = True
     max_text_tokens: int = 40
     seed: int = 0
@@ -66,8 +73,8 @@ class PrefixTraining:
         for name in ("lr", "lm_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.noise_std >= 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if not self.noise_norm >= 0:
+            raise ValueError(f"noise_norm must be >= 0, got {self.noise_norm}")
 
 
 class PrefixMapper(nn.Module):
@@ -213,7 +220,7 @@ def train_prefix_decoder(clip, lm: CausalLM, corpus: Sequence[str], training: Pr
                          progress: Callable[[int, float], None] | None = None) -> PrefixDecoder:
     """Train a prefix decoder for ``clip`` (an ``encoders.ClipModel``) and ``lm`` on ``corpus`` (captions).
 
-    Text only: the CLIP text embeddings of the captions, with Gaussian noise of ``noise_std``, are
+    Text only: the centred CLIP text embeddings of the captions, with Gaussian noise (``noise_norm``), are
     the inputs; the captions are the targets. ``progress(step, loss)`` is called after each step.
     """
     texts = [t.strip() for t in corpus if t and t.strip()]
@@ -224,6 +231,7 @@ def train_prefix_decoder(clip, lm: CausalLM, corpus: Sequence[str], training: Pr
     embeddings = F.normalize(clip.encode_text(texts), dim=1)
     text_mean = embeddings.mean(dim=0)
     embeddings = F.normalize(embeddings - text_mean, dim=1)  # the mapping network reads centred vectors
+    noise_std = training.noise_norm / math.sqrt(embeddings.shape[1])
     tokens = [[lm.start_token_id, *lm.encode(t)[: training.max_text_tokens], lm.end_token_id] for t in texts]
     mapper = PrefixMapper(int(embeddings.shape[1]), lm.width, training.prefix_length).to(lm.device)
     model = copy.deepcopy(lm.model) if training.train_lm else lm.model  # the caller's LM stays as it was
@@ -240,7 +248,7 @@ def train_prefix_decoder(clip, lm: CausalLM, corpus: Sequence[str], training: Pr
         for step in range(training.steps):
             index = torch.randint(0, len(texts), (training.batch_size,), generator=generator)
             x = embeddings[index]
-            x = x + training.noise_std * torch.randn(x.shape, generator=generator)
+            x = x + noise_std * torch.randn(x.shape, generator=generator)
             loss = _caption_loss(mapper, model, x, [tokens[i] for i in index.tolist()])
             warm = min(1.0, (step + 1) / max(1, training.steps // 20))
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):

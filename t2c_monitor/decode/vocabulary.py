@@ -113,3 +113,15 @@ def vocabulary_of(vectors: Tensor, terms: list[str], clip: ModelIdentity) -> Voc
     """A vocabulary from vectors already embedded (normalised here)."""
     return Vocabulary(terms=tuple(terms), vectors=F.normalize(torch.as_tensor(vectors, dtype=torch.float32), dim=1),
                       clip=clip)
+
+
+def with_concepts(vocabulary: Vocabulary, names: tuple[str, ...] | list[str], vectors: Tensor) -> Vocabulary:
+    """``vocabulary`` with a bank's concepts first, each as the bank's own vector (the mean of its
+    phrasings, not the bare name re-embedded); a term spelt like a concept gives way to it."""
+    names = tuple(names)
+    if vectors.shape != (len(names), vocabulary.dim):
+        raise ValueError(f"vectors must be ({len(names)}, {vocabulary.dim}), got {tuple(vectors.shape)}")
+    keep = [i for i, term in enumerate(vocabulary.terms) if term not in set(names)]
+    return Vocabulary(terms=names + tuple(vocabulary.terms[i] for i in keep),
+                      vectors=torch.cat([F.normalize(vectors.float(), dim=1), vocabulary.vectors[keep]]).contiguous(),
+                      clip=vocabulary.clip)

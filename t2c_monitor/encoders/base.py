@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -104,18 +105,30 @@ class _ImageTower:
         return f"{type(self).__name__}({self.identity}, device={self.device})"
 
 
+@dataclass(frozen=True)
+class ClassHead:
+    """A classifier's rows ``(classes, dim)`` in feature space, its bias, and its class names."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    labels: tuple[str, ...]
+
+
 class SourceEncoder(_ImageTower):
     """A timm model used as a feature extractor: pooled pre-logits features.
 
     ``data_config`` is the model's resolved timm data config (input size, mean, std, crop),
-    the one ``preprocess`` was built from.
+    the one ``preprocess`` was built from. ``class_head`` keeps the classifier the loader took off
+    (weights from a file or the hub), for decoding class vectors; None for a random-init model.
     """
 
     def __init__(
-        self, model: nn.Module, identity: ModelIdentity, preprocess: Callable, device: torch.device, data_config: dict
+        self, model: nn.Module, identity: ModelIdentity, preprocess: Callable, device: torch.device, data_config: dict,
+        class_head: ClassHead | None = None,
     ):
         super().__init__(model, identity, preprocess, device)
         self.data_config = data_config
+        self.class_head = class_head
 
     def _forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(pixels), pre_logits=True)

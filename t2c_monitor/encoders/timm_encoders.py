@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from t2c_monitor.device import resolve_device
-from t2c_monitor.encoders.base import SourceEncoder, _local_file, _seeded_init, state_dict_sha256
+from t2c_monitor.encoders.base import ClassHead, SourceEncoder, _local_file, _seeded_init, state_dict_sha256
 from t2c_monitor.encoders.hub import _not_cached_error, _timm_weights_cached, hub_offline
 from t2c_monitor.encoders.specs import EncoderSpec, _refuse_schema, _unknown_name_error
 from t2c_monitor.errors import ModelLoadError
@@ -55,7 +55,35 @@ def _timm_head_width(state_dict: dict, classifier: str | Sequence[str] | None) -
     return 0
 
 
-def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
+def _class_labels(model: nn.Module, n: int) -> tuple[str, ...]:
+    """Class names from the pretrained config (``label_names``), or ImageNet's when the head is an
+    ImageNet one; else ``class 0``, ``class 1``..."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = list(cfg.get("label_names") or [])
+    if len(names) != n:
+        try:
+            from timm.data import ImageNetInfo, infer_imagenet_subset
+
+            subset = infer_imagenet_subset(model)
+            names = ImageNetInfo(subset).label_descriptions() if subset else []
+        except (ValueError, KeyError, OSError, ImportError):
+            names = []
+    return tuple(names) if len(names) == n else tuple(f"class {i}" for i in range(n))
+
+
+def _take_class_head(model: nn.Module) -> ClassHead | None:
+    """Copy the model's linear classifier (if it has one), then remove it: the encoder gives pre-logits."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    taken = None
+    if isinstance(head, nn.Linear) and head.out_features > 0:
+        taken = ClassHead(weight=head.weight.detach().float().cpu().clone(),
+                          bias=None if head.bias is None else head.bias.detach().float().cpu().clone(),
+                          labels=_class_labels(model, head.out_features))
+    model.reset_classifier(0)
+    return taken
+
+
+def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None, ClassHead | None]:
     import timm
     from timm.models import get_pretrained_cfg, load_state_dict, split_model_name_tag
 
@@ -94,8 +122,7 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
                 "Check that the file was saved from this architecture."
             ) from exc
         model.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
-        model.reset_classifier(0)
-        return model, str(path)
+        return model, str(path), _take_class_head(model)
     if tag:
         if hub_offline():
             cached, where = _timm_weights_cached(cfg)
@@ -104,14 +131,15 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None]:
                     f"timm model {spec.name}", where, f"'timm:{spec.name}@/path/weights.safetensors'"
                 )
         try:
-            return timm.create_model(spec.name, pretrained=True, num_classes=0), tag
+            model = timm.create_model(spec.name, pretrained=True)
         except (RuntimeError, OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"Weights of timm model {spec.name} could not be fetched or loaded ({exc}): "
                 f"the weights must be cached, or given as a local file ('timm:{spec.name}@PATH')."
             ) from exc
+        return model, tag, _take_class_head(model)
     with _seeded_init():
-        return timm.create_model(arch, pretrained=False, num_classes=0), None
+        return timm.create_model(arch, pretrained=False, num_classes=0), None, None
 
 
 def create_source_encoder(spec: str | EncoderSpec, device: str | torch.device | None = None) -> SourceEncoder:
@@ -119,12 +147,12 @@ def create_source_encoder(spec: str | EncoderSpec, device: str | torch.device | 
     from timm.data import create_transform, resolve_model_data_config
 
     spec = EncoderSpec.parse(spec) if isinstance(spec, str) else spec
-    model, weights = _create_timm_model(spec)
+    model, weights, class_head = _create_timm_model(spec)
     data_config = resolve_model_data_config(model)
     preprocess = create_transform(**data_config, is_training=False)
     dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
     identity = ModelIdentity("timm", _timm_identity_name(spec.name, weights), weights, state_dict_sha256(model), dim)
-    return SourceEncoder(model, identity, preprocess, resolve_device(device), data_config)
+    return SourceEncoder(model, identity, preprocess, resolve_device(device), data_config, class_head)
 
 
 def _timm_identity_name(name: str, weights: str | None) -> str:
