@@ -137,3 +137,29 @@ def test_t2c_decode_says_what_grew_and_shrank_in_an_audit_and_names_stored_vecto
 
     unknown = CliRunner().invoke(app, ["decode", "--monitor", "tiny", "--audit", "99999", "--bank-only"])
     assert unknown.exit_code == 2 and "has no audit 99999" in unknown.output
+
+
+def test_class_head_rows_are_rescaled_as_appendix_i_says_then_aligned():
+    """By hand: head rows [[1, 3], [-1, 1]] have element mean 1 and element variance
+    ((0)^2 + 2^2 + (-2)^2 + 0^2) / 4 = 2; training features of variance 8 scale them by sqrt(8 / 2) = 2,
+    so the rows become [[2, 6], [-2, 2]] before the affine map (W = [[1, 0], [0, 2]], b = [1, 1])
+    gives [[3, 13], [-1, 5]], normalised."""
+    import math
+    from types import SimpleNamespace
+
+    from t2c_monitor.aligner import Aligner
+    from t2c_monitor.decode.monitor import class_head_vectors
+    from t2c_monitor.encoders.base import ClassHead
+    from t2c_monitor.errors import ConfigError
+
+    aligner = Aligner(W=torch.tensor([[1.0, 0.0], [0.0, 2.0]]), b=torch.tensor([1.0, 1.0]), feature_mean=torch.zeros(2),
+                      feature_variance=8.0, n_train=10, method="exact")
+    head = ClassHead(weight=torch.tensor([[1.0, 3.0], [-1.0, 1.0]]), bias=None, labels=("cat", "dog"))
+    identity = ModelIdentity("timm", "toy", None, "0" * 64, 2)
+    labels, vectors = class_head_vectors(SimpleNamespace(class_head=head, identity=identity), aligner)
+    assert labels == ["cat", "dog"]
+    expected = torch.tensor([[3.0, 13.0], [-1.0, 5.0]])
+    torch.testing.assert_close(vectors, expected / expected.norm(dim=1, keepdim=True))
+    assert math.isclose(float(vectors[0] @ vectors[0]), 1.0, rel_tol=1e-6)
+    with pytest.raises(ConfigError, match="without a classifier head"):
+        class_head_vectors(SimpleNamespace(class_head=None, identity=identity), aligner)

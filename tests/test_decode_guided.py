@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from t2c_monitor.decode.base import Decoder
-from t2c_monitor.decode.guided import GuidedDecoder, GuidedSettings, _trimmed_text_features, _trimming_works
+from t2c_monitor.decode.guided import (
+    GuidedDecoder,
+    GuidedSettings,
+    _Beam,
+    _trimmed_text_features,
+    _trimming_works,
+)
 from t2c_monitor.decode.lm import CausalLM, wrap_lm
 from t2c_monitor.errors import SpaceMismatchError
 from t2c_monitor.identity import ModelIdentity
@@ -31,7 +37,7 @@ def tiny_lm() -> CausalLM:
     tokenizer = train_tokenizer(CAPTIONS, vocab_size=300)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=1, n_head=2,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+                        pad_token_id=tokenizer.pad_token_id, initializer_range=0.2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = GPT2LMHeadModel(config)
@@ -87,6 +93,25 @@ def test_deterministic_and_the_models_are_left_untouched(tiny_lm, tiny_clip, tar
         assert all(p.grad is None for p in model.parameters())
 
 
+def test_the_shifted_cache_moves_the_next_token_toward_what_clip_prefers(tiny_lm, tiny_clip, targets):
+    """One guided step: the cross-entropy between CLIP's target over the candidates and the LM's
+    next-token distribution falls from the unshifted to the shifted cache."""
+    decoder = GuidedDecoder(tiny_lm, tiny_clip, GuidedSettings(cond_text="a small red", top_k=32))
+    ids = decoder._prompt
+    target = torch.nn.functional.normalize(targets[0], dim=0)
+    with torch.inference_mode(False), torch.enable_grad():
+        past = decoder._prefix_cache(torch.tensor([ids[:-1]]))
+        last = torch.tensor([[ids[-1]]])
+        with torch.no_grad():
+            log_p = torch.log_softmax(decoder._forward(last, past)[0], dim=-1)
+        beams = [_Beam(ids, 0.0, 0)]
+        log_q, carried = decoder._shifted(last, past, log_p, beams, target, {})
+    candidates = log_p.topk(32, dim=-1).indices
+    goal = decoder._clip_target(beams, candidates, target, {})
+    assert (goal * log_q.gather(1, candidates)).sum() > (goal * log_p.gather(1, candidates)).sum() + 0.3
+    assert len(carried) == len(past) and carried[0][0].shape[2] == len(ids)
+
+
 def test_vectors_of_another_space_or_shape_are_refused(tiny_lm, tiny_clip, targets):
     decoder = GuidedDecoder(tiny_lm, tiny_clip, QUICK)
     other = ModelIdentity("open_clip", "other", None, "f" * 64, tiny_clip.dim)
@@ -102,7 +127,7 @@ def test_vectors_of_another_space_or_shape_are_refused(tiny_lm, tiny_clip, targe
     ("beam_size", 0), ("beam_size", 2.5), ("max_tokens", 0), ("num_iterations", -1), ("top_k", 0),
     ("stepsize", -0.1), ("grad_norm_factor", float("nan")), ("clip_scale", -1.0), ("ce_scale", float("inf")),
     ("clip_loss_temperature", 0.0), ("fusion_factor", 1.5), ("end_factor", 0.0), ("repetition_penalty", -1.0),
-    ("forbidden_factor", 0.0), ("cond_text", None), ("forbidden_tokens", ["."]),
+    ("forbidden_factor", 0.0), ("cond_text", None), ("forbidden_tokens", "."), ("forbidden_tokens", [1]),
 ])
 def test_bad_settings_are_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -110,6 +135,7 @@ def test_bad_settings_are_refused_naming_the_field(field, value):
 
 
 def test_forbidden_tokens_must_be_single_tokens(tiny_lm, tiny_clip):
+    assert GuidedSettings(forbidden_tokens=[" red", "."]).forbidden_tokens == (" red", ".")  # as YAML gives them
     with pytest.raises(ValueError, match="forbidden_tokens"):
         GuidedDecoder(tiny_lm, tiny_clip, GuidedSettings(forbidden_tokens=("a photo of a circle",)))
 

@@ -23,6 +23,10 @@ at an end token (the tokenizer's EOS, and ``.`` where it is one token) or after 
 The finished sentences (``cond_text`` included) are then ranked, as ZeroCap picks its caption, by
 the cosine of their CLIP text embedding with the vector: that cosine is the score.
 
+The candidate texts of every beam are embedded in one batch per iteration, each text once per
+decode; an open_clip ``CLIP`` text tower (causal, pooled at the end token) runs on the tokens up
+to the batch's longest text only, which gives the same embeddings several times faster.
+
 Neither model is trained: gradients reach only the deltas (``torch.autograd.grad``), and every
 decode starts from nothing but the settings and the two models.
 """
@@ -60,6 +64,10 @@ class GuidedSettings:
     texts of single LM tokens whose probability is divided by ``forbidden_factor`` (ZeroCap ships a
     GPT-2 list; none here by default); ``repetition_penalty`` divides the probability of the last
     4 tokens (1 = off, ZeroCap's default).
+
+    With a small vocabulary (the shapes world's caption LM has 476 tokens) ``top_k`` 512 lets CLIP
+    choose among every token, grammatical or not, and it favours noncommittal ones ("photo", "of");
+    there a handful of candidates (``top_k`` 4, ``clip_loss_temperature`` 0.05) names far more.
     """
 
     cond_text: str = "Image of a"
@@ -81,8 +89,10 @@ class GuidedSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.cond_text, str):
             raise ValueError(f"cond_text must be a string, got {self.cond_text!r}")
-        if not isinstance(self.forbidden_tokens, tuple) or not all(isinstance(t, str) for t in self.forbidden_tokens):
-            raise ValueError(f"forbidden_tokens must be a tuple of strings, got {self.forbidden_tokens!r}")
+        forbidden = self.forbidden_tokens
+        if not isinstance(forbidden, (tuple, list)) or not all(isinstance(t, str) for t in forbidden):
+            raise ValueError(f"forbidden_tokens must be a sequence of strings, got {forbidden!r}")
+        object.__setattr__(self, "forbidden_tokens", tuple(forbidden))  # a list from a config file is fine
         lowest = {"beam_size": 1, "max_tokens": 1, "num_iterations": 0, "top_k": 1}
         for name, low in lowest.items():
             value = getattr(self, name)
@@ -254,6 +264,7 @@ class GuidedDecoder:
         return [b for b, _ in growing], done, [parent for _, parent in growing]
 
     def _ranked(self, beams: list[_Beam], target: Tensor, embedded: dict[str, Tensor]) -> Decoded:
+        """The beams' distinct texts ranked, as ZeroCap picks its caption, by CLIP cosine with the target."""
         beams = sorted(beams, key=lambda b: b.mean, reverse=True)
         texts = list(dict.fromkeys(self.lm.decode(b.ids[1:]) for b in beams))
         if not texts:

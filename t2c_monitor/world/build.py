@@ -36,7 +36,7 @@ from t2c_monitor.world.factors import EFFECTS, FACTORS
 
 # Bump whenever the generator, the captions or the training recipe change: it is part of the
 # cache key, so every cached world built by older code is rebuilt.
-WORLD_CODE_VERSION = "7"
+WORLD_CODE_VERSION = "8"
 WORLD_FILE = "world.json"
 
 
@@ -70,7 +70,16 @@ class Recipe:
 FULL = Recipe(clip_images=16000, clip_steps=800, clip_batch=160, source_images=8000, source_steps=180,
               lm_captions=16000, lm_steps=200, prefix_steps=1200, focus_detail=0.2, focus_effect_only=0.3)
 QUICK = Recipe(clip_images=2000, clip_steps=120, clip_batch=64, source_images=1500, source_steps=30,
-               lm_captions=2000, lm_steps=30, prefix_steps=300, focus_effect_only=0.3)
+               lm_captions=2000, lm_steps=150, prefix_steps=300, focus_effect_only=0.3)
+
+
+# The guided decoder on the world's caption LM. ZeroCap's defaults are for GPT-2's 50k tokens; with
+# the world's ~500, its 512 CLIP-scored candidates are every token, and CLIP prefers noncommittal
+# ones ("photo", "of"), so: a few candidates, a softer CLIP target, no opening words, no repeats.
+# Measured on the full world (40 images, first value named): background 24-28 of 40 guided against
+# 10 unguided, colour 14-16 against 4 (chance 8 and 5).
+GUIDED_SETTINGS = {"cond_text": "", "top_k": 4, "clip_loss_temperature": 0.05,
+                   "forbidden_tokens": [" photo", " picture", " image"], "repetition_penalty": 2.0}
 
 
 def recipe_for(quick: bool) -> Recipe:
@@ -138,9 +147,10 @@ class World:
 
     def decode_section(self) -> dict[str, Any]:
         """A monitor's ``decode:`` section for this world: its corpus (so the vocabulary keeps only the
-        words its CLIP learned), its prefix decoder and its caption LM for the guided decoder."""
+        words its CLIP learned), its prefix decoder, and its caption LM for the guided decoder with
+        knobs for a 500-token LM (``GUIDED_SETTINGS``)."""
         return {"decoder": "vocab", "corpus": str(self.corpus), "prefix": str(self.prefix_decoder_dir),
-                "lm": str(self.caption_lm_dir)}
+                "lm": str(self.caption_lm_dir), "guided": dict(GUIDED_SETTINGS)}
 
     @property
     def clip_spec(self) -> str:

@@ -104,7 +104,8 @@ def decode_semantics(world: Any, aligner_dir: Any, *, n_images: int = 500, guide
     for kind in decoders:
         settings = DecoderSettings(kind=kind, top=5 if kind == "vocab" else 3, corpus=world.corpus,
                                    prefix=world.prefix_decoder_dir, lm=str(world.caption_lm_dir),
-                                   guided=guided_settings or {})
+                                   guided=world.decode_section()["guided"] if guided_settings is None
+                                   else guided_settings)
         per_space = {}
         n = guided_images if kind == "guided" else n_images
         timing = 0.0
