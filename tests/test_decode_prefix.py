@@ -41,8 +41,8 @@ def lm_dir(tmp_path_factory):
 def trained(tiny_clip, lm_dir):
     lm = load_causal_lm(lm_dir)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    decoder = train_prefix_decoder(tiny_clip, lm, CAPTIONS, PrefixTraining(steps=250, batch_size=20, lr=3e-3,
-                                                                           lm_lr=3e-3, noise_norm=0.05, seed=0))
+    training = PrefixTraining(steps=250, batch_size=20, lr=3e-3, lm_lr=3e-3, noise_norm=0.05, noise_norm_max=None)
+    decoder = train_prefix_decoder(tiny_clip, lm, CAPTIONS, training)
     return lm, before, decoder.with_options(beam_size=2)
 
 

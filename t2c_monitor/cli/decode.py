@@ -91,8 +91,10 @@ def train(
     steps: int = typer.Option(1500, "--steps", min=1, help="training steps"),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     prefix_length: int = typer.Option(4, "--prefix-length", min=1, help="prefix embeddings per CLIP vector"),
-    noise_norm: float = typer.Option(0.5, "--noise-norm", min=0.0, help="expected length of the noise added to "
+    noise_norm: float = typer.Option(0.25, "--noise-norm", min=0.0, help="expected length of the noise added to "
                                      "each centred unit text embedding (bridges the modality gap)"),
+    noise_norm_max: float = typer.Option(1.0, "--noise-norm-max", min=0.0, help="each caption's noise length is "
+                                         "drawn from --noise-norm to this"),
     freeze_lm: bool = typer.Option(False, "--freeze-lm", help="train only the mapping network"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option(None, "--device", help="torch device (default: T2C_DEVICE, 'auto')"),
@@ -103,7 +105,8 @@ def train(
 
     with user_errors():
         training = PrefixTraining(steps=steps, batch_size=batch_size, prefix_length=prefix_length,
-                                  noise_norm=noise_norm, train_lm=not freeze_lm, seed=seed)
+                                  noise_norm=noise_norm, noise_norm_max=noise_norm_max, train_lm=not freeze_lm,
+                                  seed=seed)
         result = train_decoder(clip, lm, corpus, out, training, device=device, progress=not as_json)
     if as_json:
         emit_json(result.to_dict())

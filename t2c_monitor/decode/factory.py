@@ -82,5 +82,5 @@ def create_decoder(settings: DecoderSettings, *, clip: Any, image_mean: Tensor |
             guided = GuidedSettings(**{"beam_size": settings.top, **settings.guided})
         except TypeError as exc:
             raise ConfigError(f"Unknown guided decoder setting: {exc}") from exc
-        return GuidedDecoder(load_causal_lm(settings.lm, device=device), clip, guided)
+        return GuidedDecoder(load_causal_lm(settings.lm, device=device), clip, guided, image_mean=image_mean)
     raise ConfigError(f"Unknown decoder {settings.kind!r}: choose one of {', '.join(DECODER_KINDS)}.")

@@ -27,6 +27,12 @@ The candidate texts of every beam are embedded in one batch per iteration, each 
 decode; an open_clip ``CLIP`` text tower (causal, pooled at the end token) runs on the tokens up
 to the batch's longest text only, which gives the same embeddings several times faster.
 
+When the mean of the image side is known (``image_mean``: a baseline's, or the images being
+decoded), the target is that mean subtracted and renormalised: CLIP's image embeddings share a
+large common component (the modality gap) that otherwise biases every candidate's score toward the
+texts nearest the image cone. (Centring the text side too would shift every candidate's score by
+the same amount, which the softmax ignores.)
+
 Neither model is trained: gradients reach only the deltas (``torch.autograd.grad``), and every
 decode starts from nothing but the settings and the two models.
 """
@@ -63,7 +69,9 @@ class GuidedSettings:
     ``top_k`` candidates per beam are scored by CLIP (ZeroCap fixes 512); ``forbidden_tokens`` are
     texts of single LM tokens whose probability is divided by ``forbidden_factor`` (ZeroCap ships a
     GPT-2 list; none here by default); ``repetition_penalty`` divides the probability of the last
-    4 tokens (1 = off, ZeroCap's default).
+    4 tokens (1 = off, ZeroCap's default). ``clip_weight`` (0 = off, pure ZeroCap) adds CLIP's
+    preference among each step's ``top_k`` tokens to their fused log-probabilities, for LMs and CLIPs
+    too small for the gradient steps alone to steer the words.
 
     With a small vocabulary (the shapes world's caption LM has 476 tokens) ``top_k`` 512 lets CLIP
     choose among every token, grammatical or not, and it favours noncommittal ones ("photo", "of");
@@ -85,6 +93,7 @@ class GuidedSettings:
     repetition_penalty: float = 1.0
     forbidden_tokens: tuple[str, ...] = ()
     forbidden_factor: float = 20.0
+    clip_weight: float = 0.0  # not ZeroCap's: > 0 also adds weight * log CLIP preference to each step's top_k
 
     def __post_init__(self) -> None:
         if not isinstance(self.cond_text, str):
@@ -129,10 +138,14 @@ class GuidedDecoder:
 
     name = "guided"
 
-    def __init__(self, lm: CausalLM, clip: ClipModel, settings: GuidedSettings = GuidedSettings()) -> None:
+    def __init__(self, lm: CausalLM, clip: ClipModel, settings: GuidedSettings = GuidedSettings(), *,
+                 image_mean: Tensor | np.ndarray | None = None) -> None:
         if not isinstance(settings, GuidedSettings):
             raise ValueError(f"settings must be GuidedSettings, got {type(settings).__name__}")
         self.lm, self.clip_model, self.settings = lm, clip, settings
+        self.image_mean = None if image_mean is None else torch.as_tensor(image_mean, dtype=torch.float32).cpu()
+        if self.image_mean is not None and self.image_mean.shape != (clip.dim,):
+            raise ValueError(f"image_mean must have shape ({clip.dim},), got {tuple(self.image_mean.shape)}")
         start = lm.start_token_id
         if start is None:
             raise ValueError("the language model's tokenizer has neither a BOS nor an EOS token to start from")
@@ -161,6 +174,8 @@ class GuidedDecoder:
         self.lm.model.eval()
         with torch.inference_mode(False), torch.enable_grad():
             targets = F.normalize(rows.clone(), dim=1)
+            if self.image_mean is not None:  # centred: what sets this vector apart from the image side's mean
+                targets = F.normalize(targets - self.image_mean, dim=1)
             return [self._decode_one(target) for target in targets]
 
     # ------------------------------------------------------------------------------------------
@@ -182,6 +197,8 @@ class GuidedDecoder:
             else:
                 log_q, past = log_p, unshifted_past
             fused = self._fused(log_q, log_p, active, step)
+            if s.clip_weight > 0:
+                fused = self._clip_weighted(fused, active, target, embedded)
             active, finished, parents = self._advance(active, finished, fused)
             if not active:
                 break
@@ -232,6 +249,17 @@ class GuidedDecoder:
         else:
             vectors = self.clip_model.encode_text(new, batch_size=len(new))
         embedded.update(zip(new, F.normalize(vectors.clone(), dim=1), strict=True))
+
+    def _clip_weighted(self, fused: Tensor, beams: list[_Beam], target: Tensor, embedded: dict[str, Tensor]) -> Tensor:
+        """The fused log-probs of each beam's ``top_k`` tokens plus ``clip_weight`` times the log of CLIP's
+        preference among them (the other tokens are dropped), renormalised: a direct CLIP term in the
+        choice of each token, as MAGIC search does, on top of ZeroCap's shifted context."""
+        s = self.settings
+        candidates = fused.topk(min(s.top_k, fused.shape[-1]), dim=-1).indices
+        goal = self._clip_target(beams, candidates, target, embedded).to(fused.device)
+        mixed = torch.full_like(fused, -math.inf)
+        mixed.scatter_(1, candidates, fused.gather(1, candidates) + s.clip_weight * torch.log(goal + TINY))
+        return F.log_softmax(mixed, dim=-1)
 
     def _fused(self, log_q: Tensor, log_p: Tensor, beams: list[_Beam], step: int) -> Tensor:
         """Log of ``q^f * p^(1-f)`` with end, repetition and forbidden factors, renormalised per beam."""

@@ -36,7 +36,7 @@ from t2c_monitor.world.factors import EFFECTS, FACTORS
 
 # Bump whenever the generator, the captions or the training recipe change: it is part of the
 # cache key, so every cached world built by older code is rebuilt.
-WORLD_CODE_VERSION = "8"
+WORLD_CODE_VERSION = "9"
 WORLD_FILE = "world.json"
 
 
