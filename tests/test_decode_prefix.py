@@ -120,3 +120,36 @@ def test_other_spaces_shapes_and_settings_are_refused(trained, tiny_clip, tmp_pa
     (tmp_path / "one.txt").write_text("just one caption\n\n")
     with pytest.raises(ConfigError, match="holds 1 captions"):
         read_corpus(tmp_path / "one.txt")
+
+
+def test_t2c_decoder_train_writes_a_decoder_the_loader_reads(tiny_clip_config, lm_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from t2c_monitor.cli import app
+
+    (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
+    run = CliRunner().invoke(app, ["decoder", "train", "--clip", f"open_clip:{tiny_clip_config}", "--lm", str(lm_dir),
+                                   "--corpus", str(tmp_path / "captions.txt"), "--out", str(tmp_path / "dec"),
+                                   "--steps", "3", "--batch-size", "4", "--json"])
+    assert run.exit_code == 0, run.output
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["captions"] == len(CAPTIONS) and result["steps"] == 3 and result["lm"]["kind"] == "transformers"
+    loaded = PrefixDecoder.load(tmp_path / "dec")
+    assert same_space(loaded.clip, result["clip"]) and same_space(loaded.lm.identity, result["lm"])
+    missing = CliRunner().invoke(app, ["decoder", "train", "--clip", f"open_clip:{tiny_clip_config}", "--lm",
+                                       str(lm_dir), "--corpus", str(tmp_path / "nope.txt"),
+                                       "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "Cannot read the caption corpus" in missing.output
+
+
+def test_language_models_load_from_directories_and_hub_names_only_when_cached(lm_dir, tmp_path, monkeypatch):
+    lm = load_causal_lm(lm_dir)
+    assert lm.identity.kind == "transformers" and lm.identity.dim == 32 and lm.start_token_id == 1
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_causal_lm(tmp_path / "no-such-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelLoadError, match="offline"):
+        load_causal_lm("gpt2")

@@ -48,6 +48,22 @@ class DecodedImages:
     skipped: list[SkippedImage]
 
 
+def decode_with_progress(decoder: Decoder, vectors, space, progress: bool) -> list[Decoded]:
+    """``decoder.decode`` in chunks under a progress bar (a guided decode takes about a second a vector)."""
+    from t2c_monitor.progress import progress_bar
+
+    rows = vectors if isinstance(vectors, torch.Tensor) else torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+    rows = rows[None] if rows.ndim == 1 else rows
+    chunk = 1 if decoder.name == "guided" else 256
+    out: list[Decoded] = []
+    with progress_bar(f"decoding ({decoder.name})", len(rows), progress and len(rows) > chunk) as advance:
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            out.extend(decoder.decode(part, space=space))
+            advance(len(part))
+    return out
+
+
 def decoder_settings(record: MonitorRecord, kind: DecoderKind | None = None, *, mode: VocabMode = "nearest",
                      top: int | None = None, bpe_words: bool | None = None) -> DecoderSettings:
     """The monitor's ``decode:`` section as decoder settings, with the caller's overrides."""
@@ -143,7 +159,7 @@ def decode_vector_file(db: Database, monitor: str, path: str | Path, *, kind: De
     record, mean = _record_and_mean(db, monitor)
     decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
                               image_mean=mean, progress=progress)
-    decoded = decoder.decode(vectors, space=record.clip)
+    decoded = decode_with_progress(decoder, vectors, record.clip, progress)
     return [DecodedRow(str(i), d) for i, d in enumerate(decoded)]
 
 
@@ -171,7 +187,7 @@ def decode_images(db: Database, monitor: str, source: str | Path, *, kind: Decod
     decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
                               image_mean=mean if mean is not None else aligned.mean(0).numpy(), clip=models.clip,
                               bank=models.bank, progress=progress)
-    decoded = decoder.decode(aligned, space=record.clip)
+    decoded = decode_with_progress(decoder, aligned, record.clip, progress)
     return DecodedImages([DecodedRow(r.uri, d) for r, d in zip(good, decoded, strict=True)], skipped)
 
 
@@ -197,5 +213,5 @@ def decode_class_head(db: Database, monitor: str, *, kind: DecoderKind | None = 
     labels, vectors = class_head_vectors(models.encoder, models.aligner)
     decoder = monitor_decoder(record, decoder_settings(record, kind, mode=mode, top=top, bpe_words=include_bpe_words),
                               image_mean=mean, clip=models.clip, bank=models.bank, progress=progress)
-    decoded = decoder.decode(vectors, space=record.clip)
+    decoded = decode_with_progress(decoder, vectors, record.clip, progress)
     return [DecodedRow(label, d) for label, d in zip(labels, decoded, strict=True)]
