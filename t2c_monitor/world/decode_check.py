@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from t2c_monitor.world.captions import BACKGROUND_PHRASES, COLOR_WORDS, EFFECT_PHRASES, SHAPE_WORDS, SIZE_WORDS
 
 NAMED_FACTORS = ("color", "size", "background", "shape")
-_STOP = frozenset({"a", "an", "the", "on", "in", "of", "against", "front", "plain", "background", "backdrop", "sign",
-                   "round", "at", "with", "during", "thick", "out"})
+# function words, and words the captions use for several values or for none in particular
+_STOP = frozenset({"a", "an", "the", "on", "in", "of", "against", "front", "plain", "background", "backdrop", "at",
+                   "with", "during", "thick", "out"})
 
 
 def value_words() -> dict[str, dict[str, frozenset[str]]]:
