@@ -45,6 +45,10 @@ class Decoder(Protocol):
 
     def decode(self, vectors: Tensor | np.ndarray, *, space: ModelIdentity | dict | None) -> list[Decoded]: ...
 
+    def with_image_mean(self, image_mean: Tensor | np.ndarray | None) -> Decoder:
+        """The same decoder (sharing its models) centring image vectors on another image-side mean."""
+        ...
+
 
 def check_space(clip: ModelIdentity, space: ModelIdentity | dict | None, *, built: str) -> None:
     """Refuse vectors whose space is not ``clip`` (or is unrecorded); ``built`` says what was built for

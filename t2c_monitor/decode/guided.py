@@ -166,6 +166,9 @@ class GuidedDecoder:
     def clip(self) -> ModelIdentity:
         return self.clip_model.identity
 
+    def with_image_mean(self, image_mean: Tensor | np.ndarray | None) -> GuidedDecoder:
+        return GuidedDecoder(self.lm, self.clip_model, self.settings, image_mean=image_mean)
+
     def decode(self, vectors: Tensor | np.ndarray, *, space: ModelIdentity | dict | None) -> list[Decoded]:
         """Each row of ``vectors`` (vectors of the CLIP space ``space``) as up to ``beam_size`` sentences,
         ranked by the cosine of their CLIP text embedding with the row."""

@@ -124,6 +124,9 @@ class PrefixDecoder:
     def clip(self) -> ModelIdentity:
         return self._clip
 
+    def with_image_mean(self, image_mean: Tensor | np.ndarray | None) -> PrefixDecoder:
+        return self.with_options(image_mean=image_mean)
+
     def with_options(self, **options) -> PrefixDecoder:
         """The same decoder with other decoding options (``image_mean``, ``beam_size``, ``max_tokens``)."""
         current = {"image_mean": self.image_mean, "beam_size": self.beam_size, "max_tokens": self.max_tokens}

@@ -70,6 +70,10 @@ class VocabDecoder:
     def clip(self) -> ModelIdentity:
         return self.vocabulary.clip
 
+    def with_image_mean(self, image_mean: Tensor | np.ndarray | None) -> VocabDecoder:
+        return VocabDecoder(self.vocabulary, mode=self.mode, top=self.top, max_terms=self.max_terms,
+                            candidates=self.candidates, image_mean=image_mean)
+
     def decode(self, vectors: Tensor | np.ndarray, *, space: ModelIdentity | dict | None) -> list[Decoded]:
         """Each row of ``vectors`` (image-side vectors of the CLIP space ``space``) in words."""
         self.vocabulary.check_space(space)

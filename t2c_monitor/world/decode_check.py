@@ -107,17 +107,18 @@ def decode_semantics(world: Any, aligner_dir: Any, *, n_images: int = 500, guide
                                    prefix=world.prefix_decoder_dir, lm=str(world.caption_lm_dir),
                                    guided=world.decode_section()["guided"] if guided_settings is None
                                    else guided_settings)
+        made = create_decoder(settings, clip=clip, bank=bank, progress=progress)  # loaded once, re-centred below
         per_space = {}
         n = guided_images if kind == "guided" else n_images
         timing = 0.0
         for space, vectors in (("aligned", aligned[:n]), ("clip", clip_vectors[:n])):
-            decoder = create_decoder(settings, clip=clip, image_mean=vectors.mean(0), bank=bank, progress=progress)
+            decoder = made.with_image_mean(vectors.mean(0))
             started = time.perf_counter()
             decoded = decoder.decode(vectors, space=clip.identity)
             if space == "aligned":
                 timing = (time.perf_counter() - started) / n
             per_space[space] = factor_rates(decoded, data.scenes[:n], kind)
-        decoder = create_decoder(settings, clip=clip, image_mean=aligned.mean(0), bank=bank)
+        decoder = made.with_image_mean(aligned.mean(0))
         heads = decoder.decode(class_vectors, space=clip.identity)
         hits = [bool(set(re.findall(r"[a-z]+", _text(d, kind, 3).lower())) & shape_words[label]) if kind == "vocab"
                 else named_value(d.text, "shape") == label for d, label in zip(heads, labels, strict=True)]
