@@ -11,12 +11,13 @@ A channel (see ``monitors.WebhookChannel`` and friends) is one of
 
 ``deliver_alerts`` sends one audit's message to each channel, unless the same drift was already
 alerted on that channel within the quiet period, in which case the alert is recorded as
-``suppressed``. A drift is the same when its leading concept (ranked first, same direction) was
-flagged in an earlier alert: concepts are correlated, so an ongoing shift drags a changing tail of
-minor concepts along (more grass backgrounds, hence fewer gray ones), and paging again for each
-would be crying wolf; a new leader is news and is sent. Each send is tried ``1 + retries`` times with
-doubling waits; every attempt is counted on the alert row, and a send that still fails is kept
-``failed`` with its (redacted) error for ``retry_failed_alerts`` (run at the start of every audit
+``suppressed``. A drift is the same when its leading root cause (same direction) was flagged in
+an earlier alert: concepts are correlated, so an ongoing shift drags a changing tail of echoes
+along (more grass backgrounds, hence fewer gray ones), and paging again for each would be crying
+wolf; a new root is news and is sent. The message leads with the roots, each with the
+concepts that move with it, then the shift in words and any shift that no concept names. Each
+send is tried ``1 + retries`` times with doubling waits; every attempt is counted on the alert
+row, and a send that still fails is kept ``failed`` with its (redacted) error for ``retry_failed_alerts`` (run at the start of every audit
 flow and by ``t2c alerts retry``). The audit is stored before any alert is attempted, so a failed
 send never loses it. Secrets are never logged, stored or sent: rows name the channel only, and
 error texts are scrubbed of the secret and of any URL.
@@ -86,37 +87,78 @@ def _concept_line(f: dict[str, Any]) -> str:
             f"{f['mean_cur']:.4f}, {size}{f['n_current']} images)")
 
 
+def _subject(summary: Any, flagged: list[dict[str, Any]], roots: list[dict[str, Any]]) -> str:
+    words = summary.words.text() if summary.words else ""
+    if roots:
+        lead = ", ".join(concept_change(r["name"], r["direction"], countable=True, quoted=True) for r in roots[:2])
+        more = len(flagged) - min(len(roots), 2)
+        pronoun = "it" if len(roots) == 1 else "them"
+        what = lead + (f" (+{more} moving with {pronoun})" if more > 0 else "")
+    elif flagged:
+        what = f"{len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted"
+    else:
+        what = "a shift no concept names"
+    if summary.unlisted and roots:
+        what += ", and a shift no concept names"
+    return f"[t2c] {summary.monitor}: {what}" + (f" - in words: {words}" if words else "")
+
+
 def build_message(summary: Any, *, report: str | None) -> AlertMessage:
-    """The alert of an audit (``audit.AuditSummary``): monitor, window, each flagged concept with
-    its direction and figures, and where the report is."""
+    """The alert of an audit (``audit.AuditSummary``): monitor and window; the root causes first,
+    each with the flagged concepts that move with it; the shift in words; a shift the bank does not
+    name; then every flagged concept with its figures, and where the report is."""
     from t2c_monitor.audit import flagged_dict
 
     flagged = [flagged_dict(f) | {"change": change_word(f.direction), "n_current": summary.n_current}
                for f in summary.flagged]  # the payload: what webhooks receive and the alert row keeps
+    by_name = {f["name"]: f for f in flagged}
+    explanation = summary.explanation
+    roots = [by_name[r.name] | {"share": round(r.share, 4), "echoes": list(r.echoes)}
+             for r in (explanation.roots if explanation else []) if r.name in by_name]
     window = summary.window_text()
-    names = ", ".join(concept_change(f["name"], f["direction"], countable=True, quoted=True) for f in flagged[:3])
-    subject = (f"[t2c] {summary.monitor}: {len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted "
-               f"({names}{', ...' if len(flagged) > 3 else ''})")
     lines = [f"Drift on monitor {summary.monitor} (audit {summary.id})",
-             f"Window: {window}; {summary.n_current} images against {summary.n_baseline} baseline scores per concept",
-             "Flagged concepts, largest effect first:",
-             *(f"  {_concept_line(f)}" for f in flagged),
-             f"Report: {report or 'not written'}"]
+             f"Window: {window}; {summary.n_current} images against {summary.n_baseline} baseline scores per concept"]
+    if roots:
+        lines.append("Root causes (the other flagged concepts move with them):")
+        for i, root in enumerate(roots, start=1):
+            lines.append(f"  {i}. {concept_change(root['name'], root['direction'])}: explains "
+                         f"{root['share']:.0%} of the shift" + (f"; moving with it: {', '.join(root['echoes'])}"
+                                                                if root["echoes"] else ""))
+    if summary.words is not None:
+        if summary.words.text():
+            lines.append(f"In words: {summary.words.text()}")
+        if summary.words.sentence:
+            lines.append(f"In a sentence ({summary.words.decoder}): {summary.words.sentence}")
+    if summary.unlisted:
+        share = explanation.residual_share if explanation else 1.0
+        said = ", ".join(summary.words.unlisted) if summary.words and summary.words.unlisted else "no words decoded"
+        lines.append(f"Not named by the concept bank: {share:.0%} of the shift (in words: {said}); "
+                     f"`t2c concepts suggest --audit {summary.id} --monitor {summary.monitor}` proposes concepts")
+    if flagged:
+        lines += ["Flagged concepts, largest effect first:", *(f"  {_concept_line(f)}" for f in flagged)]
+    lines.append(f"Report: {report or 'not written'}")
     payload = {
-        "subject": subject, "text": "\n".join(lines), "monitor": summary.monitor, "audit_id": summary.id,
-        "window": window, "batches": list(summary.batches), "n_current": summary.n_current,
-        "n_baseline": summary.n_baseline, "flagged": flagged, "report": report,
+        "subject": _subject(summary, flagged, roots), "text": "\n".join(lines), "monitor": summary.monitor,
+        "audit_id": summary.id, "window": window, "batches": list(summary.batches), "n_current": summary.n_current,
+        "n_baseline": summary.n_baseline, "roots": roots, "echoes": summary.echoes, "unlisted": summary.unlisted,
+        "words": summary.words.to_dict() if summary.words else None, "flagged": flagged, "report": report,
     }
-    return AlertMessage(subject=subject, text=payload["text"], payload=payload)
+    return AlertMessage(subject=payload["subject"], text=payload["text"], payload=payload)
 
 
 HEADLINE_CONCEPTS = 1  # how many leading concepts identify a drift for the quiet period
 
 
 def drift_key(payload: dict[str, Any], top: int | None = None) -> set[tuple[str, int]]:
-    """What an alert reported: its flagged concepts with directions (the ``top`` ranked ones)."""
+    """What an alert reported, as (concept, direction) pairs: with ``top``, its ``top`` leading
+    concepts (its roots, or its flagged concepts by rank for alerts without roots; a shift no
+    concept names counts as the concept ''); without, everything it flagged."""
     flagged = sorted(payload.get("flagged", []), key=lambda f: f["rank"])
-    return {(f["name"], int(f["direction"])) for f in flagged[:top]}
+    if top is None:
+        return {(f["name"], int(f["direction"])) for f in flagged} | ({("", 0)} if payload.get("unlisted") else set())
+    leading = payload.get("roots") or flagged
+    key = {(f["name"], int(f["direction"])) for f in leading[:top]}
+    return key or ({("", 0)} if payload.get("unlisted") else set())
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,8 +338,9 @@ def _send_with_retries(db: Database, alert_id: int, sender: Sender, message: Ale
 def deliver_alerts(db: Database, summary: Any, config: AlertsConfig, *, monitor_id: int, report: str | None = None,
                    sleep: Callable[[float], None] = time.sleep,
                    log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
-    """Alert every channel of ``config`` about an audit that flagged concepts (nothing otherwise)."""
-    if not summary.flagged or not config.channels:
+    """Alert every channel of ``config`` about an audit that found a shift (flagged concepts or drift
+    no concept names; nothing otherwise)."""
+    if not summary.found_shift or not config.channels:
         return []
     message = build_message(summary, report=report)
     key = drift_key(message.payload, top=HEADLINE_CONCEPTS)

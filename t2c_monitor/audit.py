@@ -4,10 +4,13 @@
 baseline built from many batches weighs every image alike) and the mean aligned vector, and
 stores the sample sorted per concept. ``run_audit`` compares a window of batches with the active
 baseline through ``drift.KSDriftDetector`` (KS per concept, Benjamini-Hochberg across the bank,
-minimum effect sizes), stores every concept's result and the drift direction (window mean minus
-baseline mean of aligned vectors) for concept-to-text, and returns the flagged concepts ranked
-by effect. A baseline belongs to one aligner and one bank version: an audit of a monitor whose
-aligner or bank changed since is refused until a new baseline is built.
+minimum effect sizes), then explains the shift (``drift.explain_shift``: the roots among the
+flagged concepts and the echoes that move with them, a test of the aligned vectors themselves,
+and drift no concept names) and puts it in words (``decode.drift_words``). It stores every
+concept's result, the explanation, the words and the drift direction (window mean minus baseline
+mean of aligned vectors), and returns the roots first. A baseline belongs to one aligner and one
+bank version: an audit of a monitor whose aligner or bank changed since is refused until a new
+baseline is built.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from t2c_monitor.decode.drift import DriftWords
 from t2c_monitor.drift import (
     ConceptDrift,
     KSDriftDetector,
@@ -27,6 +31,7 @@ from t2c_monitor.drift import (
     SortedReference,
     drift_direction,
 )
+from t2c_monitor.drift.roots import ShiftExplanation, explain_shift
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.monitors import AuditConfig
 from t2c_monitor.store import Database
@@ -85,6 +90,7 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
             raise ConfigError(f"Monitor {monitor} has no stored batches to build a baseline from: ingest reference "
                               "images first (for example a sample of the training set).")
     reservoir = Reservoir(reservoir_size, seed=seed)
+    vector_sample = Reservoir(record.config.audit.vectors, seed=seed + 1)
     vector_sum, n_images = None, 0
     for batch_id, _ in chosen:
         scores = batch_scores(db, record, batch_id)
@@ -93,6 +99,7 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
         with db.engine.connect() as conn:
             embeddings = audit_store.batch_embeddings(conn, batch_id)
         if embeddings.size:
+            vector_sample.add(embeddings)
             total = embeddings.astype(np.float64).sum(axis=0)
             vector_sum = total if vector_sum is None else vector_sum + total
             n_images += embeddings.shape[0]
@@ -106,6 +113,7 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
             conn, monitor_id=record.id, aligner_id=record.aligner_id, bank_id=record.bank_id,
             batch_ids=[b for b, _ in chosen], n_images=n_images, reservoir_size=reservoir_size,
             mean_vector=(vector_sum / n_images).astype(np.float32), sorted_scores=sorted_scores,
+            vectors=vector_sample.sample(),
         )
     return BaselineSummary(id=baseline_id, monitor=monitor, batches=[e for _, e in chosen], n_images=n_images,
                            n_sampled=sample.shape[0], concepts=sample.shape[1])
@@ -139,6 +147,32 @@ class AuditSummary:
     since: datetime | None = None
     until: datetime | None = None
     report: str | None = None
+    explanation: ShiftExplanation | None = None  # roots, echoes, vector test, unlisted drift
+    words: DriftWords | None = None  # the drift in words, when the audit found a shift
+    note: str | None = None  # why there is no explanation or no words
+
+    @property
+    def roots(self) -> list[ConceptDrift]:
+        """The flagged concepts that explain the shift, first the one that explains most alone (all
+        flagged concepts when no explanation could be made)."""
+        if self.explanation is None:
+            return list(self.flagged)
+        by_name = {c.name: c for c in self.flagged}
+        return [by_name[r.name] for r in self.explanation.roots if r.name in by_name]
+
+    @property
+    def echoes(self) -> dict[str, str]:
+        """Flagged concept -> the root it moves with."""
+        return dict(self.explanation.echoes) if self.explanation else {}
+
+    @property
+    def unlisted(self) -> bool:
+        """Whether part of the shift is something no concept of the bank names."""
+        return bool(self.explanation and self.explanation.unlisted)
+
+    @property
+    def found_shift(self) -> bool:
+        return bool(self.flagged) or self.unlisted
 
     def window_text(self) -> str:
         if self.since or self.until:
@@ -152,6 +186,11 @@ class AuditSummary:
         for key in ("since", "until"):
             out[key] = out[key].isoformat() if out[key] else None
         out["flagged"] = [flagged_dict(c) for c in self.flagged]
+        out["roots"] = [c.name for c in self.roots]
+        out["echoes"] = self.echoes
+        out["unlisted"] = self.unlisted
+        out["explanation"] = self.explanation.to_dict() if self.explanation else None
+        out["words"] = self.words.to_dict() if self.words else None
         return out
 
 
@@ -256,20 +295,54 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
     reference = SortedReference.from_sorted(baseline.sorted_scores)
     result = detector.detect(reference, scores, record.concept_names)
     direction, norm = drift_direction(baseline.mean_vector, embeddings)
+    explanation, note = _explain(db, record, baseline, embeddings, result)
+    words = None
+    if result.flagged or (explanation is not None and explanation.unlisted):
+        words, note = _words(record, direction, baseline.mean_vector, explanation, note)
+    stored = {**(explanation.to_dict() if explanation else {}), "words": words.to_dict() if words else None,
+              "note": note}
     with db.engine.begin() as conn:
         concept_ids = audit_store.concept_ids(conn, record.bank_id)
         audit_id = audit_store.insert_audit(
             conn, monitor_id=record.id, baseline_id=baseline.id, batch_ids=[b for b, _ in chosen],
             n_current=int(scores.shape[0]), params=result.params, direction=direction.astype(np.float32),
-            window=(since, until), results=result.concepts, concept_ids=list(concept_ids),
+            window=(since, until), results=result.concepts, concept_ids=list(concept_ids), explanation=stored,
+            residual=explanation.residual if explanation is not None else None,
         )
     flagged = list(result.flagged)
     summary = AuditSummary(id=audit_id, monitor=monitor, baseline_id=baseline.id, batches=[e for _, e in chosen],
                            n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]),
                            flagged=flagged, direction_norm=float(norm), params=result.params, since=since,
-                           until=until)
+                           until=until, explanation=explanation, words=words, note=note)
     return AuditOutcome(summary=summary, result=result, reference=baseline.sorted_scores, current=scores,
                         batch_ids=[b for b, _ in chosen])
+
+
+def _explain(db: Database, record: MonitorRecord, baseline: audit_store.StoredBaseline, window: np.ndarray,
+             result: Any) -> tuple[ShiftExplanation | None, str | None]:
+    """Roots, echoes and unlisted drift (``drift.explain_shift``) against the baseline's vector sample
+    (for a baseline built before samples were kept: a fixed sample of its batches' stored vectors)."""
+    config = record.config.audit
+    sample = baseline.vectors
+    if sample is None:
+        with db.engine.connect() as conn:
+            sample = audit_store.sample_embeddings(conn, baseline.batch_ids, config.vectors)
+    if sample.shape[0] < 40 or window.shape[0] < 2:
+        return None, (f"no root causes: the baseline keeps {sample.shape[0]} vectors and the window has "
+                      f"{window.shape[0]} (at least 40 and 2 are needed)")
+    return explain_shift(sample, window, record.concept_vectors, result, config.root_settings()), None
+
+
+def _words(record: MonitorRecord, direction: np.ndarray, baseline_mean: np.ndarray,
+           explanation: ShiftExplanation | None, note: str | None) -> tuple[DriftWords | None, str | None]:
+    """The drift in words; a decoder that cannot load costs the words, never the audit."""
+    from t2c_monitor.decode.drift import drift_words
+
+    residual = explanation.residual if explanation is not None and explanation.unlisted else None
+    try:
+        return drift_words(record, direction=direction, baseline_mean=baseline_mean, residual=residual), note
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: keep the audit, say why it has no words
+        return None, f"no words: {type(exc).__name__}: {exc}"
 
 
 def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> AuditSummary:

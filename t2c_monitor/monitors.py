@@ -109,6 +109,22 @@ class AuditConfig(_Strict):
     min_ks: float = Field(0.02, ge=0, le=1, description="smallest KS statistic that flags")
     min_effect_size: float = Field(0.1, ge=0, description="smallest mean shift, in baseline SDs, that flags")
     reservoir: int = Field(100_000, ge=20, description="baseline scores kept per concept")
+    vectors: int = Field(5000, ge=100, le=200_000,
+                         description="baseline aligned vectors kept for root causes and the vector test")
+    root_min_share: float = Field(0.1, gt=0, lt=1, description="smallest share of the shift a root explains")
+    root_quantile: float = Field(0.2, gt=0, lt=1,
+                                 description="top share of baseline images that estimates a concept's effect")
+    vector_alpha: float = Field(0.001, gt=0, lt=1,
+                                description="level of the test on the aligned vectors and of 'unlisted drift'")
+    unlisted_share: float = Field(0.6, gt=0, lt=1,
+                                  description="share of the shift left after the roots that reports unlisted drift")
+
+    def root_settings(self):
+        """The settings of ``drift.explain_shift``."""
+        from t2c_monitor.drift.roots import RootSettings
+
+        return RootSettings(alpha=self.alpha, vector_alpha=self.vector_alpha, min_share=self.root_min_share,
+                            quantile=self.root_quantile, unlisted_share=self.unlisted_share)
 
 
 class _Channel(_Strict):

@@ -137,13 +137,16 @@ def test_quiet_period_holds_back_an_ongoing_drift_but_not_a_new_one(drifted, tin
     assert [o.status for o in alert_audit(drifted, again)] == ["suppressed"]
     assert len(receiver.bodies) == 1
 
-    # a drift led by a concept the earlier alert did not name is news; a new minor concept is not
+    # a drift led by a root the earlier alert did not name is news; a new minor concept is not
     summary = run_audit(drifted, "tiny", batches=["dark"])
+    assert summary.roots and summary.explanation is not None
     tail = dataclasses.replace(summary.flagged[0], name="a minor concept", rank=len(summary.flagged) + 4)
-    dragged = summary.__class__(**{**summary.__dict__, "flagged": [*summary.flagged, tail]})
+    dragged = dataclasses.replace(summary, flagged=[*summary.flagged, tail])
     assert [o.status for o in alert_audit(drifted, dragged)] == ["suppressed"]
     lead = dataclasses.replace(summary.flagged[0], name="a concept never alerted", rank=0)
-    news = summary.__class__(**{**summary.__dict__, "flagged": [lead, *summary.flagged]})
+    root = dataclasses.replace(summary.explanation.roots[0], name=lead.name, index=-1)
+    news = dataclasses.replace(summary, flagged=[lead, *summary.flagged],
+                               explanation=dataclasses.replace(summary.explanation, roots=[root]))
     assert [o.status for o in alert_audit(drifted, news)] == ["sent"]
 
     _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, quiet_period="0s")

@@ -100,8 +100,6 @@ def audit(
         return
     if monitor is None:
         raise typer.BadParameter("--monitor is required", param_hint="--monitor")
-    from rich.table import Table
-
     start, end = _window(window, since, until)
     with user_errors():
         if flow:
@@ -122,17 +120,44 @@ def audit(
         return
     console.print(f"audit {result['id']} of {monitor}: {result['n_current']} images in {', '.join(result['batches'])} "
                   f"against {result['n_baseline']} baseline scores per concept")
-    if result["flagged"]:
-        table = Table("rank", "concept", "change", "KS", "q", "effect (SD)")
-        for f in result["flagged"]:
-            size = f"{f['effect_size']:+.2f}" if f["effect_size"] is not None else "inf"
-            table.add_row(str(f["rank"]), f["name"], change_word(f["direction"]), f"{f['ks_stat']:.3f}",
-                          f"{f['q_value']:.2g}", size)
-        console.print(table)
-    else:
-        console.print("[green]no concept shifted[/]")
+    _print_findings(result)
     console.print(f"report: {result['report']}")
     _print_alerts(result["resent"] + result["alerts"])
+
+
+def _print_findings(result: dict) -> None:
+    """The roots first, each flagged concept with the root it moves with, then the shift in words
+    and any shift no concept names."""
+    from rich.table import Table
+
+    roots = set(result.get("roots") or [])
+    echoes = result.get("echoes") or {}
+    flagged = sorted(result["flagged"], key=lambda f: (f["name"] not in roots, f["rank"]))
+    if flagged:
+        table = Table("rank", "concept", "change", "cause", "KS", "q", "effect (SD)")
+        for f in flagged:
+            size = f"{f['effect_size']:+.2f}" if f["effect_size"] is not None else "inf"
+            cause = "[bold]root[/]" if f["name"] in roots else (f"moves with {echoes[f['name']]}"
+                                                                 if f["name"] in echoes else "")
+            table.add_row(str(f["rank"]), f["name"], change_word(f["direction"]), cause, f"{f['ks_stat']:.3f}",
+                          f"{f['q_value']:.2g}", size)
+        console.print(table)
+    elif not result.get("unlisted"):
+        console.print("[green]no concept shifted[/]")
+    words = result.get("words") or {}
+    said = "; ".join(p for p in ("more " + ", ".join(words.get("grew") or []) if words.get("grew") else "",
+                                 "fewer " + ", ".join(words.get("shrank") or []) if words.get("shrank") else "") if p)
+    if said:
+        console.print(f"in words: [bold]{said}[/]")
+    if words.get("sentence"):
+        console.print(f"in a sentence ({words.get('decoder')}): {words['sentence']}")
+    if result.get("unlisted"):
+        share = (result.get("explanation") or {}).get("residual_share", 1.0)
+        unnamed = ", ".join(words.get("unlisted") or []) or "no words decoded"
+        console.print(f"[yellow]a shift no concept names[/]: {share:.0%} of it (in words: {unnamed}); "
+                      f"`t2c concepts suggest --audit {result['id']} --monitor {result['monitor']}` proposes concepts")
+    if result.get("note"):
+        console.print(f"note: {result['note']}")
 
 
 @audit_app.command()

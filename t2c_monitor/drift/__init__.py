@@ -21,7 +21,9 @@ direction of a window's shift for decoding back to text.
 
 Modules: ``ks`` (the batched KS statistics and p-values), ``reference`` (``SortedReference``,
 ``Reservoir``), ``detector`` (corrections, detectors, ``DriftResult``, ``drift_direction``),
-``validation`` (input checks, ``MIN_SAMPLES``) and ``parallel`` (chunks of concepts on threads).
+``validation`` (input checks, ``MIN_SAMPLES``), ``parallel`` (chunks of concepts on threads) and
+``roots`` (``explain_shift``: the roots among flagged concepts, their echoes, the test of the
+aligned vectors themselves and drift that no concept names).
 Everything public is importable from ``t2c_monitor.drift`` itself.
 """
 
@@ -37,11 +39,16 @@ from t2c_monitor.drift.detector import (
 )
 from t2c_monitor.drift.ks import KS_METHODS, KSBatch, KSMethod, ks_2samp_batched, kstwo_sf, smirnov_sf
 from t2c_monitor.drift.reference import Reservoir, SortedReference
+from t2c_monitor.drift.roots import Root, RootSettings, ShiftExplanation, VectorTest, explain_shift, vector_test
 from t2c_monitor.drift.validation import MIN_SAMPLES
 
 __all__ = [
     "KS_METHODS",
     "MIN_SAMPLES",
+    "Root",
+    "RootSettings",
+    "ShiftExplanation",
+    "VectorTest",
     "ConceptDrift",
     "ConceptDriftDetector",
     "Correction",
@@ -54,7 +61,9 @@ __all__ = [
     "benjamini_hochberg",
     "bonferroni",
     "drift_direction",
+    "explain_shift",
     "ks_2samp_batched",
     "kstwo_sf",
     "smirnov_sf",
+    "vector_test",
 ]

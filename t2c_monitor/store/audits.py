@@ -104,8 +104,10 @@ def batch_embeddings(conn: Connection, batch_id: int) -> np.ndarray:
 
 
 def insert_baseline(conn: Connection, *, monitor_id: int, aligner_id: int, bank_id: int, batch_ids: list[int],
-                    n_images: int, reservoir_size: int, mean_vector: np.ndarray, sorted_scores: np.ndarray) -> int:
-    """Store a baseline (sorted score rows, one per concept in bank order) and make it the active one."""
+                    n_images: int, reservoir_size: int, mean_vector: np.ndarray, sorted_scores: np.ndarray,
+                    vectors: np.ndarray | None = None) -> int:
+    """Store a baseline (sorted score rows, one per concept in bank order, and a sample of its aligned
+    vectors) and make it the active one."""
     from t2c_monitor.store import copy
 
     conn.execute(update(Baseline).where(Baseline.monitor_id == monitor_id, Baseline.active).values(active=False))
@@ -113,6 +115,8 @@ def insert_baseline(conn: Connection, *, monitor_id: int, aligner_id: int, bank_
         monitor_id=monitor_id, aligner_id=aligner_id, bank_id=bank_id, active=True, batch_ids=list(batch_ids),
         n_images=n_images, reservoir_size=reservoir_size, dim=int(mean_vector.shape[0]),
         mean_vector=np.asarray(mean_vector, dtype=np.float32),
+        vectors=None if vectors is None else np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
+        n_vectors=None if vectors is None else int(vectors.shape[0]),
     ).returning(Baseline.id)).scalar_one()
     ids = concept_ids(conn, bank_id)
     if len(ids) != sorted_scores.shape[0]:
@@ -136,6 +140,7 @@ class StoredBaseline:
     mean_vector: np.ndarray
     sorted_scores: np.ndarray  # (k, n) in bank order
     created_at: datetime
+    vectors: np.ndarray | None = None  # (n_vectors, dim) aligned vectors; None for baselines built before 0005
 
 
 def active_baseline_id(conn: Connection, monitor_id: int) -> int | None:
@@ -152,7 +157,8 @@ def concept_ids(conn: Connection, bank_id: int) -> list[int]:
 def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> StoredBaseline:
     row = conn.execute(
         select(Baseline.id, Baseline.aligner_id, Baseline.bank_id, Baseline.n_images, Baseline.batch_ids,
-               Baseline.mean_vector, Baseline.created_at).where(Baseline.monitor_id == monitor_id, Baseline.active)
+               Baseline.mean_vector, Baseline.created_at, Baseline.vectors, Baseline.n_vectors, Baseline.dim
+               ).where(Baseline.monitor_id == monitor_id, Baseline.active)
     ).one_or_none()
     if row is None:
         raise ConfigError(f"Monitor {monitor_name} has no baseline yet: build one from reference batches with "
@@ -162,15 +168,29 @@ def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> Sto
               "WHERE bc.baseline_id = %(b)s ORDER BY c.position", {"b": row.id},
     )
     mean = np.asarray(row.mean_vector, dtype=np.float32)  # pgvector's type reads it as an array
+    vectors = None
+    if row.vectors is not None:
+        vectors = np.frombuffer(row.vectors, dtype="<f4").reshape(row.n_vectors, row.dim)
     return StoredBaseline(id=row.id, aligner_id=row.aligner_id, bank_id=row.bank_id, n_images=row.n_images,
                           batch_ids=list(row.batch_ids), mean_vector=mean, sorted_scores=scores,
-                          created_at=row.created_at)
+                          created_at=row.created_at, vectors=vectors)
+
+
+def sample_embeddings(conn: Connection, batch_ids: list[int], limit: int) -> np.ndarray:
+    """Up to ``limit`` aligned vectors of the batches' ok images, a fixed pseudo-random choice (the same
+    rows every time: ordered by a hash of the image id)."""
+    return read_matrix(
+        conn, "SELECT embedding FROM image WHERE batch_id = ANY(%(b)s) AND status = 'ok' "
+              "ORDER BY md5(id::text) LIMIT %(n)s", {"b": list(batch_ids), "n": int(limit)},
+    )
 
 
 def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_ids: list[int], n_current: int,
                  params: dict[str, Any], direction: np.ndarray, window: tuple[datetime | None, datetime | None],
-                 results: Sequence[Any], concept_ids: list[int]) -> int:
-    """Store an audit and its per-concept results (``results``: ``drift.ConceptDrift`` in bank order)."""
+                 results: Sequence[Any], concept_ids: list[int], explanation: dict[str, Any] | None = None,
+                 residual: np.ndarray | None = None) -> int:
+    """Store an audit, its per-concept results (``results``: ``drift.ConceptDrift`` in bank order) and
+    its explanation (roots, echoes, vector test, words: JSON) with the unexplained ``residual``."""
     from t2c_monitor.store import copy
 
     audit_id = conn.execute(insert(Audit).values(
@@ -178,6 +198,8 @@ def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_i
         batch_ids=list(batch_ids), n_current=n_current, status="done", params=params,
         n_flagged=sum(1 for r in results if r.flagged), dim=int(direction.shape[0]),
         direction=np.asarray(direction, dtype=np.float32) if np.any(direction) else None, finished_at=func.now(),
+        explanation=explanation or {},
+        residual=np.asarray(residual, dtype=np.float32) if residual is not None and np.any(residual) else None,
     ).returning(Audit.id)).scalar_one()
     copy.copy_into(conn, "audit_result", [
         copy.int_column("audit_id", [audit_id] * len(results)),

@@ -291,6 +291,10 @@ class Baseline(Base):
     reservoir_size: Mapped[int] = mapped_column(Integer)
     dim: Mapped[int] = mapped_column(Integer)
     mean_vector: Mapped[list[float] | None] = mapped_column(Vector())
+    vectors: Mapped[bytes | None] = mapped_column(
+        LargeBinary, comment="a uniform sample of the aligned vectors, float32 (n_vectors, dim), for root causes"
+    )
+    n_vectors: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created()
 
 
@@ -312,6 +316,7 @@ class Audit(Base):
     __table_args__ = (
         CheckConstraint(_one_of("status", AUDIT_STATUSES), name="status"),
         CheckConstraint("direction IS NULL OR vector_dims(direction) = dim", name="direction_dim"),
+        CheckConstraint("residual IS NULL OR vector_dims(residual) = dim", name="residual_dim"),
         CheckConstraint("status <> 'done' OR (baseline_id IS NOT NULL AND dim IS NOT NULL)", name="done_has_baseline"),
         Index("ix_audit_monitor_id_started_at", "monitor_id", "started_at"),
     )
@@ -329,6 +334,12 @@ class Audit(Base):
     dim: Mapped[int | None] = mapped_column(Integer)
     direction: Mapped[list[float] | None] = mapped_column(
         Vector(), comment="window mean minus baseline mean of aligned vectors"
+    )
+    explanation: Mapped[dict[str, Any]] = mapped_column(
+        server_default=text("'{}'::jsonb"), comment="roots, echoes, vector test, unlisted drift, words"
+    )
+    residual: Mapped[list[float] | None] = mapped_column(
+        Vector(), comment="the part of the drift direction the roots do not explain"
     )
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
