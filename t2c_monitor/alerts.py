@@ -17,8 +17,8 @@ along (more grass backgrounds, hence fewer gray ones), and paging again for each
 wolf; a new root is news and is sent. The message leads with the roots, each with the
 concepts that move with it, then the shift in words and any shift that no concept names. Each
 send is tried ``1 + retries`` times with doubling waits; every attempt is counted on the alert
-row, and a send that still fails is kept ``failed`` with its (redacted) error for ``retry_failed_alerts`` (run at the start of every audit
-flow and by ``t2c alerts retry``). The audit is stored before any alert is attempted, so a failed
+row, and a send that still fails is kept ``failed`` with its (redacted) error for
+``retry_failed_alerts`` (run at the start of every audit flow and by ``t2c alerts retry``). The audit is stored before any alert is attempted, so a failed
 send never loses it. Secrets are never logged, stored or sent: rows name the channel only, and
 error texts are scrubbed of the secret and of any URL.
 """
