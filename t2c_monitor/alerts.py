@@ -11,16 +11,16 @@ A channel (see ``monitors.WebhookChannel`` and friends) is one of
 
 ``deliver_alerts`` sends one audit's message to each channel, unless the same drift was already
 alerted on that channel within the quiet period, in which case the alert is recorded as
-``suppressed``. A drift is the same when its leading root cause (same direction) was flagged in
-an earlier alert: concepts are correlated, so an ongoing shift drags a changing tail of echoes
-along (more grass backgrounds, hence fewer gray ones), and paging again for each would be crying
-wolf; a new root is news and is sent. The message leads with the roots, each with the
-concepts that move with it, then the shift in words and any shift that no concept names. Each
-send is tried ``1 + retries`` times with doubling waits; every attempt is counted on the alert
-row, and a send that still fails is kept ``failed`` with its (redacted) error for
-``retry_failed_alerts`` (run at the start of every audit flow and by ``t2c alerts retry``). The audit is stored before any alert is attempted, so a failed
-send never loses it. Secrets are never logged, stored or sent: rows name the channel only, and
-error texts are scrubbed of the secret and of any URL.
+``suppressed``. A drift is the same when its leading root cause (same direction) was flagged in an
+earlier alert: concepts are correlated, so an ongoing shift drags a changing tail of echoes along
+(more grass backgrounds, hence fewer gray ones), and paging again for each would be crying wolf; a
+new root is news and is sent. The message leads with the roots, each with the concepts that move
+with it, then the shift in words and any shift that no concept names. Each send is tried ``1 +
+retries`` times with doubling waits; every attempt is counted on the alert row, and a send that
+still fails is kept ``failed`` with its (redacted) error for ``retry_failed_alerts`` (run at the
+start of every audit flow and by ``t2c alerts retry``). The audit is stored before any alert is
+attempted, so a failed send never loses it. Secrets are never logged, stored or sent: rows name the
+channel only, and error texts are scrubbed of the secret and of any URL.
 """
 
 from __future__ import annotations
