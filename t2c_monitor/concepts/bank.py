@@ -13,6 +13,7 @@ concepts with their phrasings) and ``vectors.safetensors``, checked by sha256 wh
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,14 @@ class ConceptBank:
                 f"Concept {concept!r} is not in bank {self.name} v{self.version}; "
                 f"it has: {', '.join(self.concept_names)}."
             ) from None
+
+    def without(self, *concepts: str) -> ConceptBank:
+        """The same bank without ``concepts`` (each must be in it), as a new version."""
+        drop = {self.index(c) for c in concepts}
+        keep = [i for i in range(self.k) if i not in drop]
+        return dataclasses.replace(self, version=self.version + 1,
+                                   concept_names=tuple(self.concept_names[i] for i in keep),
+                                   phrasings=tuple(self.phrasings[i] for i in keep), vectors=self.vectors[keep])
 
     def check_space(self, clip: ModelIdentity | dict | None, *, what: str = "aligned vectors") -> None:
         """Raise ``SpaceMismatchError`` unless ``clip`` is the CLIP model this bank was encoded with."""

@@ -24,8 +24,9 @@ concept's effect estimated on the baseline.
   reduces the unexplained ``|z|²`` joins, if the reduction is significant (chi-square, 1 degree
   of freedom, ``alpha`` over the candidates), at least ``min_share`` of the whole shift, and its
   sign agrees with the concept's own KS direction. When a "less X" and a "more Y" explain the
-  shift equally well (their fits differ by less than the test's threshold, as "fewer small
-  objects" and "more large ones" do) the root is named by what grew. Each other flagged concept
+  shift equally well (their fits differ by less than the test's threshold), or Y is X's other
+  side (their effects point apart, cosine <= -0.5, and Y explains at least half as much, as
+  "fewer small objects" and "more large ones"), the root is named by what grew. Each other flagged concept
   is an echo of the root whose fitted effect moves its score most in the way it moved.
 * **Unlisted drift**: after the roots (their effects by relative and by raw score) the residual
   shift is tested again. When the vectors shifted, the residual is significant, and it is at
@@ -54,6 +55,12 @@ from scipy.stats import chi2
 from scipy.stats import f as f_dist
 
 from t2c_monitor.drift.detector import DriftResult
+
+
+COMPLEMENT_COSINE = 0.5
+"""Two concepts whose effects point at least this much apart (cosine <= -0.5, whitened) are the two
+sides of one factor, as "small" and "large" (-0.64 in the shapes world; different colours -0.2 to
+-0.4): "fewer small" and "more large" are one change, named by what grew."""
 
 
 @dataclass(frozen=True)
@@ -293,7 +300,10 @@ def _select(w: np.ndarray, z: np.ndarray, sign: np.ndarray, total: float,
             break
         best = int(np.argmax(np.where(allowed, gain, -np.inf)))
         if sign[best] < 0:  # "less X" or an equally good "more Y": name what grew
-            ties = np.flatnonzero(allowed & (sign > 0) & (gain > gain[best] - float(chi2.isf(settings.alpha / m, 1))))
+            same = gain > gain[best] - float(chi2.isf(settings.alpha / m, 1))  # not significantly worse
+            cosine = (ortho.T @ ortho[:, best]) / np.sqrt(norm2 * norm2[best] + 1e-300)
+            complement = (cosine <= -COMPLEMENT_COSINE) & (gain >= 0.5 * gain[best])  # the other side of one factor
+            ties = np.flatnonzero(allowed & (sign > 0) & (same | complement))
             if ties.size:
                 best = int(ties[np.argmax(gain[ties])])
         if gain[best] < threshold:
