@@ -4,8 +4,13 @@ Builds (or loads) the world, generates held-out images, fits an exact aligner fr
 source encoder to the world CLIP, and measures against the generator's ground truth: aligner R²,
 zero-shot accuracy per factor in CLIP space and aligned space (class vectors from the default
 concept bank), and per effect the AUROC of its concept score in both spaces. Then the drift
-semantics (t2c_monitor/world/drift_check.py): every single planted shift must be flagged, ranked
-first and in the right direction, and 20 clean audits may flag at most once in total.
+semantics (t2c_monitor/world/drift_check.py): every single planted shift (each effect raised and
+lowered, a colour, background, size and shape forced) must be flagged and be the first root cause
+the right way; at least 95% of all roots must be the planted concept or another value of the factor
+the shift moved; in at least 3 of 4 pairs of look-alike shifts both must be roots and nothing else;
+with an effect's concept removed from the bank, the audit must report a shift the bank does not
+explain and name the effect in the decoded words' top 3 for at least 3 of the 4 effects; and 20
+clean audits may raise at most one flag of any kind in total.
 
     python bench/world.py [--seed 0] [--quick] [--rebuild] [--threads N]
 
@@ -24,6 +29,9 @@ TARGETS = {
     "clip_zero_shot": {"color": 0.9, "background": 0.9, "size": 0.9, "shape": 0.8},
     "effect_auroc_clip": 0.95,
     "aligned_over_clip": {"color": 0.85, "background": 0.85, "size": 0.85},
+    "roots_precision": 0.95,
+    "pairs_share": 0.75,
+    "unlisted_share": 0.75,
 }
 
 
@@ -96,13 +104,24 @@ def main() -> None:
             drift = drift_semantics(world, aligner, n_ref=args.n_ref, n_cur=args.n_cur, clean_audits=args.clean_audits)
         drift["seconds"] = round(time.perf_counter() - started, 1)
         for spec, check in drift["shifts"].items():
-            print(f"  {spec:<22} {check['concept']:<8} flagged={check['flagged']!s:<5} rank={check['rank']} "
-                  f"top={check['top']} ks={check['ks_stat']}", file=sys.stderr)
-        print(f"  {drift['shifts_ok']}/{drift['shifts_total']} planted shifts ranked first the right way; "
-              f"{drift['clean_flags']} flags in {drift['clean_audits']} clean audits", file=sys.stderr)
+            print(f"  {spec:<22} {check['concept']:<8} flagged={check['flagged']!s:<5} KS rank={check['rank']} "
+                  f"roots={' '.join(check['roots'])}", file=sys.stderr)
+        for label, pair in drift["pairs"].items():
+            print(f"  pair {label:<24} roots={', '.join(pair['roots'])} ok={pair['ok']}", file=sys.stderr)
+        for effect, found in drift["unlisted"].items():
+            print(f"  unlisted {effect:<8} reported={found['unlisted']} words={', '.join(found['words'])} "
+                  f"named={found['named']}", file=sys.stderr)
+        print(f"  first root right in {drift['roots_first_ok']}/{drift['shifts_total']}; root precision "
+              f"{drift['roots_precision']:.3f}; pairs {drift['pairs_ok']}/{drift['pairs_total']}; unlisted named "
+              f"{drift['unlisted_named']}/{drift['unlisted_total']}; {drift['clean_flags']} flags in "
+              f"{drift['clean_audits']} clean audits", file=sys.stderr)
     met = targets_met(result)
     if drift is not None:
-        met["drift_shifts_first"] = drift["shifts_ok"] == drift["shifts_total"]
+        met["drift_shifts_flagged"] = drift["shifts_flagged"] == drift["shifts_total"]
+        met["roots_first_ok"] = drift["roots_first_ok"] == drift["shifts_total"]
+        met["roots_precision"] = (drift["roots_precision"] or 0.0) >= TARGETS["roots_precision"]
+        met["pairs_ok"] = drift["pairs_ok"] >= TARGETS["pairs_share"] * drift["pairs_total"]
+        met["unlisted_named"] = drift["unlisted_named"] >= TARGETS["unlisted_share"] * drift["unlisted_total"]
         met["drift_clean_at_most_one_flag"] = drift["clean_flags"] <= 1
     missed = [k for k, ok in met.items() if not ok]
     print("all targets met" if not missed else f"targets missed: {', '.join(missed)}", file=sys.stderr)
@@ -120,6 +139,11 @@ def main() -> None:
         "eval_seconds": round(eval_seconds, 1),
         "n_fit": args.n_fit, "n_test": args.n_test, "seed": args.seed, "quick": args.quick,
         "world_key": world.metadata["key"],
+        "roots_precision": drift and drift["roots_precision"],
+        "roots_first_ok": drift and f"{drift['roots_first_ok']}/{drift['shifts_total']}",
+        "pairs_ok": drift and f"{drift['pairs_ok']}/{drift['pairs_total']}",
+        "unlisted_named": drift and f"{drift['unlisted_named']}/{drift['unlisted_total']}",
+        "clean_flags": drift and drift["clean_flags"],
         "drift": drift,
         "targets_met": all(met.values()),
         "targets_missed": missed,

@@ -64,6 +64,14 @@ def test_webhook_alert_names_monitor_window_concepts_and_report(drifted, tiny_mo
         assert f"{sent['name']}: {sent['change']} (KS {sent['ks_stat']:.3f}" in body["text"]
     assert "batch dark" in body["text"] and summary.report in body["text"]
     assert "tiny" in body["subject"]
+    # the alert leads with the root causes, their echoes and the shift in words
+    assert [r["name"] for r in body["roots"]] == [r.name for r in summary.roots] and body["roots"]
+    lead = body["roots"][0]
+    assert f"{lead['change']} '{lead['name']}'" in body["subject"].replace("fewer", "less")
+    assert body["text"].index("Root causes") < body["text"].index("Flagged concepts")
+    assert body["words"]["grew"] == summary.words.grew and f"In words: {summary.words.text()}" in body["text"]
+    assert f"in words: {summary.words.text()}" in body["subject"]
+    assert all(body["echoes"][echo] == lead["name"] for echo in lead["echoes"])
 
     with drifted.engine.connect() as conn:
         row = conn.execute(text("SELECT status, attempts, sent_at, channel FROM alert")).one()

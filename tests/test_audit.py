@@ -43,6 +43,19 @@ def test_baseline_from_named_batches_and_audits_of_windows(monitored):
     for row in rows:
         assert 0 <= row.ks_stat <= 1 and 0 <= row.q_value <= 1 and row.direction in (-1, 1)
 
+    # the shift explained: roots among the flagged concepts, the others echo them, and in words
+    explanation = dark.explanation
+    assert explanation is not None and dark.roots and set(dark.echoes) | {r.name for r in dark.roots} == \
+        {f.name for f in dark.flagged}
+    assert explanation.vector_test.p_value < 0.001 and explanation.vector_test.n_ref == 120
+    assert dark.words is not None and (dark.words.grew or dark.words.shrank) and dark.words.text()
+    with db.engine.connect() as conn:
+        stored = conn.execute(text("SELECT explanation, residual IS NOT NULL FROM audit WHERE id = :a"),
+                              {"a": dark.id}).one()
+    assert [r["name"] for r in stored[0]["roots"]] == [r.name for r in dark.roots] and stored[1]
+    assert stored[0]["words"]["grew"] == dark.words.grew and stored[0]["vector_test"]["dims"] >= 1
+    assert dark.to_dict()["roots"] == [r.name for r in dark.roots]
+
     # the default window is the last stored batch; baseline batches never count as the window
     last = run_audit(db, "tiny")
     assert last.batches == ["dark"]
@@ -132,6 +145,7 @@ def test_baseline_and_audit_from_the_command_line(monitored, database_url, tmp_p
     window = run("audit", "--monitor", "tiny", "--window", "2h", "--no-flow", "--no-alerts")
     assert window.returncode == 0, window.stderr
     assert "clean, dark" in window.stderr and "report:" in window.stderr  # every batch of the last 2 h
+    assert "root" in window.stderr and "in words: " in window.stderr, window.stderr  # roots first, then words
     history = run("audit", "history", "--monitor", "tiny", "--concept", "at night", "--json")
     assert history.returncode == 0, history.stderr
     assert [a["audit_id"] for a in json.loads(history.stdout)["audits"]][0] == summary["id"]

@@ -26,8 +26,11 @@ concept's effect estimated on the baseline.
   sign agrees with the concept's own KS direction. When a "less X" and a "more Y" explain the
   shift equally well (their fits differ by less than the test's threshold), or Y is X's other
   side (their effects point apart, cosine <= -0.5, and Y explains at least half as much, as
-  "fewer small objects" and "more large ones"), the root is named by what grew. Each other flagged concept
-  is an echo of the root whose fitted effect moves its score most in the way it moved.
+  "fewer small objects" and "more large ones"), the root is named by what grew. Then each root
+  is swapped for another candidate while that fits significantly better beside the other roots
+  (forward selection alone would keep a concept that sees two causes at once, "dark" for night
+  and fog). Each other flagged concept is an echo of the root whose fitted effect moves its score
+  most in the way it moved.
 * **Unlisted drift**: after the roots (their effects by relative and by raw score) the residual
   shift is tested again. When the vectors shifted, the residual is significant, and it is at
   least ``unlisted_share`` of the whole shift, the audit reports drift the bank does not explain,
@@ -314,8 +317,42 @@ def _select(w: np.ndarray, z: np.ndarray, sign: np.ndarray, total: float,
         residual = residual - q * (q @ residual)
     if not chosen:
         return [], np.zeros(0)
+    chosen = _swap(w, z, sign, chosen, float(chi2.isf(settings.alpha / m, 1)))
     coef, *_ = np.linalg.lstsq(w[:, chosen], z, rcond=None)
     return chosen, coef
+
+
+def _swap(w: np.ndarray, z: np.ndarray, sign: np.ndarray, chosen: list[int], margin: float) -> list[int]:
+    """Replace a chosen root by another candidate while that fits the shift significantly better
+    (by more than ``margin``, the test's threshold) with the other roots kept: forward selection
+    alone takes a concept that sees two causes at once ("dark" for night and fog) before the
+    causes' own concepts, and then keeps it."""
+    chosen = list(chosen)
+    for _ in range(4 * len(chosen)):
+        swapped = False
+        for pos in range(len(chosen)):
+            others = chosen[:pos] + chosen[pos + 1:]
+            if others:
+                basis, _ = np.linalg.qr(w[:, others])
+                ortho = w - basis @ (basis.T @ w)
+                residual = z - basis @ (basis.T @ z)
+            else:
+                ortho, residual = w, z
+            norm2 = np.einsum("ij,ij->j", ortho, ortho)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                beta = np.where(norm2 > 1e-12, (ortho.T @ residual) / norm2, 0.0)
+            gain = beta**2 * norm2
+            allowed = (np.sign(beta) == sign) & (norm2 > 1e-12)
+            allowed[chosen] = False
+            if not allowed.any():
+                continue
+            best = int(np.argmax(np.where(allowed, gain, -np.inf)))
+            if gain[best] > gain[chosen[pos]] + margin:
+                chosen[pos] = best
+                swapped = True
+        if not swapped:
+            break
+    return chosen
 
 
 def _name_roots(candidates: Sequence[Any], roots: list[int], coef: np.ndarray, w: np.ndarray | None, z: np.ndarray,
