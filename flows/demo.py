@@ -3,7 +3,8 @@
     prepare (world, aligner, monitor "shapes", images; t2c_monitor.demo) -> ingest a baseline and
     build it -> for each day: ingest the day's batch, run the scheduled audit -> the day with a
     planted shift raises an alert (to a local webhook receiver the demo starts, and a file) ->
-    the next day, the same ongoing drift is held back by the quiet period.
+    the next day, the same ongoing drift is held back by the quiet period -> on the last day a
+    shift in something the bank has no concept for is reported anyway, in words.
 
 The flows report to whatever Prefect API this process uses (``t2c demo`` points it at the local
 Prefect server first, so the week's runs stay in its UI). A rerun stores no image twice and
@@ -54,8 +55,17 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
                 # the hourly deployment's flow, on this day's batch (named: a rerun's batches keep their first times)
                 audit = audit_flow(AuditParams(monitor=DEMO_MONITOR, batches=[day]))
                 flagged = [concept_change(f["name"], f["direction"], quoted=True) for f in audit["flagged"]]
+                by_name = {f["name"]: f for f in audit["flagged"]}
+                roots = [concept_change(n, by_name[n]["direction"], quoted=True) for n in audit["roots"]]
+                words = audit["words"] or {}
+                said = "; ".join(p for p in ("more " + ", ".join(words.get("grew") or []) if words.get("grew") else "",
+                                             "fewer " + ", ".join(words.get("shrank") or [])
+                                             if words.get("shrank") else "") if p)
                 alerts = [f"{a['channel']}: {a['status']}" for a in audit["alerts"]]
-                result.days.append(DayResult(day, batch["n_ok"], planted, flagged, alerts, audit["report"]))
+                result.days.append(DayResult(day, batch["n_ok"], planted, flagged, alerts, audit["report"],
+                                             roots=roots, words=said,
+                                             unlisted=list(words.get("unlisted") or ["?"]) if audit["unlisted"]
+                                             else []))
                 lap(day)
             result.received = list(receiver.bodies)
         finally:

@@ -20,14 +20,17 @@ DEMO_MONITOR = "shapes"
 WEBHOOK_ENV = "T2C_DEMO_WEBHOOK_URL"
 BASELINE = ("baseline", 2000, 1, None)
 # (batch id, images, seed, planted shift): three ordinary days, then half the pictures come from
-# a camera out on the grass, and it stays there the next day.
+# a camera out on the grass, and it stays there the next day; on the last day the camera is back,
+# but half the pictures are taken in falling snow, which the demo's bank has no concept for.
 DAYS = (
     ("day-1", 500, 11, None),
     ("day-2", 500, 12, None),
     ("day-3", 500, 13, None),
     ("day-4", 500, 14, "background=grass:0.5"),
     ("day-5", 500, 15, "background=grass:0.5"),
+    ("day-6", 500, 16, "snow=0.5"),
 )
+UNLISTED = "snow"  # left out of the demo's bank (the world's default bank less this concept)
 QUICK_SIZES = {"baseline": 600, "day": 200}
 
 
@@ -66,6 +69,9 @@ class DayResult:
     flagged: list[str]
     alerts: list[str]
     report: str | None
+    roots: list[str] = field(default_factory=list)  # "more 'grass'"
+    words: str = ""  # the drift in words
+    unlisted: list[str] = field(default_factory=list)  # words of a shift no concept names (empty: none)
 
 
 @dataclass
@@ -134,9 +140,14 @@ def prepare_demo(*, quick: bool = False, progress: bool = True, log: Any = print
                                 n_fit=1500 if quick else 10_000, progress=progress)
     lap("aligner")
 
+    bank = root / "bank.yaml"  # the world's default bank without the concept of the last day's shift
+    definition = yaml.safe_load(default_bank_path().read_text())
+    definition["concepts"] = [c for c in definition["concepts"] if c["name"] != UNLISTED]
+    bank.write_text(f"# The world's default bank without '{UNLISTED}': the demo's last day plants it\n"
+                    + yaml.safe_dump(definition, sort_keys=False))
     monitor_file = root / "monitors.yaml"
     document = demo_monitor_document(encoder=world.source_spec, clip=world.clip_spec, aligner=str(aligner),
-                                     bank=str(default_bank_path()), decode=world.decode_section())
+                                     bank=str(bank), decode=world.decode_section())
     monitor_file.write_text("# The demo's monitor, as a user would declare it (t2c monitor apply FILE)\n"
                             + yaml.safe_dump(document, sort_keys=False))
     (config,) = load_monitor_file(monitor_file)

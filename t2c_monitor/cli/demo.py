@@ -15,8 +15,9 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="the small world and fewer images (about a minute or two)"),
     as_json: bool = JsonOption,
 ) -> None:
-    """Build the shapes world, fit the aligner, ingest a baseline and five days (one with a planted
-    shift), audit each day with alerts to a local webhook, and print what was flagged."""
+    """Build the shapes world, fit the aligner, ingest a baseline and six days (a planted shift that
+    lasts two days, then one the bank has no concept for), audit each day with alerts to a local
+    webhook, and print the root causes and the shift in words."""
     import os
 
     from rich.table import Column, Table
@@ -36,10 +37,17 @@ def demo(
     if as_json:
         emit_json({**result.to_dict(), "prefect_ui": endpoint.ui_url})
         return
-    folded = [Column(name, overflow="fold") for name in ("planted shift", "flagged concepts", "alerts")]
+    folded = [Column(name, overflow="fold") for name in ("planted shift", "root causes", "in words", "alerts")]
     table = Table("day", "images", *folded, title="What the audits said")  # fold: specs have no space to wrap at
     for day in result.days:
-        table.add_row(day.batch, str(day.images), day.shift or "", ", ".join(day.flagged) or "[green]none[/]",
+        causes = ", ".join(day.roots)
+        echoes = len(day.flagged) - len(day.roots)
+        if day.roots and echoes > 0:
+            causes += f" ({echoes} more flagged, moving with {'it' if len(day.roots) == 1 else 'them'})"
+        if day.unlisted:
+            unnamed = f"[yellow]a shift no concept names[/]: {', '.join(day.unlisted)}"
+            causes = f"{causes}; {unnamed}" if causes else unnamed
+        table.add_row(day.batch, str(day.images), day.shift or "", causes or "[green]none[/]", day.words,
                       ", ".join(day.alerts))
     console.print(table)
     for body in result.received:

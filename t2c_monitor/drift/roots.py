@@ -59,7 +59,6 @@ from scipy.stats import f as f_dist
 
 from t2c_monitor.drift.detector import DriftResult
 
-
 COMPLEMENT_COSINE = 0.5
 """Two concepts whose effects point at least this much apart (cosine <= -0.5, whitened) are the two
 sides of one factor, as "small" and "large" (-0.64 in the shapes world; different colours -0.2 to

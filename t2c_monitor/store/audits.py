@@ -302,3 +302,34 @@ def baseline_mean(conn: Connection, monitor_id: int) -> np.ndarray | None:
     value = conn.execute(select(Baseline.mean_vector)
                          .where(Baseline.monitor_id == monitor_id, Baseline.active)).scalar_one_or_none()
     return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class StoredExplanation:
+    """What an audit stored about its shift: the explanation JSON (roots, echoes, vector test, words)
+    and the part of the drift direction the roots do not explain."""
+
+    status: str
+    explanation: dict[str, Any]
+    residual: np.ndarray | None
+
+
+def audit_explanation(conn: Connection, monitor_id: int, audit_id: int) -> StoredExplanation:
+    """The stored explanation of the monitor's audit ``audit_id`` (``ConfigError`` when there is none)."""
+    row = conn.execute(select(Audit.status, Audit.explanation, Audit.residual)
+                       .where(Audit.id == audit_id, Audit.monitor_id == monitor_id)).one_or_none()
+    if row is None:
+        raise ConfigError(f"The monitor has no audit {audit_id}: `t2c audit list --monitor NAME` shows its audits.")
+    residual = None if row.residual is None else np.asarray(row.residual, dtype=np.float32)
+    return StoredExplanation(status=row.status, explanation=dict(row.explanation or {}), residual=residual)
+
+
+def baseline_batches(conn: Connection, monitor_id: int) -> tuple[list[str], int] | None:
+    """The external ids of the active baseline's batches and its reservoir size (None: no baseline)."""
+    row = conn.execute(select(Baseline.batch_ids, Baseline.reservoir_size)
+                       .where(Baseline.monitor_id == monitor_id, Baseline.active)).one_or_none()
+    if row is None:
+        return None
+    ids = [int(b) for b in row.batch_ids]
+    names = dict(conn.execute(select(Batch.id, Batch.external_id).where(Batch.id.in_(ids))).all()) if ids else {}
+    return [names[b] for b in ids if b in names], int(row.reservoir_size)
