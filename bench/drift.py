@@ -4,7 +4,8 @@ One synthetic bank, the same data for all three: concept scores are cosine simil
 embeddings that share a low-rank structure with unit concept vectors, so scores are correlated
 across concepts as real concept scores are. Times a full audit (``KSDriftDetector.detect``, which
 against a baseline stored sorted, as `t2c baseline build` stores it and every audit reads it;
-also from raw baseline scores, sorting them inside), scipy per concept (same method: 'auto' is
+also from raw baseline scores, sorting them inside) and the root causes every audit adds
+(``explain_shift`` against a 5,000-vector baseline sample), scipy per concept (same method: 'auto' is
 asymptotic at these sizes) and evidently on a subset of concepts (scaled per concept). Then checks the defaults: clean
 windows (no shift) at n_cur 1k and 10k, and a planted shift of a few percent of images strongly
 expressing one concept. Prints progress to stderr, then one JSON object as the last stdout line.
@@ -24,7 +25,7 @@ import warnings
 import numpy as np
 from scipy.stats import ks_2samp
 
-from t2c_monitor.drift import KSDriftDetector, SortedReference
+from t2c_monitor.drift import KSDriftDetector, SortedReference, explain_shift
 
 
 def log(msg: str) -> None:
@@ -54,17 +55,23 @@ class CorrelatedBank:
         x = self.centre + 0.15 * z @ self.basis.T + 0.15 * rng.standard_normal((n, self.d)) / np.sqrt(self.d)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    def scores(self, n: int, seed: int, shift_concept: int | None = None, fraction: float = 0.0, sds: float = 4.0):
-        """``(n, k)`` float32 scores; optionally a ``fraction`` of rows pushed towards one concept
+    def vectors(self, n: int, seed: int, shift_concept: int | None = None, fraction: float = 0.0,
+                sds: float = 4.0) -> np.ndarray:
+        """``(n, d)`` unit embeddings; optionally a ``fraction`` of rows pushed towards one concept
         until its score rises by ``sds`` baseline standard deviations on average."""
         rng = np.random.default_rng(seed)
         x = self.embeddings(n, rng)
         if shift_concept is not None and fraction > 0:
             rows = rng.random(n) < fraction
             x[rows] = push(x[rows], self.concepts[shift_concept].astype(np.float64), sds, self)
+        return x.astype(np.float32)
+
+    def scores(self, n: int, seed: int, shift_concept: int | None = None, fraction: float = 0.0, sds: float = 4.0):
+        """``(n, k)`` float32 scores of ``vectors(...)``."""
+        x = self.vectors(n, seed, shift_concept, fraction, sds)
         out = np.empty((n, self.concepts.shape[0]), dtype=np.float32)
         for s in range(0, n, 20_000):
-            out[s : s + 20_000] = x[s : s + 20_000].astype(np.float32) @ self.concepts.T
+            out[s : s + 20_000] = x[s : s + 20_000] @ self.concepts.T
         return out
 
 
@@ -106,6 +113,7 @@ def main() -> None:
     parser.add_argument("--n-cur", type=int, default=10_000)
     parser.add_argument("--evidently-concepts", type=int, default=50)
     parser.add_argument("--clean-audits", type=int, default=20)
+    parser.add_argument("--vectors", type=int, default=5000, help="baseline vectors kept for root causes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -113,7 +121,8 @@ def main() -> None:
     bank = CorrelatedBank(args.concepts, seed=args.seed)
     log(f"drawing {args.n_ref} baseline and {args.n_cur} window scores for {args.concepts} concepts")
     ref = bank.scores(args.n_ref, seed=args.seed + 1)
-    cur = bank.scores(args.n_cur, seed=args.seed + 2, shift_concept=7, fraction=0.05)
+    cur_vectors = bank.vectors(args.n_cur, seed=args.seed + 2, shift_concept=7, fraction=0.05)
+    cur = cur_vectors @ bank.concepts.T
     corr = np.corrcoef(ref[:5000, :50].T)
     log(f"median |correlation| between concept scores: {np.median(np.abs(corr[np.triu_indices(50, 1)])):.2f}")
 
@@ -131,6 +140,13 @@ def main() -> None:
     result = detector.detect(prepared, cur)
     seconds = time.perf_counter() - start
     log(f"  {seconds:.2f} s, {len(result.flagged)} flagged, top: {[c.name for c in result.flagged[:3]]}")
+    log(f"root causes (explain_shift) against a sample of {args.vectors} baseline vectors ...")
+    baseline_vectors = bank.vectors(args.vectors, seed=args.seed + 1)  # the rows of `ref` it was drawn from
+    start = time.perf_counter()
+    explanation = explain_shift(baseline_vectors, cur_vectors, bank.concepts, result)
+    explain_seconds = time.perf_counter() - start
+    log(f"  {explain_seconds:.2f} s, roots {[r.name for r in explanation.roots]} of {len(result.flagged)} flagged, "
+        f"unlisted={explanation.unlisted}")
     log("audit from raw baseline scores (sorting them inside, as a one-off audit would) ...")
     start = time.perf_counter()
     cold = detector.detect(ref, cur)
@@ -180,6 +196,9 @@ def main() -> None:
         "scipy_seconds": round(scipy_seconds, 3),
         "scipy_seconds_per_concept": scipy_seconds / args.concepts,
         "speedup_vs_scipy": round(scipy_seconds / seconds, 1),
+        "explain_seconds": round(explain_seconds, 3),
+        "speedup_vs_scipy_with_roots": round(scipy_seconds / (seconds + explain_seconds), 1),
+        "roots": [r.name for r in explanation.roots],
         "speedup_vs_scipy_unsorted_reference": round(scipy_seconds / cold_seconds, 1),
         "evidently_concepts": args.evidently_concepts,
         "evidently_seconds_per_concept": ev_seconds / args.evidently_concepts,

@@ -111,7 +111,8 @@ class AuditConfig(_Strict):
     reservoir: int = Field(100_000, ge=20, description="baseline scores kept per concept")
     vectors: int = Field(5000, ge=100, le=200_000,
                          description="baseline aligned vectors kept for root causes and the vector test")
-    root_min_share: float = Field(0.1, gt=0, lt=1, description="smallest share of the shift a root explains")
+    root_min_share: float = Field(0.1, gt=0, lt=1,
+                                  description="smallest share of the shift (beyond noise) a root explains")
     root_quantile: float = Field(0.2, gt=0, lt=1,
                                  description="top share of baseline images that estimates a concept's effect")
     vector_alpha: float = Field(0.001, gt=0, lt=1,
