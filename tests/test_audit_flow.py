@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from html import escape
 
 import pytest
 import yaml
@@ -32,7 +33,10 @@ def test_baseline_and_audit_flows_store_report_and_alert(prefect_harness, monito
     assert result["report"] == str(page)
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 3, "KS chart, distributions and example thumbnails"
-    assert f"Monitor tiny: {len(result['flagged'])} concept" in html and result["flagged"][0]["name"] in html
+    headline = html.split("</h1>")[0]
+    assert result["roots"] and f"'{result['roots'][0]}'" in headline, "the headline names the root causes"
+    said = [*result["words"]["grew"], *result["words"]["shrank"]]
+    assert "<h2>Root causes</h2>" in html and "In words: <b>" in html and escape(said[0]) in html
     with monitored.engine.connect() as conn:
         assert conn.execute(text("SELECT path FROM report WHERE audit_id = :a"), {"a": result["id"]}).scalar() == \
             str(page)
