@@ -120,10 +120,11 @@ def prepare_demo(*, quick: bool = False, progress: bool = True, log: Any = print
                  lap: Any = lambda _: None) -> DemoSetup:
     """Build or reuse the world and aligner, apply the demo monitor and write the week's images."""
     from t2c_monitor.apply import apply_monitor
+    from t2c_monitor.errors import ConfigError
     from t2c_monitor.monitors import load_monitor_file
     from t2c_monitor.settings import get_settings
     from t2c_monitor.store import open_database
-    from t2c_monitor.store.audits import delete_audits
+    from t2c_monitor.store.audits import delete_audits, delete_monitor_data, stored_widths
     from t2c_monitor.store.monitors import get_monitor
     from t2c_monitor.world.build import build_world
     from t2c_monitor.world.drift_check import fit_world_aligner
@@ -151,13 +152,22 @@ def prepare_demo(*, quick: bool = False, progress: bool = True, log: Any = print
     monitor_file.write_text("# The demo's monitor, as a user would declare it (t2c monitor apply FILE)\n"
                             + yaml.safe_dump(document, sort_keys=False))
     (config,) = load_monitor_file(monitor_file)
+    with db.session() as session:
+        try:
+            before = get_monitor(session, DEMO_MONITOR)
+        except ConfigError:
+            before = None
     apply_monitor(db, config)
     with db.session() as session:
-        monitor_id = get_monitor(session, DEMO_MONITOR).id
+        after = get_monitor(session, DEMO_MONITOR)
     with db.engine.begin() as conn:
-        cleared = delete_audits(conn, monitor_id)
-    if cleared:
-        log(f"cleared {cleared} audits of an earlier demo run of monitor {DEMO_MONITOR}")
+        moved = before is not None and (before.aligner_id, before.clip) != (after.aligner_id, after.clip)
+        if moved or stored_widths(conn, after.id) - {after.clip.dim}:
+            # the other world (quick or full): its vectors live in another space, so the story starts afresh
+            cleared = delete_monitor_data(conn, after.id)
+            log(f"cleared {cleared} batches of an earlier demo run on the {'full' if quick else 'quick'} world")
+        elif cleared := delete_audits(conn, after.id):
+            log(f"cleared {cleared} audits of an earlier demo run of monitor {DEMO_MONITOR}")
     log(f"monitor {DEMO_MONITOR} applied from {monitor_file}")
 
     def size(name: str, n: int) -> int:

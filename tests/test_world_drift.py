@@ -102,6 +102,8 @@ def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, t
         return json.loads(run.stdout.strip().splitlines()[-1])
 
     grew = [text for text, _ in decode("--audit", str(received["audit_id"]))["grew"]]
+    sentences = decode("--audit", str(received["audit_id"]), "--decoder", "prefix")
+    assert sentences["decoder"] == "prefix" and sentences["texts"] and all(t for t, _ in sentences["texts"])
     assert first_named(grew, "background") == "grass", grew
     def grass_share(day: str) -> float:
         """Share of the day's images whose decoded sentence (prefix decoder) puts the shape on grass."""
@@ -119,3 +121,22 @@ def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, t
     assert shifted > clean, f"grass in {shifted:.2f} of the grass day's sentences, {clean:.2f} of a clean day's"
     heads = decode("--class-head", "--top", "3")["decoded"]
     assert [row["label"] for row in heads] == ["circle", "square", "triangle", "cross", "star"]
+
+    # a monitor whose decoder is a sentence decoder also says the grass day's drift in a sentence
+    import dataclasses
+
+    from t2c_monitor.decode.drift import drift_words
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.audits import audit_direction, baseline_mean
+    from t2c_monitor.store.monitors import get_monitor
+
+    db = open_database()
+    with db.session() as session:
+        record = get_monitor(session, DEMO_MONITOR)
+    config = record.config.model_copy(update={"decode": record.config.decode.model_copy(update={"decoder": "prefix"})})
+    with db.engine.connect() as conn:
+        direction = audit_direction(conn, record.id, received["audit_id"])
+        mean = baseline_mean(conn, record.id)
+    words = drift_words(dataclasses.replace(record, config=config), direction=direction, baseline_mean=mean)
+    assert words.decoder == "prefix" and words.sentence and words.grew, words
+    db.engine.dispose()

@@ -22,7 +22,8 @@ def _line(decoded) -> str:
 
 def decode(
     monitor: str = typer.Option(..., "--monitor", "-m", help="the monitor whose CLIP space the vectors live in"),
-    audit: int = typer.Option(None, "--audit", help="an audit's drift direction: what grew, what shrank (vocab)"),
+    audit: int = typer.Option(None, "--audit", help="an audit's drift direction: what grew, what shrank (vocab), "
+                              "or the shifted window in sentences (prefix, guided)"),
     vectors: Path = typer.Option(None, "--vectors", help=".npy or .safetensors ('vectors') of aligned vectors"),
     images: str = typer.Option(None, "--images", help="images (file, folder or URI) embedded and aligned first"),
     class_head: bool = typer.Option(False, "--class-head", help="the source model's classifier rows, one per class"),
@@ -48,12 +49,18 @@ def decode(
         raise typer.BadParameter(f"{mode!r} is not nearest or sparse", param_hint="--mode")
     if decoder is not None and decoder not in DECODER_KINDS:
         raise typer.BadParameter(f"{decoder!r} is not one of {', '.join(DECODER_KINDS)}", param_hint="--decoder")
-    if audit is not None and decoder not in (None, "vocab"):
-        raise typer.BadParameter("an audit's direction is decoded by the vocab decoder", param_hint="--decoder")
     options = {"kind": decoder, "mode": mode, "top": top, "include_bpe_words": bpe_words, "progress": not as_json}
     skipped = []
     with user_errors():
         db = open_database()
+        if audit is not None and decoder in ("prefix", "guided"):
+            said = use_case.decode_audit_sentences(db, monitor, audit, kind=decoder, top=top or 3,
+                                                   progress=not as_json)
+            if as_json:
+                emit_json({"monitor": monitor, "audit": audit, "decoder": decoder, "texts": said.texts})
+                return
+            console.print(f"audit {audit} of {monitor} ({decoder}): {_line(said)}", highlight=False)
+            return
         if audit is not None:
             direction = use_case.decode_audit(db, monitor, audit, top=top or 5, include_bpe_words=bpe_words,
                                               progress=not as_json)

@@ -131,6 +131,26 @@ def decode_audit(db: Database, monitor: str, audit_id: int, *, top: int = 5, inc
     return decoder.decode_direction(direction, space=record.clip)
 
 
+def decode_audit_sentences(db: Database, monitor: str, audit_id: int, *, kind: DecoderKind, top: int = 3,
+                           progress: bool = False) -> Decoded:
+    """Audit ``audit_id``'s shift as sentences of a sentence decoder (``prefix`` or ``guided``): the
+    window's mean aligned vector (the baseline's plus the drift direction) centred on the baseline's."""
+    from t2c_monitor.store.audits import audit_direction, baseline_mean
+
+    if kind == "vocab":
+        raise ValueError("decode_audit_sentences is for the sentence decoders; decode_audit gives vocab terms")
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    with db.engine.connect() as conn:
+        direction = audit_direction(conn, record.id, audit_id)
+        mean = baseline_mean(conn, record.id)
+    if direction is None or mean is None:
+        raise ConfigError(f"Audit {audit_id} of {monitor} has no drift direction or the monitor no baseline: "
+                          "nothing to decode.")
+    decoder = monitor_decoder(record, decoder_settings(record, kind, top=top), image_mean=mean, progress=progress)
+    return decoder.decode((mean + direction)[None], space=record.clip)[0]
+
+
 def read_vector_file(path: str | Path) -> np.ndarray:
     """Vectors from a ``.npy`` file or a ``.safetensors`` file's tensor ``vectors``."""
     path = Path(path)

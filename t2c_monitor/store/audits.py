@@ -97,10 +97,35 @@ def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: lis
 
 
 def batch_embeddings(conn: Connection, batch_id: int) -> np.ndarray:
-    """Aligned unit vectors ``(n, d)`` of a batch's ok images."""
-    return read_matrix(
-        conn, "SELECT embedding FROM image WHERE batch_id = %(b)s AND status = 'ok' ORDER BY id", {"b": batch_id}
-    )
+    """Aligned unit vectors ``(n, d)`` of a batch's ok images (``ConfigError`` when the batch holds
+    vectors of several widths: images ingested under another aligner or CLIP model)."""
+    try:
+        return read_matrix(
+            conn, "SELECT embedding FROM image WHERE batch_id = %(b)s AND status = 'ok' ORDER BY id", {"b": batch_id}
+        )
+    except ValueError as exc:
+        if "different lengths" not in str(exc):
+            raise
+        name = conn.execute(select(Batch.external_id).where(Batch.id == batch_id)).scalar()
+        raise ConfigError(
+            f"Batch {name} holds aligned vectors of different widths: some of its images were ingested with "
+            "another aligner or CLIP model than the rest, so they are not comparable. Ingest the images again "
+            "under a new batch id (`t2c ingest SOURCE --monitor NAME --batch-id NEW`) and leave this batch out."
+        ) from None
+
+
+def stored_widths(conn: Connection, monitor_id: int) -> set[int]:
+    """The widths of the aligned vectors stored for a monitor's images."""
+    return set(conn.execute(select(Image.dim).where(Image.monitor_id == monitor_id, Image.status == "ok")
+                            .distinct()).scalars())
+
+
+def delete_monitor_data(conn: Connection, monitor_id: int) -> int:
+    """Delete a monitor's batches with their images, scores, baselines and audits; returns the batches."""
+    conn.execute(delete(Audit).where(Audit.monitor_id == monitor_id))
+    conn.execute(delete(Baseline).where(Baseline.monitor_id == monitor_id))
+    conn.execute(delete(Image).where(Image.monitor_id == monitor_id))
+    return conn.execute(delete(Batch).where(Batch.monitor_id == monitor_id)).rowcount
 
 
 def insert_baseline(conn: Connection, *, monitor_id: int, aligner_id: int, bank_id: int, batch_ids: list[int],
