@@ -94,10 +94,11 @@ def _subject(summary: Any, flagged: list[dict[str, Any]], roots: list[dict[str, 
         more = len(flagged) - min(len(roots), 2)
         pronoun = "it" if len(roots) == 1 else "them"
         what = lead + (f" (+{more} moving with {pronoun})" if more > 0 else "")
-    elif flagged:
-        what = f"{len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted"
+    elif summary.unlisted:
+        what = "a shift no concept names" + (f" ({len(flagged)} concept{'s' if len(flagged) != 1 else ''} "
+                                            "flagged, none its cause)" if flagged else "")
     else:
-        what = "a shift no concept names"
+        what = f"{len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted"
     if summary.unlisted and roots:
         what += ", and a shift no concept names"
     return f"[t2c] {summary.monitor}: {what}" + (f" - in words: {words}" if words else "")

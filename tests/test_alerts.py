@@ -12,7 +12,7 @@ import pytest
 from conftest import apply_tiny
 from sqlalchemy import text
 
-from t2c_monitor.alerts import alert_audit, redact, resend_failed_alerts
+from t2c_monitor.alerts import alert_audit, build_message, redact, resend_failed_alerts
 from t2c_monitor.audit import build_baseline, run_audit
 from t2c_monitor.receiver import WebhookReceiver
 
@@ -72,6 +72,14 @@ def test_webhook_alert_names_monitor_window_concepts_and_report(drifted, tiny_mo
     assert body["words"]["grew"] == summary.words.grew and f"In words: {summary.words.text()}" in body["text"]
     assert f"in words: {summary.words.text()}" in body["subject"]
     assert all(body["echoes"][echo] == lead["name"] for echo in lead["echoes"])
+    # a shift no concept names leads the message when no root explains it, with how to name it
+    hidden = dataclasses.replace(
+        summary, flagged=[], words=dataclasses.replace(summary.words, unlisted=["snowfall"]),
+        explanation=dataclasses.replace(summary.explanation, roots=[], echoes={}, unlisted=True, residual_share=0.8))
+    message = build_message(hidden, report=None)
+    assert message.subject.startswith("[t2c] tiny: a shift no concept names") and message.payload["unlisted"]
+    assert "Not named by the concept bank: 80% of the shift (in words: snowfall)" in message.text
+    assert f"t2c concepts suggest --audit {summary.id} --monitor tiny" in message.text
 
     with drifted.engine.connect() as conn:
         row = conn.execute(text("SELECT status, attempts, sent_at, channel FROM alert")).one()

@@ -6,10 +6,6 @@ change nothing."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import TINY_BANK, apply_tiny
@@ -79,7 +75,7 @@ def test_refusals_name_the_problem_and_change_nothing(own_bank):
         assert get_monitor(session, "tiny").bank_version == 1
 
 
-def test_suggestions_for_an_audits_unexplained_drift_and_accepting_one(own_bank, database_url, tmp_path):
+def test_suggestions_for_an_audits_unexplained_drift_and_accepting_one(own_bank):
     db, bank = own_bank
     dark = run_audit(db, "tiny", batches=["dark"])
     found = suggest_concepts(db, "tiny", dark.id, top=3)
@@ -88,16 +84,17 @@ def test_suggestions_for_an_audits_unexplained_drift_and_accepting_one(own_bank,
     assert not names & {"red", "green", "blue", "at night", "a bright picture"}, "never a concept it has"
     assert found.bank_file == str(bank)
 
-    env = {**os.environ, "T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home")}
-    t2c = Path(sys.executable).parent / "t2c"
-    run = subprocess.run([t2c, "concepts", "suggest", "--monitor", "tiny", "--audit", str(dark.id), "--top", "3",
-                          "--accept", "1", "--json"], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout)
+    from typer.testing import CliRunner
+
+    from t2c_monitor.cli import app
+
+    run = CliRunner().invoke(app, ["concepts", "suggest", "--monitor", "tiny", "--audit", str(dark.id), "--top", "3",
+                                   "--accept", "1", "--json"])
+    assert run.exit_code == 0, run.output
+    out = json.loads(run.stdout.strip().splitlines()[-1])
     accepted = out["accepted"]
     assert accepted["added"] == [out["suggestions"][0]["name"]] and accepted["baseline"] is not None
     assert out["suggestions"][0]["name"] in bank.read_text()
 
-    missing = subprocess.run([t2c, "concepts", "suggest", "--monitor", "tiny", "--audit", "999999"], env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "no audit 999999" in missing.stderr
+    missing = CliRunner().invoke(app, ["concepts", "suggest", "--monitor", "tiny", "--audit", "999999"])
+    assert missing.exit_code == 2 and "no audit 999999" in missing.output

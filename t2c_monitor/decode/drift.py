@@ -51,7 +51,7 @@ class DriftWords:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-# (monitor id, record version) -> (vocab decoder, sentence decoder or None)
+# (CLIP, bank, monitor config, top) -> (vocab decoder, sentence decoder or None)
 _DECODERS: dict[tuple, tuple[VocabDecoder, Decoder | None]] = {}
 
 
@@ -60,8 +60,8 @@ def audit_decoders(record: MonitorRecord, top: int = 3) -> tuple[VocabDecoder, D
     from t2c_monitor.decode.monitor import _clip_of, decoder_settings, monitor_decoder
     from t2c_monitor.monitors import load_bank
 
-    key = (record.id, record.bank_id, record.aligner_id, json.dumps(record.config.model_dump(mode="json"),
-                                                                     sort_keys=True), top)
+    key = (record.clip, record.bank_name, record.bank_version, tuple(record.concept_names),
+           json.dumps(record.config.model_dump(mode="json"), sort_keys=True), top)
     if key not in _DECODERS:
         clip = _clip_of(record)
         bank = load_bank(record.config.bank, clip, name=record.name)
