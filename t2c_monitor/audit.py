@@ -220,6 +220,7 @@ class AuditOutcome:
     reference: np.ndarray  # the baseline's sorted scores (k, n)
     current: np.ndarray  # the window's scores (m, k)
     batch_ids: list[int]
+    unexplained: np.ndarray | None = None  # (m,) each window image along the unexplained shift, when unlisted
 
 
 def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
@@ -314,8 +315,11 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
                            n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]),
                            flagged=flagged, direction_norm=float(norm), params=result.params, since=since,
                            until=until, explanation=explanation, words=words, note=note)
+    unexplained = None
+    if explanation is not None and explanation.unlisted:
+        unexplained = embeddings.astype(np.float64) @ explanation.residual
     return AuditOutcome(summary=summary, result=result, reference=baseline.sorted_scores, current=scores,
-                        batch_ids=[b for b, _ in chosen])
+                        batch_ids=[b for b, _ in chosen], unexplained=unexplained)
 
 
 def _explain(db: Database, record: MonitorRecord, baseline: audit_store.StoredBaseline, window: np.ndarray,
@@ -355,7 +359,7 @@ def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> Audit
         uris = alert_store.image_uris(conn, image_ids)
     path = write_audit_report(Path(report_dir) / summary.monitor / f"audit-{summary.id}", summary,
                               result=outcome.result, reference=outcome.reference, current=outcome.current,
-                              image_uris=[uris.get(i, "") for i in image_ids])
+                              image_uris=[uris.get(i, "") for i in image_ids], unexplained=outcome.unexplained)
     with db.engine.begin() as conn:
         alert_store.insert_report(conn, audit_id=summary.id, path=str(path))
     return dataclasses.replace(summary, report=str(path))

@@ -83,18 +83,20 @@ def _thumbnail(uri: str) -> str | None:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _row(values: np.ndarray, image_uris: list[str]) -> str:
+    """Thumbnails of the images with the highest ``values``, each with its value."""
+    cells = []
+    for i in np.argsort(-values)[:THUMBNAILS]:
+        data = _thumbnail(image_uris[i]) if i < len(image_uris) else None
+        label = html.escape(Path(image_uris[i]).name if i < len(image_uris) else "?")
+        img = f'<img src="data:image/png;base64,{data}" alt="{label}">' if data else "<i>not readable here</i>"
+        cells.append(f"<figure>{img}<figcaption>{label}<br>{values[i]:.3f}</figcaption></figure>")
+    return f"<div class=row>{''.join(cells)}</div>"
+
+
 def _examples(shown: list[Any], current: np.ndarray, image_uris: list[str]) -> str:
-    parts = []
-    for concept in shown:
-        order = np.argsort(-current[:, concept.index])[:THUMBNAILS]
-        cells = []
-        for i in order:
-            data = _thumbnail(image_uris[i]) if i < len(image_uris) else None
-            label = html.escape(Path(image_uris[i]).name if i < len(image_uris) else "?")
-            img = f'<img src="data:image/png;base64,{data}" alt="{label}">' if data else "<i>not readable here</i>"
-            cells.append(f"<figure>{img}<figcaption>{label}<br>{current[i, concept.index]:.3f}</figcaption></figure>")
-        parts.append(f"<h3>Window images most '{html.escape(concept.name)}'</h3><div class=row>{''.join(cells)}</div>")
-    return "".join(parts)
+    return "".join(f"<h3>Window images most '{html.escape(c.name)}'</h3>{_row(current[:, c.index], image_uris)}"
+                   for c in shown)
 
 
 def _table(result: Any, roots: set[str], echoes: dict[str, str]) -> str:
@@ -155,10 +157,11 @@ _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#2
 
 
 def write_audit_report(out_dir: Path, summary: Any, *, result: Any, reference: np.ndarray, current: np.ndarray,
-                       image_uris: list[str]) -> Path:
+                       image_uris: list[str], unexplained: np.ndarray | None = None) -> Path:
     """Write ``out_dir/index.html`` for an audit (``summary``: ``audit.AuditSummary``; ``result``: the
     detector's ``DriftResult``; ``reference``: baseline scores ``(k, n_ref)``; ``current``: window
-    scores ``(n_cur, k)`` in the order of ``image_uris``). Returns the page's path."""
+    scores ``(n_cur, k)`` in the order of ``image_uris``; ``unexplained``: each window image's
+    projection on the shift no concept names, when there is one). Returns the page's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     from t2c_monitor.wording import concept_change
 
@@ -188,6 +191,8 @@ def write_audit_report(out_dir: Path, summary: Any, *, result: Any, reference: n
         _findings(summary),
         f'<img alt="KS statistics" src="data:image/png;base64,{_ks_chart(result)}">',
     ]
+    if unexplained is not None and len(unexplained) == len(current):
+        page.append(f"<h2>Window images most along the shift no concept names</h2>{_row(unexplained, image_uris)}")
     if distributions:
         page.append(f'<h2>Score distributions</h2><img alt="distributions" src="data:image/png;base64,'
                     f'{distributions}">')

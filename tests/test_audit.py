@@ -174,3 +174,24 @@ def test_baseline_build_keeps_the_monitors_reservoir_unless_told_otherwise(monit
     assert after is not before and after.config.audit.reservoir == 50
     assert build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"]).n_sampled == 50
     assert build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=80).n_sampled == 80
+
+
+def test_report_of_a_shift_no_concept_names_shows_its_words_and_images(monitored, tmp_path):
+    """The report leads with the unexplained shift in words and shows the window's images most along it."""
+    import dataclasses
+
+    from t2c_monitor.audit import audit_window, write_report
+
+    db = monitored
+    build_baseline(db, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    outcome = audit_window(db, "tiny", batches=["dark"])
+    summary = outcome.summary
+    hidden = dataclasses.replace(
+        summary, words=dataclasses.replace(summary.words, unlisted=["snowfall"]),
+        explanation=dataclasses.replace(summary.explanation, unlisted=True, residual_share=0.7))
+    along = np.linspace(0.0, 1.0, outcome.current.shape[0])
+    written = write_report(db, dataclasses.replace(outcome, summary=hidden, unexplained=along), tmp_path / "reports")
+    html = open(written.report).read()
+    assert "a shift no concept names" in html.split("</h1>")[0] and "(in words: snowfall)" in html
+    section = html.split("most along the shift no concept names")[1].split("<h2>")[0]
+    assert section.count("data:image/png;base64,") == 6 and f"{along.max():.3f}" in section
