@@ -4,6 +4,8 @@ shapes world, whose models learned what the concepts mean; the tiny monitor's mo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -126,7 +128,6 @@ def test_baseline_and_audit_from_the_command_line(monitored, database_url, tmp_p
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     t2c = Path(sys.executable).parent / "t2c"
     env = {**os.environ, "T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home")}
@@ -191,7 +192,7 @@ def test_report_of_a_shift_no_concept_names_shows_its_words_and_images(monitored
         explanation=dataclasses.replace(summary.explanation, unlisted=True, residual_share=0.7))
     along = np.linspace(0.0, 1.0, outcome.current.shape[0])
     written = write_report(db, dataclasses.replace(outcome, summary=hidden, unexplained=along), tmp_path / "reports")
-    html = open(written.report).read()
+    html = Path(written.report).read_text()
     assert "a shift no concept names" in html.split("</h1>")[0] and "(in words: snowfall)" in html
     section = html.split("most along the shift no concept names")[1].split("<h2>")[0]
     assert section.count("data:image/png;base64,") == 6 and f"{along.max():.3f}" in section
