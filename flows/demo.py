@@ -19,6 +19,7 @@ from typing import Any
 
 from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
 from flows.ingest import IngestParams, ingest_flow
+from t2c_monitor.decode.drift import DriftWords
 from t2c_monitor.demo import DEMO_MONITOR, WEBHOOK_ENV, DayResult, DemoResult, prepare_demo
 from t2c_monitor.monitors import format_duration
 from t2c_monitor.wording import concept_change
@@ -58,9 +59,7 @@ def run_demo(*, quick: bool = False, progress: bool = True, log: Any = print) ->
                 by_name = {f["name"]: f for f in audit["flagged"]}
                 roots = [concept_change(n, by_name[n]["direction"], quoted=True) for n in audit["roots"]]
                 words = audit["words"] or {}
-                said = "; ".join(p for p in ("more " + ", ".join(words.get("grew") or []) if words.get("grew") else "",
-                                             "fewer " + ", ".join(words.get("shrank") or [])
-                                             if words.get("shrank") else "") if p)
+                said = DriftWords.from_dict(words).text() if words else ""
                 alerts = [f"{a['channel']}: {a['status']}" for a in audit["alerts"]]
                 result.days.append(DayResult(day, batch["n_ok"], planted, flagged, alerts, audit["report"],
                                              roots=roots, words=said,

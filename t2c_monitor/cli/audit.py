@@ -144,9 +144,10 @@ def _print_findings(result: dict) -> None:
         console.print(table)
     elif not result.get("unlisted"):
         console.print("[green]no concept shifted[/]")
+    from t2c_monitor.decode.drift import DriftWords
+
     words = result.get("words") or {}
-    said = "; ".join(p for p in ("more " + ", ".join(words.get("grew") or []) if words.get("grew") else "",
-                                 "fewer " + ", ".join(words.get("shrank") or []) if words.get("shrank") else "") if p)
+    said = DriftWords.from_dict(words).text() if words else ""
     if said:
         console.print(f"in words: [bold]{said}[/]")
     if words.get("sentence"):
