@@ -5,7 +5,9 @@
            channels (quiet period, retries; failures recorded, never raised)
 
 The audit is stored before any alert is attempted, so a channel that is down never loses it, and
-the report is its own task, so retrying a failed report write never stores the audit twice.
+the report is its own task, so retrying a failed report write never stores the audit twice. A
+report that still cannot be written (a full or read-only disk) is recorded on the audit, the
+alerts go out without it, and the report job (``flows.report``) writes it later.
 """
 
 from __future__ import annotations
@@ -90,7 +92,18 @@ def alert(summary: Any) -> list[Any]:
 def audit_flow(params: AuditParams) -> dict[str, Any]:
     logger = get_run_logger()
     resent = resend_failed(params.monitor) if params.alerts else []
-    summary = report(audit_window(params))
+    outcome = audit_window(params)
+    written = report(outcome, return_state=True)
+    if written.is_completed():
+        summary = written.result()
+    else:  # the audit is stored: keep why its report is missing, alert without it
+        from t2c_monitor.audit import record_report_failure
+
+        error = written.result(raise_on_failure=False)
+        summary = record_report_failure(database(), outcome.summary,
+                                        error if isinstance(error, BaseException) else str(written.message))
+        logger.warning(f"the report of audit {summary.id} could not be written ({summary.report_error}); "
+                       "the report job writes it later")
     flagged = ", ".join(f"{f.name} ({change_word(f.direction)})" for f in summary.flagged)
     logger.info(f"audit {summary.id} of {params.monitor} ({summary.window_text()}): "
                 + (f"flagged {flagged}" if flagged else "no concept shifted") + f"; report {summary.report}")

@@ -150,6 +150,7 @@ class AuditSummary:
     explanation: ShiftExplanation | None = None  # roots, echoes, vector test, unlisted drift
     words: DriftWords | None = None  # the drift in words, when the audit found a shift
     note: str | None = None  # why there is no explanation or no words
+    report_error: str | None = None  # why the report could not be written
 
     @property
     def roots(self) -> list[ConceptDrift]:
@@ -349,20 +350,52 @@ def _words(record: MonitorRecord, direction: np.ndarray, baseline_mean: np.ndarr
         return None, f"no words: {type(exc).__name__}: {exc}"
 
 
+BASELINE_IMAGES_SHOWN = 20_000  # baseline images a report picks examples from (the first batches' up to this)
+
+
 def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> AuditSummary:
-    """Write the stored audit's HTML report under ``report_dir`` and record it; safe to repeat."""
-    from t2c_monitor.report import write_audit_report
+    """Write the stored audit's report (HTML and its Markdown digest) under ``report_dir`` and record
+    it; safe to repeat. An I/O error is raised (the flow retries, then ``record_report_failure``)."""
+    from t2c_monitor.reports.audit import AuditInputs, write_audit_report
 
     summary = outcome.summary
+    with db.session() as session:
+        record = get_monitor(session, summary.monitor)
     with db.engine.connect() as conn:  # the report's example images: the window's rows in score order
         image_ids = [i for b in outcome.batch_ids for i in audit_store.ok_image_ids(conn, b)]
-        uris = alert_store.image_uris(conn, image_ids)
-    path = write_audit_report(Path(report_dir) / summary.monitor / f"audit-{summary.id}", summary,
-                              result=outcome.result, reference=outcome.reference, current=outcome.current,
-                              image_uris=[uris.get(i, "") for i in image_ids], unexplained=outcome.unexplained)
+        base_ids = audit_store.baseline_batch_ids(conn, summary.baseline_id)
+        previous, following = audit_store.neighbour_audits(conn, record.id, summary.id)
+        history = {c.name: [(h.audit_id, h.ks_stat, h.flagged) for h in
+                            audit_store.concept_history(conn, record.id, c.name, limit=20)]
+                   for c in summary.flagged[:6]}
+    base_scores, base_image_ids = [], []
+    for batch_id in base_ids:
+        if len(base_image_ids) >= BASELINE_IMAGES_SHOWN:
+            break
+        base_scores.append(batch_scores(db, record, batch_id))
+        with db.engine.connect() as conn:
+            base_image_ids += audit_store.ok_image_ids(conn, batch_id)
+    with db.engine.connect() as conn:
+        uris = alert_store.image_uris(conn, image_ids + base_image_ids)
+    inputs = AuditInputs(
+        summary=summary, result=outcome.result, reference=outcome.reference, current=outcome.current,
+        window_uris=[uris.get(i, "") for i in image_ids],
+        baseline_scores=np.concatenate(base_scores) if base_scores else None,
+        baseline_uris=[uris.get(i, "") for i in base_image_ids], unexplained=outcome.unexplained,
+        history=history, previous=previous, next=following)
+    files = write_audit_report(Path(report_dir) / summary.monitor / f"audit-{summary.id}", inputs)
     with db.engine.begin() as conn:
-        alert_store.insert_report(conn, audit_id=summary.id, path=str(path))
-    return dataclasses.replace(summary, report=str(path))
+        alert_store.insert_report(conn, audit_id=summary.id, path=str(files.html))
+    return dataclasses.replace(summary, report=str(files.html), report_error=None)
+
+
+def record_report_failure(db: Database, summary: AuditSummary, error: BaseException | str) -> AuditSummary:
+    """Keep why the audit's report could not be written (the report job writes it later); the audit
+    and its alerts go on without it."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    with db.engine.begin() as conn:
+        alert_store.set_report_error(conn, audit_id=summary.id, error=text)
+    return dataclasses.replace(summary, report=None, report_error=text)
 
 
 @dataclass(frozen=True)

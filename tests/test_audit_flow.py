@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from html import escape
+from html import escape, unescape
 
 import pytest
 import yaml
@@ -33,10 +33,11 @@ def test_baseline_and_audit_flows_store_report_and_alert(prefect_harness, monito
     assert result["report"] == str(page)
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 3, "KS chart, distributions and example thumbnails"
-    headline = html.split("</h1>")[0]
+    headline = unescape(html.split("</h1>")[0])
     assert result["roots"] and f"'{result['roots'][0]}'" in headline, "the headline names the root causes"
     said = [*result["words"]["grew"], *result["words"]["shrank"]]
     assert "<h2>Root causes</h2>" in html and "In words: <b>" in html and escape(said[0]) in html
+    assert (page.parent / "digest.md").read_text().startswith("**tiny**: "), "the Markdown digest beside it"
     with monitored.engine.connect() as conn:
         assert conn.execute(text("SELECT path FROM report WHERE audit_id = :a"), {"a": result["id"]}).scalar() == \
             str(page)
@@ -223,12 +224,13 @@ def test_an_audit_that_fails_is_stored_as_failed_with_its_error(prefect_harness,
     assert (latest.id, latest.status, latest.batches) == (result["id"], "done", ["dark"]) and earlier == failed
 
 
-def test_a_report_write_that_keeps_failing_is_retried_without_storing_the_audit_twice(prefect_harness, monitored,
-                                                                                         tmp_path, monkeypatch):
-    """The report is its own task: its retries after a disk error never run the audit again."""
+def test_a_report_write_that_keeps_failing_is_retried_then_recorded_on_the_audit(prefect_harness, monitored,
+                                                                                 tmp_path, monkeypatch):
+    """The report is its own task: its retries after a disk error never run the audit again; when it
+    still fails, the audit keeps why, the flow completes (its alerts go out), and nothing half-written
+    is left behind."""
     import asyncio
 
-    import pytest
     from sqlalchemy import text
 
     from flows.audit import AuditParams, audit_flow
@@ -240,9 +242,9 @@ def test_a_report_write_that_keeps_failing_is_retried_without_storing_the_audit_
     reports.parent.mkdir(parents=True, exist_ok=True)
     reports.write_text("a file where the reports folder should be")  # every write under it fails (OSError)
     state = audit_flow(AuditParams(monitor="tiny", batches=["dark"], alerts=False), return_state=True)
-    assert state.is_failed()
-    with pytest.raises(OSError):
-        state.result()
+    assert state.is_completed()
+    result = state.result()
+    assert result["report"] is None and "Error" in result["report_error"] and str(reports) in result["report_error"]
 
     async def task_runs():
         from prefect.client.orchestration import get_client
@@ -257,6 +259,7 @@ def test_a_report_write_that_keeps_failing_is_retried_without_storing_the_audit_
     window_run = next(r for r in runs if r.name.startswith("audit_window"))
     assert (report_run.run_count, window_run.run_count) == (3, 1), "the report task retried, the audit did not"
     with monitored.engine.connect() as conn:
-        audits = conn.execute(text("SELECT status FROM audit")).scalars().all()
+        audits = conn.execute(text("SELECT status, report_error FROM audit")).all()
         reports_rows = conn.execute(text("SELECT count(*) FROM report")).scalar_one()
-    assert audits == ["done"] and reports_rows == 0, "the audit is stored once"
+    assert [a.status for a in audits] == ["done"] and reports_rows == 0, "the audit is stored once"
+    assert audits[0].report_error == result["report_error"]

@@ -87,9 +87,16 @@ def list_alerts(conn: Connection, monitor_id: int, *, limit: int = 50) -> list[A
 
 
 def insert_report(conn: Connection, *, audit_id: int, path: str) -> int:
-    """Record an audit's report; writing the same report again (a retried task) keeps one row."""
+    """Record an audit's report (and clear any earlier failure to write it); writing the same report
+    again (a retried task, the report job) keeps one row."""
     conn.execute(delete(Report).where(Report.audit_id == audit_id, Report.path == path))
+    conn.execute(update(Audit).where(Audit.id == audit_id).values(report_error=None))
     return int(conn.execute(insert(Report).values(audit_id=audit_id, path=path).returning(Report.id)).scalar_one())
+
+
+def set_report_error(conn: Connection, *, audit_id: int, error: str) -> None:
+    """Record why an audit's report could not be written (the report job writes it later)."""
+    conn.execute(update(Audit).where(Audit.id == audit_id).values(report_error=error[:4000]))
 
 
 def image_uris(conn: Connection, image_ids: list[int]) -> dict[int, str]:

@@ -358,3 +358,17 @@ def baseline_batches(conn: Connection, monitor_id: int) -> tuple[list[str], int]
     ids = [int(b) for b in row.batch_ids]
     names = dict(conn.execute(select(Batch.id, Batch.external_id).where(Batch.id.in_(ids))).all()) if ids else {}
     return [names[b] for b in ids if b in names], int(row.reservoir_size)
+
+
+def baseline_batch_ids(conn: Connection, baseline_id: int) -> list[int]:
+    """The batch ids a baseline was built from."""
+    ids = conn.execute(select(Baseline.batch_ids).where(Baseline.id == baseline_id)).scalar_one_or_none()
+    return [int(b) for b in ids or []]
+
+
+def neighbour_audits(conn: Connection, monitor_id: int, audit_id: int) -> tuple[int | None, int | None]:
+    """The monitor's done audits just before and just after ``audit_id``."""
+    done = [Audit.monitor_id == monitor_id, Audit.status == "done"]
+    before = conn.execute(select(func.max(Audit.id)).where(*done, Audit.id < audit_id)).scalar()
+    after = conn.execute(select(func.min(Audit.id)).where(*done, Audit.id > audit_id)).scalar()
+    return before, after

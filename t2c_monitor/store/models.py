@@ -341,6 +341,9 @@ class Audit(Base):
     residual: Mapped[list[float] | None] = mapped_column(
         Vector(), comment="the part of the drift direction the roots do not explain"
     )
+    report_error: Mapped[str | None] = mapped_column(
+        Text, comment="why the report could not be written (cleared once it is)"
+    )
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
