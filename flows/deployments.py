@@ -1,4 +1,4 @@
-"""Deployments from monitor configs: the scheduled audit and the inbox ingest of each monitor.
+"""Deployments from monitor configs: the scheduled audit, report job and inbox ingest of each monitor.
 
 ``monitor_deployments`` turns a monitor's ``schedules`` section into Prefect deployments;
 ``serve_monitors`` (``t2c serve``) serves every recorded monitor's deployments in one process,
@@ -21,6 +21,7 @@ from t2c_monitor.monitors import MonitorConfig, format_duration
 
 AUDIT_ENTRYPOINT = "flows/audit.py:audit_flow"
 INBOX_ENTRYPOINT = "flows/ingest.py:ingest_inbox_flow"
+REPORT_ENTRYPOINT = "flows/report.py:decode_report_flow"
 DEFAULT_WORK_POOL = "t2c-pool"
 
 
@@ -33,6 +34,14 @@ def deployment_specs(config: MonitorConfig) -> list[dict[str, Any]]:
             "entrypoint": AUDIT_ENTRYPOINT, "name": f"audit-{config.name}",
             "description": f"Drift audit of monitor {config.name} against its baseline; alerts its channels.",
             "schedule": {"cron": schedules.audit_cron, "timezone": schedules.timezone},
+            "parameters": {"params": {"monitor": config.name}},
+        })
+    if schedules.report_cron:
+        specs.append({
+            "entrypoint": REPORT_ENTRYPOINT, "name": f"report-{config.name}",
+            "description": f"Report job of monitor {config.name}: words and reports of audits that lack them, "
+                           "and a digest of the period.",
+            "schedule": {"cron": schedules.report_cron, "timezone": schedules.timezone},
             "parameters": {"params": {"monitor": config.name}},
         })
     if schedules.inbox and schedules.ingest_interval:
@@ -57,8 +66,9 @@ def monitor_deployments(config: MonitorConfig) -> list[Any]:
 
     from flows.audit import audit_flow
     from flows.ingest import ingest_inbox_flow
+    from flows.report import decode_report_flow
 
-    flows = {AUDIT_ENTRYPOINT: audit_flow, INBOX_ENTRYPOINT: ingest_inbox_flow}
+    flows = {AUDIT_ENTRYPOINT: audit_flow, INBOX_ENTRYPOINT: ingest_inbox_flow, REPORT_ENTRYPOINT: decode_report_flow}
     out = []
     for spec in deployment_specs(config):
         when = spec["schedule"]

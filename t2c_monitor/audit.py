@@ -398,6 +398,72 @@ def record_report_failure(db: Database, summary: AuditSummary, error: BaseExcept
     return dataclasses.replace(summary, report=None, report_error=text)
 
 
+def load_audit(db: Database, monitor: str, audit_id: int) -> AuditOutcome:
+    """A stored audit as ``audit_window`` returned it: its results, explanation and words, with the
+    baseline's and the window's scores, to write its report again or decode it later."""
+    from t2c_monitor.drift import ConceptDrift, DriftResult
+
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    with db.engine.connect() as conn:
+        stored = audit_store.stored_audit(conn, record.id, audit_id)
+        baseline = audit_store.baseline_by_id(conn, stored.baseline_id)
+        embeddings = np.concatenate([audit_store.batch_embeddings(conn, b) for b in stored.batch_ids])
+    if baseline.bank_id != record.bank_id or len(stored.results) != len(record.concept_names):
+        raise ConfigError(f"Audit {audit_id} of {monitor} was made with another concept bank than the monitor "
+                          "uses now: its report stays as it was written.")
+    scores = np.concatenate([batch_scores(db, record, b) for b in stored.batch_ids])
+    reference = SortedReference.from_sorted(baseline.sorted_scores)
+    concepts = []
+    for j, r in enumerate(stored.results):
+        std = float(reference.std[j])
+        concepts.append(ConceptDrift(
+            name=r.name, index=j, ks_stat=r.ks_stat, p_value=r.p_value, q_value=r.q_value,
+            mean_ref=float(reference.mean[j]), mean_cur=float(reference.mean[j]) + r.effect, std_ref=std,
+            effect=r.effect, effect_size=r.effect / std if std > 0 else float(np.sign(r.effect) * np.inf),
+            direction=r.direction, flagged=r.flagged, rank=r.rank))
+    flagged = sorted((c for c in concepts if c.flagged), key=lambda c: c.rank or 0)
+    result = DriftResult(concepts=concepts, flagged=flagged, params=stored.params, n_ref=reference.n,
+                         n_cur=stored.n_current)
+    explanation = ShiftExplanation.from_dict(stored.explanation, stored.residual)
+    summary = AuditSummary(
+        id=stored.id, monitor=monitor, baseline_id=stored.baseline_id, batches=stored.batches,
+        n_baseline=reference.n, n_current=stored.n_current, flagged=flagged,
+        direction_norm=float(np.linalg.norm(stored.direction)) if stored.direction is not None else 0.0,
+        params=stored.params, since=stored.window[0], until=stored.window[1], explanation=explanation,
+        words=DriftWords.from_dict(stored.explanation.get("words")), note=stored.explanation.get("note"),
+        report_error=stored.report_error)
+    unexplained = None
+    if explanation is not None and explanation.unlisted and explanation.residual.size:
+        unexplained = embeddings.astype(np.float64) @ explanation.residual
+    return AuditOutcome(summary=summary, result=result, reference=baseline.sorted_scores, current=scores,
+                        batch_ids=stored.batch_ids, unexplained=unexplained)
+
+
+def decode_audit_words(db: Database, outcome: AuditOutcome) -> AuditOutcome:
+    """Put a stored audit that found a shift into words, if it has none yet (an audit whose decoder
+    failed, or stored before audits spoke), and store them."""
+    summary = outcome.summary
+    if summary.words is not None or not summary.found_shift:
+        return outcome
+    with db.session() as session:
+        record = get_monitor(session, summary.monitor)
+    with db.engine.connect() as conn:
+        stored = audit_store.stored_audit(conn, record.id, summary.id)
+        baseline = audit_store.baseline_by_id(conn, stored.baseline_id)
+    if stored.direction is None:
+        return outcome
+    words, note = _words(record, stored.direction, baseline.mean_vector, summary.explanation, None)
+    with db.engine.begin() as conn:
+        audit_store.set_audit_words(conn, summary.id, words.to_dict() if words else None, note)
+    return dataclasses.replace(outcome, summary=dataclasses.replace(summary, words=words, note=note))
+
+
+def refresh_report(db: Database, monitor: str, audit_id: int, report_dir: Path) -> AuditSummary:
+    """Decode the audit if it has no words yet and write its report again (links to the audits since)."""
+    return write_report(db, decode_audit_words(db, load_audit(db, monitor, audit_id)), report_dir)
+
+
 @dataclass(frozen=True)
 class AuditRun:
     """What one scheduled audit did: the audit, its alerts, and the earlier failed alerts sent again."""

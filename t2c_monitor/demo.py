@@ -52,8 +52,8 @@ def demo_monitor_document(*, encoder: str, clip: str, aligner: str, bank: str,
             "audit": {"last": 1, "alpha": 0.005, "correction": "bh", "min_ks": 0.02, "min_effect_size": 0.1,
                       "reservoir": 100000},
             "alerts": {"channels": ["oncall", "log"], "quiet_period": "6h", "retries": 3, "retry_delay": "2s"},
-            "schedules": {"audit_cron": "0 * * * *", "timezone": "UTC", "inbox": "$T2C_HOME/demo/inbox",
-                          "ingest_interval": "10m"},
+            "schedules": {"audit_cron": "0 * * * *", "report_cron": "0 7 * * *", "timezone": "UTC",
+                          "inbox": "$T2C_HOME/demo/inbox", "ingest_interval": "10m"},
         }],
     }
     if decode:

@@ -191,6 +191,7 @@ class AlertsConfig(_Strict):
     retry_delay: Duration = Field(timedelta(seconds=5), description="first wait between attempts (doubles)")
     report_url: str | None = Field(None, description="where readers open a report; {audit_id} and {monitor} "
                                                      "are filled in (default: the report file's path)")
+    digest: bool = Field(False, description="send the report job's digest of the period to these channels too")
 
     def resolved_channels(self) -> list[WebhookChannel | BlockChannel | EmailChannel | FileChannel]:
         return [c for c in self.channels if not isinstance(c, str)]
@@ -200,11 +201,13 @@ class SchedulesConfig(_Strict):
     """Deployments `t2c serve` runs for this monitor."""
 
     audit_cron: str | None = Field(None, description="cron of the drift audit, e.g. '0 * * * *'")
+    report_cron: str | None = Field(None, description="cron of the report job (words and reports of audits that "
+                                    "lack them, a digest of the period), e.g. '0 7 * * *'")
     timezone: str = "UTC"
     inbox: str | None = Field(None, description="source ingested on an interval (new files only)")
     ingest_interval: Duration | None = Field(None, description="how often the inbox is ingested, e.g. 10m")
 
-    @field_validator("audit_cron")
+    @field_validator("audit_cron", "report_cron")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is None:

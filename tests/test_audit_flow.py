@@ -88,8 +88,8 @@ def _schedules_config(tmp_path):
     (config,) = parse_monitors({"monitors": [{
         "name": "shapes", "encoder": "timm:resnet18", "clip": "open_clip:ViT-B-32", "aligner": "aligner",
         "bank": "bank.yaml",
-        "schedules": {"audit_cron": "15 6 * * 1-5", "timezone": "Europe/Berlin", "inbox": str(tmp_path / "inbox"),
-                      "ingest_interval": "10m"}}]}, base=tmp_path)
+        "schedules": {"audit_cron": "15 6 * * 1-5", "report_cron": "0 7 * * *", "timezone": "Europe/Berlin",
+                      "inbox": str(tmp_path / "inbox"), "ingest_interval": "10m"}}]}, base=tmp_path)
     return config
 
 
@@ -98,8 +98,8 @@ def test_deployments_carry_the_configured_cron_and_interval(prefect_harness, tmp
 
     from flows.deployments import monitor_deployments
 
-    audit, inbox = monitor_deployments(_schedules_config(tmp_path))
-    ids = {d.name: d.apply() for d in (audit, inbox)}
+    audit, report, inbox = monitor_deployments(_schedules_config(tmp_path))
+    ids = {d.name: d.apply() for d in (audit, report, inbox)}
 
     async def read():
         async with get_client() as client:
@@ -111,6 +111,8 @@ def test_deployments_carry_the_configured_cron_and_interval(prefect_harness, tmp
     cron = stored["audit-shapes"].schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("15 6 * * 1-5", "Europe/Berlin")
     assert stored["audit-shapes"].parameters == {"params": {"monitor": "shapes"}}
+    report_cron = stored["report-shapes"].schedules[0].schedule
+    assert (report_cron.cron, stored["report-shapes"].parameters) == ("0 7 * * *", {"params": {"monitor": "shapes"}})
     interval = stored["ingest-shapes"].schedules[0].schedule
     assert interval.interval == timedelta(minutes=10)
     assert stored["ingest-shapes"].parameters["params"] == {"monitor": "shapes", "source": str(tmp_path / "inbox"),
@@ -123,6 +125,7 @@ def test_prefect_yaml_declares_the_same_deployments_for_a_work_pool(tmp_path):
     document = prefect_yaml([_schedules_config(tmp_path)], work_pool="gpu-pool")
     names = [(d["name"], d["entrypoint"], d["work_pool"]["name"]) for d in document["deployments"]]
     assert names == [("audit-shapes", "flows/audit.py:audit_flow", "gpu-pool"),
+                     ("report-shapes", "flows/report.py:decode_report_flow", "gpu-pool"),
                      ("ingest-shapes", "flows/ingest.py:ingest_inbox_flow", "gpu-pool")]
     assert document["deployments"][0]["schedules"] == [{"cron": "15 6 * * 1-5", "timezone": "Europe/Berlin"}]
 

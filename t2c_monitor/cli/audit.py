@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import UTC, datetime
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, use_prefect, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, time_window, use_prefect, user_errors
 from t2c_monitor.wording import change_word
 
 baseline_app = typer.Typer(help="Baselines: the reference concept-score distributions of a monitor.",
@@ -50,30 +49,6 @@ def build(
                   f"{summary.concepts} concepts")
 
 
-def _window(window: str | None, since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
-    """``--window 24h`` (before now) or ``--since``/``--until`` ISO times (UTC unless they say otherwise)."""
-    from t2c_monitor.monitors import parse_duration
-
-    def when(value: str | None, option: str) -> datetime | None:
-        if value is None:
-            return None
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise typer.BadParameter(f"{value!r} is not an ISO date or time such as 2026-11-22T10:00",
-                                     param_hint=option) from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-    if window is not None:
-        if since or until:
-            raise typer.BadParameter("give --window or --since/--until, not both", param_hint="--window")
-        try:
-            return datetime.now(UTC) - parse_duration(window), None
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--window") from None
-    return when(since, "--since"), when(until, "--until")
-
-
 def _print_alerts(outcomes: list[dict]) -> None:
     for o in outcomes:
         colour = {"sent": "green", "suppressed": "yellow"}.get(o["status"], "red")
@@ -100,7 +75,7 @@ def audit(
         return
     if monitor is None:
         raise typer.BadParameter("--monitor is required", param_hint="--monitor")
-    start, end = _window(window, since, until)
+    start, end = time_window(window, since, until)
     with user_errors():
         if flow:
             use_prefect()

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -56,3 +57,27 @@ def use_prefect() -> Any:
     from t2c_monitor.prefect_server import use_prefect_server
 
     return use_prefect_server()
+
+
+def time_window(window: str | None, since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """``--window 24h`` (before now) or ``--since``/``--until`` ISO times (UTC unless they say otherwise)."""
+    from t2c_monitor.monitors import parse_duration
+
+    def when(value: str | None, option: str) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not an ISO date or time such as 2026-11-22T10:00",
+                                     param_hint=option) from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+    if window is not None:
+        if since or until:
+            raise typer.BadParameter("give --window or --since/--until, not both", param_hint="--window")
+        try:
+            return datetime.now(UTC) - parse_duration(window), None
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--window") from None
+    return when(since, "--since"), when(until, "--until")

@@ -149,6 +149,18 @@ class ShiftExplanation:
     def shifted(self) -> bool:
         return self.vector_test.p_value <= self.params["vector_alpha"]
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], residual: np.ndarray | None) -> ShiftExplanation | None:
+        """An explanation as ``to_dict`` stored it (None when the audit has none)."""
+        if not data or "vector_test" not in data:
+            return None
+        return cls(
+            roots=[Root(**r) for r in data["roots"]], echoes=dict(data["echoes"]),
+            vector_test=VectorTest(**data["vector_test"]), explained_share=data["explained_share"],
+            residual_share=data["residual_share"], residual_p_value=data["residual_p_value"],
+            unlisted=data["unlisted"], residual=residual if residual is not None else np.zeros(0),
+            params=dict(data["params"]))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the residual direction is not included: it is stored as a vector)."""
         return {

@@ -12,12 +12,22 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ARRAY, BigInteger, Connection, all_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import ARRAY, BigInteger, Connection, all_, bindparam, delete, func, insert, or_, select, text, update
 
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.store.batches import batch_bank
 from t2c_monitor.store.copy import read_matrix
-from t2c_monitor.store.models import Audit, AuditResult, AuditStatus, Baseline, Batch, Concept, Image, ImageScore
+from t2c_monitor.store.models import (
+    Audit,
+    AuditResult,
+    AuditStatus,
+    Baseline,
+    Batch,
+    Concept,
+    Image,
+    ImageScore,
+    Report,
+)
 
 
 def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str] | None = None,
@@ -180,14 +190,20 @@ def concept_ids(conn: Connection, bank_id: int) -> list[int]:
 
 
 def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> StoredBaseline:
+    baseline_id = active_baseline_id(conn, monitor_id)
+    if baseline_id is None:
+        raise ConfigError(f"Monitor {monitor_name} has no baseline yet: build one from reference batches with "
+                          f"`t2c baseline build --monitor {monitor_name} --batches ID[,ID...]`.")
+    return baseline_by_id(conn, baseline_id)
+
+
+def baseline_by_id(conn: Connection, baseline_id: int) -> StoredBaseline:
+    """A stored baseline (active or not)."""
     row = conn.execute(
         select(Baseline.id, Baseline.aligner_id, Baseline.bank_id, Baseline.n_images, Baseline.batch_ids,
                Baseline.mean_vector, Baseline.created_at, Baseline.vectors, Baseline.n_vectors, Baseline.dim
-               ).where(Baseline.monitor_id == monitor_id, Baseline.active)
-    ).one_or_none()
-    if row is None:
-        raise ConfigError(f"Monitor {monitor_name} has no baseline yet: build one from reference batches with "
-                          f"`t2c baseline build --monitor {monitor_name} --batches ID[,ID...]`.")
+               ).where(Baseline.id == baseline_id)
+    ).one()
     scores = read_matrix(
         conn, "SELECT bc.scores FROM baseline_concept bc JOIN concept c ON c.id = bc.concept_id "
               "WHERE bc.baseline_id = %(b)s ORDER BY c.position", {"b": row.id},
@@ -372,3 +388,85 @@ def neighbour_audits(conn: Connection, monitor_id: int, audit_id: int) -> tuple[
     before = conn.execute(select(func.max(Audit.id)).where(*done, Audit.id < audit_id)).scalar()
     after = conn.execute(select(func.min(Audit.id)).where(*done, Audit.id > audit_id)).scalar()
     return before, after
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """One concept's stored line of an audit, in bank order."""
+
+    name: str
+    ks_stat: float
+    p_value: float
+    q_value: float
+    effect: float
+    direction: int
+    flagged: bool
+    rank: int | None
+
+
+@dataclass(frozen=True)
+class StoredAudit:
+    """A done audit as stored: enough to write its report again or decode it later."""
+
+    id: int
+    baseline_id: int
+    batch_ids: list[int]
+    batches: list[str]
+    n_current: int
+    params: dict[str, Any]
+    window: tuple[datetime | None, datetime | None]
+    explanation: dict[str, Any]
+    residual: np.ndarray | None
+    direction: np.ndarray | None
+    results: list[StoredResult]
+    report_error: str | None
+
+
+def stored_audit(conn: Connection, monitor_id: int, audit_id: int) -> StoredAudit:
+    """The monitor's done audit ``audit_id`` (``ConfigError`` when there is none, or it failed)."""
+    row = conn.execute(select(Audit.id, Audit.status, Audit.error, Audit.baseline_id, Audit.batch_ids,
+                              Audit.n_current, Audit.params, Audit.window_start, Audit.window_end,
+                              Audit.explanation, Audit.residual, Audit.direction, Audit.report_error)
+                       .where(Audit.id == audit_id, Audit.monitor_id == monitor_id)).one_or_none()
+    if row is None:
+        raise ConfigError(f"The monitor has no audit {audit_id}: `t2c audit list --monitor NAME` shows its audits.")
+    if row.status != "done":
+        raise ConfigError(f"Audit {audit_id} {row.status} ({row.error or 'no error recorded'}): it has no results.")
+    results = conn.execute(
+        select(Concept.name, AuditResult.ks_stat, AuditResult.p_value, AuditResult.q_value, AuditResult.effect,
+               AuditResult.direction, AuditResult.flagged, AuditResult.rank)
+        .join(Concept, Concept.id == AuditResult.concept_id).where(AuditResult.audit_id == audit_id)
+        .order_by(Concept.position)).all()
+    ids = [int(b) for b in row.batch_ids]
+    names = dict(conn.execute(select(Batch.id, Batch.external_id).where(Batch.id.in_(ids))).all()) if ids else {}
+    return StoredAudit(
+        id=row.id, baseline_id=row.baseline_id, batch_ids=ids, batches=[names.get(b, str(b)) for b in ids],
+        n_current=row.n_current, params=dict(row.params or {}), window=(row.window_start, row.window_end),
+        explanation=dict(row.explanation or {}), residual=_vector(row.residual), direction=_vector(row.direction),
+        results=[StoredResult(r.name, r.ks_stat, r.p_value, r.q_value, r.effect, int(r.direction), bool(r.flagged),
+                              r.rank) for r in results],
+        report_error=row.report_error)
+
+
+def _vector(value: Any) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, dtype=np.float32)
+
+
+def audits_to_refresh(conn: Connection, monitor_id: int, *, since: datetime | None = None) -> list[int]:
+    """Done audits of the monitor that found a shift but have no words yet, or whose report is missing
+    (never written, or its writing failed), oldest first."""
+    has_report = select(Report.id).where(Report.audit_id == Audit.id).exists()
+    no_words = text("(audit.n_flagged > 0 OR (audit.explanation ->> 'unlisted')::boolean) "
+                    "AND coalesce(audit.explanation -> 'words', 'null'::jsonb) = 'null'::jsonb")
+    query = (select(Audit.id).where(Audit.monitor_id == monitor_id, Audit.status == "done",
+                                    or_(no_words, ~has_report, Audit.report_error.is_not(None))).order_by(Audit.id))
+    if since is not None:
+        query = query.where(Audit.started_at >= since)
+    return list(conn.execute(query).scalars())
+
+
+def set_audit_words(conn: Connection, audit_id: int, words: dict[str, Any] | None, note: str | None) -> None:
+    """Store the decoded words (and a note on why there are none) in an audit's explanation."""
+    explanation = conn.execute(select(Audit.explanation).where(Audit.id == audit_id)).scalar_one()
+    conn.execute(update(Audit).where(Audit.id == audit_id).values(
+        explanation={**(explanation or {}), "words": words, "note": note}))
