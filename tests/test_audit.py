@@ -143,19 +143,27 @@ def test_baseline_and_audit_from_the_command_line(monitored, database_url, tmp_p
     summary = json.loads(audited.stdout)
     assert summary["batches"] == ["dark"] and summary["flagged"] and summary["alerts"] == []
     assert Path(summary["report"]).is_file() and summary["report"].startswith(str(tmp_path / "home"))
-    window = run("audit", "--monitor", "tiny", "--window", "2h", "--no-flow", "--no-alerts")
-    assert window.returncode == 0, window.stderr
-    assert "clean, dark" in window.stderr and "report:" in window.stderr  # every batch of the last 2 h
-    assert "root" in window.stderr and "in words: " in window.stderr, window.stderr  # roots first, then words
-    history = run("audit", "history", "--monitor", "tiny", "--concept", "at night", "--json")
-    assert history.returncode == 0, history.stderr
-    assert [a["audit_id"] for a in json.loads(history.stdout)["audits"]][0] == summary["id"]
-    bad = run("audit", "--monitor", "tiny", "--window", "soon", "--no-flow")
-    assert bad.returncode == 2 and "is not a duration" in bad.stderr
-    alerts = run("alerts", "list", "--monitor", "tiny", "--json")
-    assert alerts.returncode == 0 and json.loads(alerts.stdout)["alerts"] == []
-    unknown = run("audit", "history", "--monitor", "tiny", "--concept", "snow")
-    assert unknown.returncode == 2 and "is not in bank tiny v1" in unknown.stderr
+    # the rest in this process (each process start costs seconds): the same commands, the same database
+    from typer.testing import CliRunner
+
+    from t2c_monitor.cli import app
+
+    def invoke(*args: str):
+        return CliRunner().invoke(app, list(args))
+
+    window = invoke("audit", "--monitor", "tiny", "--window", "2h", "--no-flow", "--no-alerts")
+    assert window.exit_code == 0, window.output
+    assert "clean, dark" in window.output and "report:" in window.output  # every batch of the last 2 h
+    assert "root" in window.output and "in words: " in window.output, window.output  # roots first, then words
+    history = invoke("audit", "history", "--monitor", "tiny", "--concept", "at night", "--json")
+    assert history.exit_code == 0, history.output
+    assert summary["id"] in [a["audit_id"] for a in json.loads(history.stdout)["audits"]]
+    bad = invoke("audit", "--monitor", "tiny", "--window", "soon", "--no-flow")
+    assert bad.exit_code == 2 and "is not a duration" in bad.output
+    alerts = invoke("alerts", "list", "--monitor", "tiny", "--json")
+    assert alerts.exit_code == 0 and json.loads(alerts.stdout)["alerts"] == []
+    unknown = invoke("audit", "history", "--monitor", "tiny", "--concept", "snow")
+    assert unknown.exit_code == 2 and "is not in bank tiny v1" in unknown.output
 
 
 def test_baseline_build_keeps_the_monitors_reservoir_unless_told_otherwise(monitored, tiny_monitor_dir, tmp_path):

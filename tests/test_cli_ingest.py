@@ -20,20 +20,30 @@ def run_t2c(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.C
     return subprocess.run([T2C, *args], env={**clean, **env}, capture_output=True, text=True, timeout=timeout)
 
 
-def test_apply_list_and_ingest_from_the_command_line(database_url, tiny_monitor_dir, tmp_path):
-    env = {"T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home"), "T2C_DEVICE": "cpu"}
-    check = run_t2c("monitor", "apply", str(tiny_monitor_dir / "monitors.yaml"), "--check", "--json", env=env)
-    assert check.returncode == 0, check.stderr
-    assert json.loads(check.stdout)["checked_only"] is True
-    assert json.loads(run_t2c("monitor", "list", "--json", env=env).stdout)["monitors"] == []
+def test_apply_list_and_ingest_from_the_command_line(database_url, tiny_monitor_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
 
-    applied = run_t2c("monitor", "apply", str(tiny_monitor_dir / "monitors.yaml"), "--json", env=env)
+    from t2c_monitor.cli import app
+    from t2c_monitor.settings import reset_settings_cache
+
+    env = {"T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home"), "T2C_DEVICE": "cpu"}
+    for key, value in env.items():  # the same settings for the commands run in this process
+        monkeypatch.setenv(key, value)
+    reset_settings_cache()
+
+    def invoke(*args: str):
+        run = CliRunner().invoke(app, list(args))
+        assert run.exit_code == 0, run.output
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert invoke("monitor", "apply", str(tiny_monitor_dir / "monitors.yaml"), "--check", "--json")["checked_only"]
+    assert invoke("monitor", "list", "--json")["monitors"] == []
+    applied = run_t2c("monitor", "apply", str(tiny_monitor_dir / "monitors.yaml"), "--json", env=env)  # a process
     assert applied.returncode == 0, applied.stderr
     assert json.loads(applied.stdout)["monitors"][0] == {
         "name": "tiny", "bank": "tiny", "bank_version": 1, "concepts": 5, "dim": 32,
     }
-    listed = json.loads(run_t2c("monitor", "list", "--json", env=env).stdout)["monitors"]
-    assert [m["name"] for m in listed] == ["tiny"]
+    assert [m["name"] for m in invoke("monitor", "list", "--json")["monitors"]] == ["tiny"]
 
     write_images(tmp_path / "inbox", 9, seed=4)
     (tmp_path / "inbox" / "zero.png").write_bytes(b"")
@@ -46,9 +56,8 @@ def test_apply_list_and_ingest_from_the_command_line(database_url, tiny_monitor_
     assert summary["failures"] == {"empty file": 1}
     assert (tmp_path / "home" / "prefect").is_dir(), "Prefect's local state belongs under T2C_HOME"
 
-    rerun = run_t2c("ingest", str(tmp_path / "inbox"), "--monitor", "tiny", "--no-flow", "--json", env=env)
-    assert rerun.returncode == 0, rerun.stderr
-    assert json.loads(rerun.stdout)["n_images"] == 10 and json.loads(rerun.stdout)["id"] == summary["id"]
+    rerun = invoke("ingest", str(tmp_path / "inbox"), "--monitor", "tiny", "--no-flow", "--json")
+    assert rerun["n_images"] == 10 and rerun["id"] == summary["id"]
 
 
 def test_bad_monitor_file_and_unknown_monitor_are_messages(database_url, tmp_path):

@@ -1,0 +1,86 @@
+"""Reports people read, opened in a real headless Chromium: the audit report and the digest load every
+image with no console error and are not blank; hostile concept names and decoded texts appear as
+written and run nothing; a report that cannot be written is recorded on its audit and written by
+the next report job (the ``decode_report`` flow)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from browser import chromium, open_page
+from conftest import TINY_BANK, apply_tiny
+from sqlalchemy import text
+
+from t2c_monitor.audit import audit_window, build_baseline, write_report
+
+pytestmark = pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+
+HOSTILE = ["<script>alert(1)</script>", "cost $5 and $6", "$\\frac{$"]
+SAID = "\"'&<>"
+
+
+@pytest.fixture
+def hostile(monitored, tiny_monitor_dir, tmp_path):
+    """The tiny monitor whose bank also holds concepts named like an attack and like TeX, with a baseline."""
+    bank = tmp_path / "bank.yaml"
+    bank.write_text(TINY_BANK + "".join(f"  - name: '{name}'\n    phrasings: ['{name}']\n" for name in HOSTILE))
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", bank=str(bank))
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    return monitored
+
+
+def _check_page(path) -> object:
+    visit = open_page(path)
+    assert visit.console_errors == [], visit.console_errors
+    assert visit.dialogs == [], "a script from the data ran"
+    assert visit.images and visit.broken_images == [], visit.broken_images
+    assert not visit.blank()
+    return visit
+
+
+def test_audit_report_in_a_browser_shows_hostile_text_as_written(hostile, tmp_path):
+    outcome = audit_window(hostile, "tiny", batches=["dark"])
+    summary = outcome.summary
+    assert summary.flagged, "the dark batch moves some concept"
+    words = dataclasses.replace(summary.words, grew=[SAID, *summary.words.grew])
+    written = write_report(hostile, dataclasses.replace(outcome, summary=dataclasses.replace(summary, words=words)),
+                           tmp_path / "reports")
+    visit = _check_page(written.report)
+    for name in HOSTILE:
+        assert name in visit.text, f"{name!r} is not shown as written"
+    assert f"more {SAID}" in visit.text
+    html = Path(written.report).read_text(encoding="utf-8")
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert visit.title == f"t2c audit {summary.id}: tiny"
+    digest = (tmp_path / "reports" / "tiny" / f"audit-{summary.id}" / "digest.md").read_text()
+    assert "\\<script\\>" in digest and SAID.replace("<", "\\<").replace(">", "\\>") in digest
+
+
+def test_report_job_writes_a_failed_report_and_a_digest_that_opens(prefect_harness, hostile, tmp_path):
+    from flows.audit import AuditParams, audit_flow
+    from flows.report import ReportParams, decode_report_flow
+    from t2c_monitor.settings import get_settings
+
+    reports = get_settings().reports_dir
+    reports.parent.mkdir(parents=True, exist_ok=True)
+    reports.write_text("not a folder")  # the report cannot be written: the audit keeps why
+    first = audit_flow(AuditParams(monitor="tiny", batches=["dark"], alerts=False))
+    assert first["report"] is None and first["report_error"]
+
+    reports.unlink()  # the disk is back: the next report job writes it
+    result = decode_report_flow(ReportParams(monitor="tiny", period_hours=2, send=False))
+    assert first["id"] in result["refreshed"] and result["failures"] == []
+    with hostile.engine.connect() as conn:
+        row = conn.execute(text("SELECT report_error FROM audit WHERE id = :a"), {"a": first["id"]}).one()
+        paths = conn.execute(text("SELECT path FROM report WHERE audit_id = :a"), {"a": first["id"]}).scalars().all()
+    assert row.report_error is None and len(paths) == 1
+    _check_page(paths[0])
+
+    digest = result["digest"]
+    assert [a["id"] for a in digest["audits"]] == [first["id"]] and digest["refreshed"] == [first["id"]]
+    visit = open_page(result["html"])
+    assert visit.console_errors == [] and not visit.blank() and "dark" in visit.text
+    again = decode_report_flow(ReportParams(monitor="tiny", period_hours=2, send=False))
+    assert again["refreshed"] == [], "nothing left to refresh"
