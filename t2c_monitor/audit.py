@@ -383,7 +383,12 @@ def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> Audit
         baseline_scores=np.concatenate(base_scores) if base_scores else None,
         baseline_uris=[uris.get(i, "") for i in base_image_ids], unexplained=outcome.unexplained,
         history=history, previous=previous, next=following)
-    files = write_audit_report(Path(report_dir) / summary.monitor / f"audit-{summary.id}", inputs)
+    out_dir = Path(report_dir) / summary.monitor / f"audit-{summary.id}"
+    files = write_audit_report(out_dir, inputs)
+    if record.config.audit.evidently:
+        from t2c_monitor.reports.evidently_run import export_audit
+
+        export_audit(out_dir, summary, outcome.result, outcome.reference, outcome.current)
     with db.engine.begin() as conn:
         alert_store.insert_report(conn, audit_id=summary.id, path=str(files.html))
     return dataclasses.replace(summary, report=str(files.html), report_error=None)

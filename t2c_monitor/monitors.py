@@ -119,6 +119,8 @@ class AuditConfig(_Strict):
                                 description="level of the test on the aligned vectors and of 'unlisted drift'")
     unlisted_share: float = Field(0.6, gt=0, lt=1,
                                   description="share of the shift left after the roots that reports unlisted drift")
+    evidently: bool = Field(True, description="also save each audit as an evidently report and workspace run "
+                            "($T2C_HOME/evidently; `t2c ui` browses them)")
 
     def root_settings(self):
         """The settings of ``drift.explain_shift``."""

@@ -84,3 +84,17 @@ def test_report_job_writes_a_failed_report_and_a_digest_that_opens(prefect_harne
     assert visit.console_errors == [] and not visit.blank() and "dark" in visit.text
     again = decode_report_flow(ReportParams(monitor="tiny", period_hours=2, send=False))
     assert again["refreshed"] == [], "nothing left to refresh"
+
+    # evidently: the audit's run in the monitor's workspace project, drifted where we flagged
+    from evidently.ui.workspace import Workspace
+
+    from t2c_monitor.audit import refresh_report
+    from t2c_monitor.reports.evidently_run import drifted_in_run, workspace_dir
+
+    refresh_report(hostile, "tiny", first["id"], reports)  # written again: still one run for the audit
+    workspace = Workspace.create(str(workspace_dir()))
+    (project,) = workspace.search_project("tiny")
+    (run_id,) = workspace.list_runs(project.id)
+    assert sorted(drifted_in_run(workspace_dir(), str(project.id), str(run_id))) == \
+        sorted(f["name"] for f in first["flagged"])
+    assert (Path(paths[0]).parent / "evidently.html").stat().st_size > 10_000

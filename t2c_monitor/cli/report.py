@@ -13,6 +13,7 @@ report_app = typer.Typer(help="Reports: an audit's (--audit), the digest of a pe
 
 def register(app: typer.Typer) -> None:
     app.add_typer(report_app, name="report")
+    app.command()(ui)
 
 
 @report_app.callback(invoke_without_command=True)
@@ -74,3 +75,26 @@ def digest(
     console.print(f"digest: {result.to_dict()['html']}")
     for line in result.sent:
         console.print(f"sent: {line}")
+
+
+def ui(
+    start: bool = typer.Option(False, "--start", help="start evidently's UI (else print how to)"),
+    port: int = typer.Option(8000, "--port"),
+) -> None:
+    """evidently's UI over every audit's evidently run (one project per monitor, one run per audit)."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from t2c_monitor.reports.evidently_run import workspace_dir
+
+    workspace = workspace_dir()
+    evidently = shutil.which("evidently") or str(Path(sys.executable).parent / "evidently")
+    command = [evidently, "ui", "--workspace", str(workspace), "--port", str(port)]
+    if not start:
+        console.print(f"evidently workspace: {workspace}\nbrowse it with: {' '.join(command)}")
+        return
+    if not workspace.is_dir():
+        raise typer.BadParameter(f"{workspace} holds no evidently runs yet: run an audit first", param_hint="--start")
+    os.execv(command[0], command)  # the UI takes over this process (Ctrl-C stops it)
