@@ -211,6 +211,7 @@ def tiny_monitor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_config:
         "    aligner: aligner\n"
         "    bank: bank.yaml\n"
         "    ingest: {batch_size: 8, chunk_size: 16, decode_threads: 2}\n"
+        "    audit: {evidently: false}  # evidently's run per audit is tested in test_reports.py (it takes seconds)\n"
     )
     return root
 

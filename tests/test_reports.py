@@ -26,7 +26,7 @@ def hostile(monitored, tiny_monitor_dir, tmp_path):
     """The tiny monitor whose bank also holds concepts named like an attack and like TeX, with a baseline."""
     bank = tmp_path / "bank.yaml"
     bank.write_text(TINY_BANK + "".join(f"  - name: '{name}'\n    phrasings: ['{name}']\n" for name in HOSTILE))
-    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", bank=str(bank))
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", bank=str(bank), audit={"evidently": True})
     build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
     return monitored
 

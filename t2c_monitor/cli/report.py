@@ -46,6 +46,35 @@ def report(
 
 
 @report_app.command()
+def dataset(
+    monitor: str = typer.Option(..., "--monitor", "-m"),
+    batches: str = typer.Option(None, "--batches", help="comma-separated batch ids"),
+    window: str = typer.Option(None, "--window", help="or the batches received in this span before now, e.g. 7d"),
+    since: str = typer.Option(None, "--since", help="or from this ISO time"),
+    until: str = typer.Option(None, "--until"),
+    as_json: bool = JsonOption,
+) -> None:
+    """What a set of stored images contains, in the monitor's concepts, against its baseline."""
+    from t2c_monitor.reports.dataset import dataset_report, write_dataset_report
+    from t2c_monitor.settings import get_settings
+    from t2c_monitor.store import open_database
+
+    start, end = time_window(window, since, until)
+    chosen = [b.strip() for b in batches.split(",") if b.strip()] if batches else None
+    with user_errors(), console.status("reading the images' concept scores"):
+        report = dataset_report(open_database(), monitor, batches=chosen, since=start, until=end)
+        files = write_dataset_report(get_settings().reports_dir, report)
+    if as_json:
+        emit_json({"monitor": monitor, "batches": report.batches, "n_images": report.n_images, **files.to_dict()})
+        return
+    most = ", ".join(f"{p.name} ({p.share:.0%})" for p in report.most[:5])
+    console.print(f"{report.n_images} images of {monitor} ({', '.join(report.batches)}); most present: {most}")
+    if report.words is not None and report.words.text():
+        console.print(f"against the baseline, in words: {report.words.text()}")
+    console.print(f"report: {files.html}")
+
+
+@report_app.command()
 def digest(
     monitor: str = typer.Option(..., "--monitor", "-m"),
     window: str = typer.Option("24h", "--window", help="the period before now, e.g. 24h or 7d"),

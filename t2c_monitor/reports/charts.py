@@ -87,13 +87,13 @@ def ks_history(histories: dict[str, list[tuple[int, float, bool]]], current_audi
         return _data_uri(fig)
 
 
-def presence(names: Sequence[str], shifts: Sequence[float]) -> str | None:
-    """A dataset's concept presence against the baseline: mean score shift in baseline SDs."""
+def presence(names: Sequence[str], shifts: Sequence[float], *, title: str, xlabel: str) -> str | None:
+    """Concepts more (red) and less (blue) present than in the baseline, by how much."""
     if not names:
         return None
     with _figure(7, 0.3 * len(names) + 1) as (fig, (ax,)):
         ax.barh(list(names)[::-1], list(shifts)[::-1], color=[MORE if s > 0 else LESS for s in shifts][::-1])
         ax.axvline(0, color="#444", linewidth=0.8)
-        ax.set_xlabel("mean score against the baseline (baseline SDs)")
-        ax.set_title("More present (red) and less present (blue) than in the baseline")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
         return _data_uri(fig)

@@ -36,7 +36,7 @@ def environment():
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     )
-    env.filters.update(md=md, pct=pct)
+    env.filters.update(md=md, pct=pct, zip=lambda a, b: zip(a, b, strict=False))
     return env
 
 

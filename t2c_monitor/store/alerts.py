@@ -99,6 +99,12 @@ def set_report_error(conn: Connection, *, audit_id: int, error: str) -> None:
     conn.execute(update(Audit).where(Audit.id == audit_id).values(report_error=error[:4000]))
 
 
+def image_meta(conn: Connection, image_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The metadata (manifest columns) of images, by id."""
+    rows = conn.execute(select(Image.id, Image.meta).where(Image.id.in_(list(image_ids))))
+    return {int(r.id): dict(r.meta or {}) for r in rows}
+
+
 def image_uris(conn: Connection, image_ids: list[int]) -> dict[int, str]:
     rows = conn.execute(select(Image.id, Image.uri).where(Image.id.in_(list(image_ids))))
     return {int(r.id): str(r.uri) for r in rows}
