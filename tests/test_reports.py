@@ -14,10 +14,12 @@ from conftest import TINY_BANK, apply_tiny
 from sqlalchemy import text
 
 from t2c_monitor.audit import audit_window, build_baseline, write_report
+from t2c_monitor.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
 
 HOSTILE = ["<script>alert(1)</script>", "cost $5 and $6", "$\\frac{$"]
+TINY_NAMES = ["red", "green", "blue", "at night", "a bright picture"]
 SAID = "\"'&<>"
 
 
@@ -98,3 +100,30 @@ def test_report_job_writes_a_failed_report_and_a_digest_that_opens(prefect_harne
     assert sorted(drifted_in_run(workspace_dir(), str(project.id), str(run_id))) == \
         sorted(f["name"] for f in first["flagged"])
     assert (Path(paths[0]).parent / "evidently.html").stat().st_size > 10_000
+
+
+def test_dataset_report_in_a_browser_by_label(hostile, tmp_path):
+    """A labelled batch (a manifest with a label column) and the dark day: presence against the
+    baseline, concepts by class, images most unlike the baseline; every image loads."""
+    import json
+
+    from conftest import write_images
+
+    from t2c_monitor.ingest import ingest
+    from t2c_monitor.reports.dataset import dataset_report, write_dataset_report
+
+    folder = tmp_path / "labelled"
+    paths = write_images(folder, 12, seed=9)
+    manifest = folder / "batch.jsonl"
+    manifest.write_text("".join(json.dumps({"uri": p.name, "label": "even" if i % 2 == 0 else "odd"}) + "\n"
+                                for i, p in enumerate(paths)))
+    ingest(hostile, "tiny", manifest, batch_id="labelled")
+    report = dataset_report(hostile, "tiny", batches=["labelled", "dark"])
+    assert report.n_images == 12 + 60 and sorted(report.batches) == ["dark", "labelled"]
+    assert sorted(report.by_label) == ["even", "odd"] and all(len(v) == 3 for v in report.by_label.values())
+    assert {p.name for p in report.most} | {p.name for p in report.least} <= set(TINY_NAMES + HOSTILE)
+    assert len(report.unlike) == 6 and report.words is not None
+    visit = _check_page(write_dataset_report(tmp_path / "reports", report).html)
+    assert "Concepts that go with each class" in visit.text and "<script>alert(1)</script>" in visit.text
+    with pytest.raises(ConfigError, match="no-such-batch"):
+        dataset_report(hostile, "tiny", batches=["no-such-batch"])
