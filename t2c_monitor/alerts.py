@@ -5,7 +5,7 @@ A channel (see ``monitors.WebhookChannel`` and friends) is one of
 * ``webhook``: the message as JSON POSTed to a URL held in an environment variable or a Prefect
   ``Secret`` block, resolved only at send time;
 * ``prefect_block``: any saved Prefect notification block (Slack, Microsoft Teams, custom
-  webhook, PagerDuty, ...), whose ``notify(body, subject)`` sends the text;
+  webhook, PagerDuty, ...), whose ``notify(body, subject)`` sends the Markdown digest;
 * ``email``: through prefect-email's ``EmailServerCredentials`` block;
 * ``file``: one JSON line per alert appended to a local file.
 
@@ -104,6 +104,13 @@ def _subject(summary: Any, flagged: list[dict[str, Any]], roots: list[dict[str, 
     return f"[t2c] {summary.monitor}: {what}" + (f" - in words: {words}" if words else "")
 
 
+def audit_digest(summary: Any, report: str | None) -> str:
+    """The audit's Markdown digest (what chat channels render): ``reports.audit.audit_digest``."""
+    from t2c_monitor.reports.audit import audit_digest as digest
+
+    return digest(summary, report)
+
+
 def build_message(summary: Any, *, report: str | None) -> AlertMessage:
     """The alert of an audit (``audit.AuditSummary``): monitor and window; the root causes first,
     each with the flagged concepts that move with it; the shift in words; a shift the bank does not
@@ -143,6 +150,7 @@ def build_message(summary: Any, *, report: str | None) -> AlertMessage:
         "audit_id": summary.id, "window": window, "batches": list(summary.batches), "n_current": summary.n_current,
         "n_baseline": summary.n_baseline, "roots": roots, "echoes": summary.echoes, "unlisted": summary.unlisted,
         "words": summary.words.to_dict() if summary.words else None, "flagged": flagged, "report": report,
+        "markdown": audit_digest(summary, report),
     }
     return AlertMessage(subject=payload["subject"], text=payload["text"], payload=payload)
 
@@ -226,7 +234,7 @@ class BlockSender(_ChannelSender):
         if not hasattr(block, "notify"):
             raise ConfigError(f"Alert channel {self.name}: block {self.channel.block} is not a notification block "
                               "(Slack webhook, Microsoft Teams webhook, custom webhook, ...).")
-        block.notify(body=message.text, subject=message.subject)
+        block.notify(body=message.payload.get("markdown") or message.text, subject=message.subject)
 
 
 @dataclass

@@ -71,6 +71,7 @@ def test_webhook_alert_names_monitor_window_concepts_and_report(drifted, tiny_mo
     assert body["text"].index("Root causes") < body["text"].index("Flagged concepts")
     assert body["words"]["grew"] == summary.words.grew and f"In words: {summary.words.text()}" in body["text"]
     assert f"in words: {summary.words.text()}" in body["subject"]
+    assert body["markdown"].startswith("**tiny**: ") and "Root causes:" in body["markdown"]
     assert all(body["echoes"][echo] == lead["name"] for echo in lead["echoes"])
     # a shift no concept names leads the message when no root explains it, with how to name it
     hidden = dataclasses.replace(
@@ -228,6 +229,7 @@ def test_prefect_blocks_secret_webhook_notification_block_and_email(prefect_harn
     webhook, notification = receiver.bodies
     assert webhook["audit_id"] == summary.id
     assert notification["title"].startswith("[t2c] tiny:") and summary.flagged[0].name in notification["text"]
+    assert notification["text"].startswith("**tiny**: "), "notification blocks get the Markdown digest"
     (mail,) = mails
     assert mail.rcpt_tos == ["oncall@example.com"]
     content = mail.content.decode()
