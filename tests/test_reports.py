@@ -127,3 +127,20 @@ def test_dataset_report_in_a_browser_by_label(hostile, tmp_path):
     assert "Concepts that go with each class" in visit.text and "<script>alert(1)</script>" in visit.text
     with pytest.raises(ConfigError, match="no-such-batch"):
         dataset_report(hostile, "tiny", batches=["no-such-batch"])
+
+
+def test_digest_goes_to_the_channels_that_take_it(monitored, tiny_monitor_dir, tmp_path):
+    import json
+
+    from t2c_monitor.reports.job import run_report_job
+
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", alerts={"channels": ["log"], "digest": True},
+               channels={"log": {"type": "file", "path": "alerts.jsonl"}})
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    audit = audit_window(monitored, "tiny", batches=["dark"]).summary
+    result = run_report_job(monitored, "tiny", tmp_path / "reports")
+    assert result.refreshed == [audit.id] and result.sent == ["log: sent"]
+    (line,) = (tmp_path / "config" / "alerts.jsonl").read_text().splitlines()
+    sent = json.loads(line)
+    assert sent["subject"].startswith("[t2c] tiny: 1 audit since") and f"audit {audit.id} (dark)" in sent["text"]
+    assert [a["id"] for a in sent["digest"]["audits"]] == [audit.id]
