@@ -356,7 +356,7 @@ BASELINE_IMAGES_SHOWN = 20_000  # baseline images a report picks examples from (
 def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> AuditSummary:
     """Write the stored audit's report (HTML and its Markdown digest) under ``report_dir`` and record
     it; safe to repeat. An I/O error is raised (the flow retries, then ``record_report_failure``)."""
-    from t2c_monitor.reports.audit import AuditInputs, write_audit_report
+    from t2c_monitor.reports.audit import AuditInputs, write_audit_report, write_monitor_index
 
     summary = outcome.summary
     with db.session() as session:
@@ -391,6 +391,8 @@ def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> Audit
         export_audit(out_dir, summary, outcome.result, outcome.reference, outcome.current)
     with db.engine.begin() as conn:
         alert_store.insert_report(conn, audit_id=summary.id, path=str(files.html))
+        audits = audit_store.list_audits(conn, record.id, limit=1000)
+    write_monitor_index(out_dir.parent, summary.monitor, audits)
     return dataclasses.replace(summary, report=str(files.html), report_error=None)
 
 

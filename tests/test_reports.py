@@ -56,6 +56,9 @@ def test_audit_report_in_a_browser_shows_hostile_text_as_written(hostile, tmp_pa
     html = Path(written.report).read_text(encoding="utf-8")
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert visit.title == f"t2c audit {summary.id}: tiny"
+    index = open_page(Path(written.report).parent.parent / "index.html")  # every audit of the monitor
+    assert index.console_errors == [] and not index.blank() and "report" in index.text
+    assert "all audits of tiny" in visit.text
     digest = (tmp_path / "reports" / "tiny" / f"audit-{summary.id}" / "digest.md").read_text()
     assert "\\<script\\>" in digest and SAID.replace("<", "\\<").replace(">", "\\>") in digest
 

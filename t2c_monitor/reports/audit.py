@@ -175,6 +175,17 @@ def write_audit_report(out_dir: Path, inputs: AuditInputs) -> AuditReportFiles:
     return AuditReportFiles(html=html, markdown=markdown)
 
 
+def write_monitor_index(monitor_dir: Path, monitor: str, audits: list[Any]) -> Path:
+    """``<reports>/<monitor>/index.html``: every audit of the monitor, newest first, linked to its
+    report when one is written (what an older report's "all audits" link opens)."""
+    from datetime import datetime
+
+    written = {a.id for a in audits if (Path(monitor_dir) / f"audit-{a.id}" / "index.html").is_file()}
+    return write_atomically(Path(monitor_dir) / "index.html", render(
+        "index.html.j2", monitor=monitor, audits=audits, written=written,
+        generated=f"{datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"))
+
+
 def audit_digest(summary: Any, report: str | None) -> str:
     """The Markdown digest of an audit, what alert messages carry: the headline, the roots with their
     echoes, the shift in words, a shift no concept names, the flagged concepts, and the report."""
