@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -52,11 +55,11 @@ def open_page(path: Path, *, width: int = 1200, height: int = 1600, timeout: flo
     binary = chromium()
     if binary is None:
         raise RuntimeError("chromium is not installed (Debian: apt-get install chromium)")
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
              f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.monotonic() + timeout
@@ -66,12 +69,15 @@ def open_page(path: Path, *, width: int = 1200, height: int = 1600, timeout: flo
                 time.sleep(0.1)
             port = int(port_file.read_text().split()[0])
             return asyncio.run(asyncio.wait_for(_visit(port, Path(path).resolve().as_uri(), width, height), timeout))
-        finally:
-            process.terminate()
+        finally:  # the browser and every helper process it started (they write to the profile until gone)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
 
 
 async def _visit(port: int, url: str, width: int, height: int) -> PageVisit:
