@@ -52,7 +52,8 @@ def ks_bars(concepts: Sequence[Any], top: int = 15) -> str:
         return _data_uri(fig)
 
 
-def distributions(concepts: Sequence[Any], reference: np.ndarray, current: np.ndarray) -> str | None:
+def distributions(concepts: Sequence[Any], reference: np.ndarray, current: np.ndarray, *,
+                  label: str = "window") -> str | None:
     """Baseline against window score histograms, one panel per concept (the paper's Figure 8)."""
     if not concepts:
         return None
@@ -61,7 +62,7 @@ def distributions(concepts: Sequence[Any], reference: np.ndarray, current: np.nd
             ref, cur = reference[concept.index], current[:, concept.index]
             bins = np.linspace(min(ref.min(), cur.min()), max(ref.max(), cur.max()), 40)
             ax.hist(ref, bins=bins, density=True, alpha=0.5, label="baseline", color=LESS)
-            ax.hist(cur, bins=bins, density=True, alpha=0.5, label="window", color=MORE)
+            ax.hist(cur, bins=bins, density=True, alpha=0.5, label=label, color=MORE)
             ax.set_title(f"{concept.name} ({change_word(concept.direction)})")
             ax.set_xlabel("concept score")
         axes[0].legend()

@@ -118,7 +118,8 @@ def dataset_report(db: Database, monitor: str, *, batches: list[str] | None = No
     window_uris = [uris.get(i, "") for i in ids]
     details = [ConceptDetail(
         name=names[j],
-        chart=charts.distributions([_Concept(names[j], j, 1 if share[j] >= TOP_SHARE else -1)], ref, scores),
+        chart=charts.distributions([_Concept(names[j], j, 1 if share[j] >= TOP_SHARE else -1)], ref, scores,
+                                   label="these images"),
         top=top_images(scores[:, j], window_uris), bottom=top_images(scores[:, j], window_uris, lowest=True))
         for j in differ]
     chart_rows = sorted(differ + [j for j in order[:10] if j not in differ], key=lambda j: -share[j])
