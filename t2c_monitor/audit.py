@@ -222,6 +222,8 @@ class AuditOutcome:
     current: np.ndarray  # the window's scores (m, k)
     batch_ids: list[int]
     unexplained: np.ndarray | None = None  # (m,) each window image along the unexplained shift, when unlisted
+    direction: np.ndarray | None = None  # window mean minus baseline mean of aligned vectors
+    baseline_mean: np.ndarray | None = None
 
 
 def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
@@ -320,7 +322,8 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
     if explanation is not None and explanation.unlisted:
         unexplained = embeddings.astype(np.float64) @ explanation.residual
     return AuditOutcome(summary=summary, result=result, reference=baseline.sorted_scores, current=scores,
-                        batch_ids=[b for b, _ in chosen], unexplained=unexplained)
+                        batch_ids=[b for b, _ in chosen], unexplained=unexplained, direction=direction,
+                        baseline_mean=baseline.mean_vector)
 
 
 def _explain(db: Database, record: MonitorRecord, baseline: audit_store.StoredBaseline, window: np.ndarray,
@@ -369,7 +372,8 @@ def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> Audit
                             audit_store.concept_history(conn, record.id, c.name, limit=20)]
                    for c in summary.flagged[:6]}
     base_scores, base_image_ids = [], []
-    for batch_id in base_ids:
+    fell = any(c.direction < 0 for c in summary.flagged)  # only a fall is shown with the baseline's images
+    for batch_id in base_ids if fell else []:
         if len(base_image_ids) >= BASELINE_IMAGES_SHOWN:
             break
         base_scores.append(batch_scores(db, record, batch_id))
@@ -444,23 +448,19 @@ def load_audit(db: Database, monitor: str, audit_id: int) -> AuditOutcome:
     if explanation is not None and explanation.unlisted and explanation.residual.size:
         unexplained = embeddings.astype(np.float64) @ explanation.residual
     return AuditOutcome(summary=summary, result=result, reference=baseline.sorted_scores, current=scores,
-                        batch_ids=stored.batch_ids, unexplained=unexplained)
+                        batch_ids=stored.batch_ids, unexplained=unexplained, direction=stored.direction,
+                        baseline_mean=baseline.mean_vector)
 
 
 def decode_audit_words(db: Database, outcome: AuditOutcome) -> AuditOutcome:
     """Put a stored audit that found a shift into words, if it has none yet (an audit whose decoder
     failed, or stored before audits spoke), and store them."""
     summary = outcome.summary
-    if summary.words is not None or not summary.found_shift:
+    if summary.words is not None or not summary.found_shift or outcome.direction is None:
         return outcome
     with db.session() as session:
         record = get_monitor(session, summary.monitor)
-    with db.engine.connect() as conn:
-        stored = audit_store.stored_audit(conn, record.id, summary.id)
-        baseline = audit_store.baseline_by_id(conn, stored.baseline_id)
-    if stored.direction is None:
-        return outcome
-    words, note = _words(record, stored.direction, baseline.mean_vector, summary.explanation, None)
+    words, note = _words(record, outcome.direction, outcome.baseline_mean, summary.explanation, None)
     with db.engine.begin() as conn:
         audit_store.set_audit_words(conn, summary.id, words.to_dict() if words else None, note)
     return dataclasses.replace(outcome, summary=dataclasses.replace(summary, words=words, note=note))

@@ -100,15 +100,15 @@ def _roots(inputs: AuditInputs) -> list[RootView]:
     return views
 
 
-def _headline(summary: Any, roots: list[Any]) -> str:
+def _headline(summary: Any, named: list[str]) -> str:
+    """'more 'grass' (3 more concepts moving with it)', with a shift no concept names when there is one."""
     flagged = summary.flagged
-    named = [r if isinstance(r, str) else (r[0] if isinstance(r, tuple) else r).name for r in roots]
     if named and summary.explanation is not None and summary.explanation.roots:
         direction = {c.name: c.direction for c in flagged}
         headline = ", ".join(concept_change(n, direction[n], quoted=True) for n in named)
-        echoes = len(flagged) - len(roots)
+        echoes = len(flagged) - len(named)
         if echoes:
-            pronoun = "it" if len(roots) == 1 else "them"
+            pronoun = "it" if len(named) == 1 else "them"
             headline += f" ({echoes} more concept{'s' if echoes != 1 else ''} moving with {pronoun})"
     else:
         headline = (f"{len(flagged)} concept{'s' if len(flagged) != 1 else ''} shifted" if flagged
@@ -157,7 +157,7 @@ def audit_context(inputs: AuditInputs) -> dict[str, Any]:
     if inputs.unexplained is not None and len(inputs.unexplained) == len(inputs.current):
         unexplained = top_images(inputs.unexplained, inputs.window_uris)
     return {
-        "summary": summary, "headline": _headline(summary, roots), "roots": roots,
+        "summary": summary, "headline": _headline(summary, [r.name for r in roots]), "roots": roots,
         "words": summary.words, "explanation": summary.explanation, "unexplained": unexplained,
         "ks_chart": charts.ks_bars(result.concepts),
         "history_chart": charts.ks_history(shown_history, summary.id),
@@ -193,4 +193,4 @@ def audit_digest(summary: Any, report: str | None) -> str:
     roots = [(r, flagged[r.name]) for r in (summary.explanation.roots if summary.explanation else [])
              if r.name in flagged]
     return render("audit.md.j2", summary=summary, report=report, roots=roots, change=concept_change,
-                  change_word=change_word, headline=_headline(summary, roots))
+                  change_word=change_word, headline=_headline(summary, [r.name for r, _ in roots]))
