@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "world",
     "audit",
     "decode",
+    "search",
     "report",
     "alerts",
     "serve",

@@ -57,13 +57,13 @@ _DECODERS: dict[tuple, tuple[VocabDecoder, Decoder | None]] = {}
 
 def audit_decoders(record: MonitorRecord, top: int = 3) -> tuple[VocabDecoder, Decoder | None]:
     """The monitor's vocab decoder (sparse, ``top`` terms) and its sentence decoder, if it names one."""
-    from t2c_monitor.decode.monitor import _clip_of, decoder_settings, monitor_decoder
+    from t2c_monitor.decode.monitor import decoder_settings, monitor_clip, monitor_decoder
     from t2c_monitor.monitors import load_bank
 
     key = (record.clip, record.bank_name, record.bank_version, tuple(record.concept_names),
            json.dumps(record.config.model_dump(mode="json"), sort_keys=True), top)
     if key not in _DECODERS:
-        clip = _clip_of(record)
+        clip = monitor_clip(record)
         bank = load_bank(record.config.bank, clip, name=record.name)
         vocab = monitor_decoder(record, decoder_settings(record, "vocab", mode="sparse", top=top), clip=clip,
                                 bank=bank)

@@ -79,7 +79,8 @@ def decoder_settings(record: MonitorRecord, kind: DecoderKind | None = None, *, 
     )
 
 
-def _clip_of(record: MonitorRecord):
+def monitor_clip(record: MonitorRecord):
+    """The monitor's CLIP model, refused unless it loads the space the monitor recorded."""
     from t2c_monitor.encoders import create_clip_model
 
     clip = create_clip_model(record.config.clip)
@@ -107,7 +108,7 @@ def monitor_decoder(record: MonitorRecord, settings: DecoderSettings, *, image_m
     33k words takes a while the first time)."""
     from t2c_monitor.monitors import load_bank
 
-    clip = clip or _clip_of(record)
+    clip = clip or monitor_clip(record)
     if settings.kind == "vocab" and bank is None:
         bank = load_bank(record.config.bank, clip, name=record.name)
     return create_decoder(settings, clip=clip, image_mean=image_mean, bank=bank, progress=progress)

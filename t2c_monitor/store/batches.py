@@ -130,3 +130,8 @@ def list_batches(conn: Connection, monitor_id: int, *, limit: int = 20,
         query = query.where(Batch.status == status)
     rows = conn.execute(query.order_by(Batch.received_at.desc(), Batch.id.desc()).limit(limit)).all()
     return [BatchRow(**r._mapping) for r in rows]
+
+
+def batch_names(conn: Connection, monitor_id: int) -> set[str]:
+    """The external ids of every batch of the monitor, whatever its status."""
+    return set(conn.execute(select(Batch.external_id).where(Batch.monitor_id == monitor_id)).scalars())

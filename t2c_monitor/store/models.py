@@ -392,3 +392,19 @@ class Report(Base):
     path: Mapped[str] = mapped_column(Text)
     decoded: Mapped[list[Any]] = mapped_column(server_default=text("'[]'::jsonb"))
     created_at: Mapped[datetime] = _created()
+
+
+class SearchStat(Base):
+    """A cached corpus statistic for concept-logic search: one query vector's similarity mean and standard
+    deviation over one corpus (a monitor's images, narrowed), valid while the corpus's fingerprint holds."""
+
+    __tablename__ = "search_stat"
+
+    corpus_key: Mapped[str] = mapped_column(String(64), primary_key=True, comment="sha256 of the corpus filters")
+    vector_key: Mapped[str] = mapped_column(String(64), primary_key=True, comment="sha256 of the float32 vector")
+    monitor_id: Mapped[int] = mapped_column(ForeignKey("monitor.id", ondelete="CASCADE"), index=True)
+    n: Mapped[int] = mapped_column(Integer, comment="images in the corpus when computed")
+    max_image_id: Mapped[int] = mapped_column(BigInteger, comment="the corpus's highest image id when computed")
+    mean: Mapped[float] = mapped_column(Float)
+    std: Mapped[float] = mapped_column(Float, comment="population standard deviation")
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

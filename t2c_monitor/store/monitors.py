@@ -131,6 +131,12 @@ def bank_vectors(session: Session, bank_id: int) -> tuple[list[str], np.ndarray]
     return [r.name for r in rows], np.array([np.asarray(r.vector, dtype=np.float32) for r in rows], dtype=np.float32)
 
 
+def bank_templates(session: Session, bank_id: int) -> tuple[str, ...]:
+    """The prompt templates a stored bank was encoded with (free text is encoded the same way)."""
+    templates = session.execute(select(m.ConceptBank.templates).where(m.ConceptBank.id == bank_id)).scalar_one()
+    return tuple(templates or ("{}",))
+
+
 @dataclass(frozen=True)
 class MonitorRecord:
     """What a run needs to know about a recorded monitor."""

@@ -8,12 +8,15 @@ the planner can use it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 MAX_INDEXED_DIM = 2000  # pgvector's HNSW limit for `vector`
+BUILD_MEMORY = "1GB"  # maintenance_work_mem for an index build: 100,000 512-d rows need about 450 MB
+BUILD_WORKERS = 2  # parallel workers of an index build (pgvector 0.6 builds in parallel)
 
 
 def _check_dim(dim: int) -> int:
@@ -36,6 +39,10 @@ def ensure_hnsw_index(conn: Connection | Session, dim: int) -> str:
     """
     dim = _check_dim(dim)
     name = hnsw_index_name(dim)
+    # the graph must fit in maintenance_work_mem or the build slows several times (pgvector warns);
+    # these settings last for the build's transaction only
+    conn.execute(text(f"SET LOCAL maintenance_work_mem = '{BUILD_MEMORY}'"))
+    conn.execute(text(f"SET LOCAL max_parallel_maintenance_workers = {BUILD_WORKERS}"))
     conn.execute(
         text(
             f"CREATE INDEX IF NOT EXISTS {name} ON image "
@@ -44,6 +51,32 @@ def ensure_hnsw_index(conn: Connection | Session, dim: int) -> str:
     )
     conn.execute(text("ANALYZE image"))  # fresh statistics so the planner sees the loaded rows
     return name
+
+
+def hnsw_index_exists(conn: Connection | Session, dim: int) -> bool:
+    return conn.execute(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": hnsw_index_name(dim)}).scalar_one()
+
+
+def drop_hnsw_index(conn: Connection | Session, dim: int) -> None:
+    """Drop the width's index (before a bulk load; ``ensure_hnsw_index`` builds it again after)."""
+    conn.execute(text(f"DROP INDEX IF EXISTS {hnsw_index_name(dim)}"))
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    name: str
+    exists: bool
+    bytes: int
+    rows: int  # stored vectors of that width (what the index covers, or would)
+
+
+def hnsw_index_stats(conn: Connection | Session, dim: int) -> IndexStats:
+    name = hnsw_index_name(dim)
+    size = conn.execute(text("SELECT CASE WHEN to_regclass(:name) IS NULL THEN NULL "
+                             "ELSE pg_relation_size(to_regclass(:name)) END"), {"name": name}).scalar_one()
+    rows = conn.execute(text("SELECT count(*) FROM image WHERE dim = :dim AND embedding IS NOT NULL"),
+                        {"dim": _check_dim(dim)}).scalar_one()
+    return IndexStats(name=name, exists=size is not None, bytes=int(size or 0), rows=int(rows))
 
 
 def vector_literal(vector: Sequence[float] | np.ndarray) -> str:
