@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from t2c_monitor.cbm.shift import EvidenceShift
 from t2c_monitor.decode.drift import DriftWords
 from t2c_monitor.drift import (
     ConceptDrift,
@@ -151,6 +152,7 @@ class AuditSummary:
     words: DriftWords | None = None  # the drift in words, when the audit found a shift
     note: str | None = None  # why there is no explanation or no words
     report_error: str | None = None  # why the report could not be written
+    evidence: EvidenceShift | None = None  # each class's concept evidence, when the monitor names a CBM
 
     @property
     def roots(self) -> list[ConceptDrift]:
@@ -192,6 +194,7 @@ class AuditSummary:
         out["unlisted"] = self.unlisted
         out["explanation"] = self.explanation.to_dict() if self.explanation else None
         out["words"] = self.words.to_dict() if self.words else None
+        out["evidence"] = self.evidence.to_dict() if self.evidence else None
         return out
 
 
@@ -303,8 +306,9 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
     words = None
     if result.flagged or (explanation is not None and explanation.unlisted):
         words, note = _words(record, direction, baseline.mean_vector, explanation, note)
+    evidence, evidence_note = _class_evidence(db, record, baseline, embeddings)
     stored = {**(explanation.to_dict() if explanation else {}), "words": words.to_dict() if words else None,
-              "note": note}
+              "note": note, "cbm": evidence.to_dict() if evidence else None, "cbm_note": evidence_note}
     with db.engine.begin() as conn:
         concept_ids = audit_store.concept_ids(conn, record.bank_id)
         audit_id = audit_store.insert_audit(
@@ -317,7 +321,7 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
     summary = AuditSummary(id=audit_id, monitor=monitor, baseline_id=baseline.id, batches=[e for _, e in chosen],
                            n_baseline=baseline.sorted_scores.shape[1], n_current=int(scores.shape[0]),
                            flagged=flagged, direction_norm=float(norm), params=result.params, since=since,
-                           until=until, explanation=explanation, words=words, note=note)
+                           until=until, explanation=explanation, words=words, note=note, evidence=evidence)
     unexplained = None
     if explanation is not None and explanation.unlisted:
         unexplained = embeddings.astype(np.float64) @ explanation.residual
@@ -339,6 +343,31 @@ def _explain(db: Database, record: MonitorRecord, baseline: audit_store.StoredBa
         return None, (f"no root causes: the baseline keeps {sample.shape[0]} vectors and the window has "
                       f"{window.shape[0]} (at least 40 and 2 are needed)")
     return explain_shift(sample, window, record.concept_vectors, result, config.root_settings()), None
+
+
+def _class_evidence(db: Database, record: MonitorRecord, baseline: audit_store.StoredBaseline, window: np.ndarray
+                    ) -> tuple[EvidenceShift | None, str | None]:
+    """How each class's concept evidence shifted, when the monitor names a concept bottleneck model. A model
+    that cannot be used (moved, fitted for other models) costs this section and says why, never the audit."""
+    from t2c_monitor.aligner import Aligner
+    from t2c_monitor.cbm.model import ConceptBottleneck
+    from t2c_monitor.cbm.shift import evidence_shift
+    from t2c_monitor.errors import T2CError
+
+    path = record.config.cbm
+    if path is None:
+        return None, None
+    sample = baseline.vectors
+    if sample is None:
+        with db.engine.connect() as conn:
+            sample = audit_store.sample_embeddings(conn, baseline.batch_ids, record.config.audit.vectors)
+    try:
+        aligner = Aligner.load(record.config.aligner, expect_clip=record.clip)
+        model = ConceptBottleneck.load(path, expect_source=record.encoder, expect_clip=record.clip,
+                                       expect_aligner=aligner)
+    except T2CError as exc:
+        return None, f"no class evidence: {exc}"
+    return evidence_shift(model, sample, window, where=str(path)), None
 
 
 def _words(record: MonitorRecord, direction: np.ndarray, baseline_mean: np.ndarray,
@@ -443,7 +472,7 @@ def load_audit(db: Database, monitor: str, audit_id: int) -> AuditOutcome:
         direction_norm=float(np.linalg.norm(stored.direction)) if stored.direction is not None else 0.0,
         params=stored.params, since=stored.window[0], until=stored.window[1], explanation=explanation,
         words=DriftWords.from_dict(stored.explanation.get("words")), note=stored.explanation.get("note"),
-        report_error=stored.report_error)
+        report_error=stored.report_error, evidence=EvidenceShift.from_dict(stored.explanation.get("cbm")))
     unexplained = None
     if explanation is not None and explanation.unlisted and explanation.residual.size:
         unexplained = embeddings.astype(np.float64) @ explanation.residual

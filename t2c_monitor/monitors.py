@@ -280,6 +280,8 @@ class MonitorConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     schedules: SchedulesConfig = SchedulesConfig()
     decode: DecodeConfig = DecodeConfig()
+    cbm: Path | None = Field(default=None, description="a concept bottleneck model written by `t2c cbm fit --out`: "
+                             "audits then report how each class's concept evidence shifted")
 
     @field_validator("encoder", "clip")
     @classmethod
@@ -305,6 +307,7 @@ class MonitorConfig(_Strict):
             update={
                 "aligner": _absolute(self.aligner, base),
                 "bank": _absolute(self.bank, base),
+                "cbm": _absolute(self.cbm, base) if self.cbm else None,
                 "encoder": _absolute_spec(self.encoder, base),
                 "clip": _absolute_spec(self.clip, base),
                 "alerts": self.alerts.model_copy(update={"channels": resolved_channels}),

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "audit",
     "decode",
     "search",
+    "cbm",
     "report",
     "alerts",
     "serve",

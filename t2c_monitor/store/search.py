@@ -15,9 +15,9 @@ Everything runs in PostgreSQL; Python sends query vectors and thresholds, and re
 * **Nearest neighbours** go through the width's partial HNSW index (``store.vectors``) when it
   exists. pgvector 0.6 filters an index scan's candidates *after* the scan (it has no iterative
   scans), so a narrowed corpus can get fewer rows than asked; ``nearest`` then widens
-  ``hnsw.ef_search`` (up to pgvector's 1000) and finally answers exactly, so it always returns
-  the rows asked for when the corpus has them. Exact search orders by an expression the index
-  cannot serve, so the planner scans.
+  ``hnsw.ef_search`` by the filter's observed selectivity (up to pgvector's 1000) or answers
+  exactly, so it always returns the rows asked for when the corpus has them. Exact search orders
+  by an expression the index cannot serve, so the planner scans.
 """
 
 from __future__ import annotations
@@ -220,9 +220,10 @@ def nearest(conn: Connection, corpus: Corpus, query: np.ndarray, k: int, *, exac
             ef_search: int = 40) -> Neighbours:
     """The ``k`` images of ``corpus`` nearest ``query`` by cosine distance.
 
-    Through the HNSW index unless ``exact`` or the planner does not use it; when a filtered index scan
-    returns fewer than ``k`` rows while the corpus holds more, ``ef_search`` is doubled up to 1000, then
-    the exact answer is given.
+    Through the HNSW index unless ``exact`` or the planner does not use it. When a filtered index scan
+    returns fewer than ``k`` rows, the share of candidates that passed the filter estimates how wide
+    the next scan must be (``ef_search`` up to pgvector's 1000, with a margin); when that is beyond
+    1000, or the corpus holds fewer than ``k`` images in all, the exact answer is given.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -230,20 +231,15 @@ def nearest(conn: Connection, corpus: Corpus, query: np.ndarray, k: int, *, exac
     if query.size != corpus.dim:
         raise ValueError(f"query has width {query.size}, the corpus {corpus.dim}")
     if not exact and index_used(conn, corpus, query, k):
-        available = None
-        ef = max(int(ef_search), k)
-        while True:
-            ef = min(ef, MAX_EF_SEARCH)
+        ef = min(max(int(ef_search), 2 * k), MAX_EF_SEARCH)
+        for _ in range(4):
             hits = _run_nearest(conn, corpus, query, k, exact=False, ef_search=ef)
             if len(hits) >= k:
                 return Neighbours(hits, "hnsw", ef)
-            if available is None:
-                available = corpus_fingerprint(conn, corpus).n
-            if len(hits) >= available:
-                return Neighbours(hits, "hnsw", ef)
-            if ef >= MAX_EF_SEARCH:
+            if ef >= MAX_EF_SEARCH or not hits:
                 break
-            ef *= 2
+            passed = len(hits) / ef  # the filter's selectivity among the index's candidates
+            ef = int(min(MAX_EF_SEARCH, max(2 * ef, 1.5 * k / passed)))
     return Neighbours(_run_nearest(conn, corpus, query, k, exact=True, ef_search=None), "exact", None)
 
 
