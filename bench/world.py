@@ -32,6 +32,9 @@ TARGETS = {
     "roots_precision": 0.95,
     "pairs_share": 0.75,
     "unlisted_share": 0.75,
+    "logic_precision": 0.9,  # of each listed query's returned images
+    "logic_queries": 5,  # listed queries that must reach it
+    "cbm_over_probe": 0.9,
 }
 
 
@@ -60,6 +63,9 @@ def main() -> None:
     parser.add_argument("--n-cur", type=int, default=500, help="window images of each drift audit")
     parser.add_argument("--clean-audits", type=int, default=20)
     parser.add_argument("--no-drift", action="store_true", help="skip the drift semantics check")
+    parser.add_argument("--no-search", action="store_true", help="skip the search and CBM semantics check")
+    parser.add_argument("--n-search", type=int, default=2000, help="images ingested for the concept-logic check")
+    parser.add_argument("--n-cbm", type=int, default=3000, help="labelled images of the CBM check")
     args = parser.parse_args()
 
     import torch
@@ -115,7 +121,13 @@ def main() -> None:
               f"{drift['roots_precision']:.3f}; pairs {drift['pairs_ok']}/{drift['pairs_total']}; unlisted named "
               f"{drift['unlisted_named']}/{drift['unlisted_total']}; {drift['clean_flags']} flags in "
               f"{drift['clean_audits']} clean audits", file=sys.stderr)
+    search = None
+    if not args.no_search:
+        search = search_semantics(world, args)
     met = targets_met(result)
+    if search is not None:
+        met["logic_queries"] = search["logic_queries_ok"] >= TARGETS["logic_queries"]
+        met["cbm_over_probe"] = search["cbm"]["ratio"] >= TARGETS["cbm_over_probe"]
     if drift is not None:
         met["drift_shifts_flagged"] = drift["shifts_flagged"] == drift["shifts_total"]
         met["roots_first_ok"] = drift["roots_first_ok"] == drift["shifts_total"]
@@ -145,10 +157,61 @@ def main() -> None:
         "unlisted_named": drift and f"{drift['unlisted_named']}/{drift['unlisted_total']}",
         "clean_flags": drift and drift["clean_flags"],
         "drift": drift,
+        "logic_queries_ok": search and f"{search['logic_queries_ok']}/{len(search['logic'])}",
+        "logic_pairs_mean_precision": search and search["pairs"]["mean_precision"],
+        "cbm_accuracy": search and search["cbm"]["accuracy"],
+        "cbm_probe_accuracy": search and search["cbm"]["probe_accuracy"],
+        "cbm_over_probe": search and search["cbm"]["ratio"],
+        "search": search,
         "targets_met": all(met.values()),
         "targets_missed": missed,
     }
     print(json.dumps(summary))
+
+
+def search_semantics(world, args) -> dict:
+    """Concept logic over an ingested batch of the world (a throwaway embedded PostgreSQL), and a shape CBM
+    against a linear probe (t2c_monitor/world/search_check.py)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from t2c_monitor.settings import reset_settings_cache
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.embedded import stop_embedded
+    from t2c_monitor.world.drift_check import fit_world_aligner
+    from t2c_monitor.world.search_check import cbm_semantics, logic_semantics, pair_semantics, world_monitor
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="t2c-bench-world-") as tmp:
+        os.environ["T2C_HOME"] = tmp
+        os.environ.pop("T2C_DATABASE_URL", None)
+        reset_settings_cache()
+        aligner = fit_world_aligner(world, Path(tmp) / "aligner", n_fit=args.n_fit)
+        db = open_database()
+        try:
+            print(f"search semantics: {args.n_search} world images ingested from their manifest ...",
+                  file=sys.stderr)
+            monitor = world_monitor(db, world, aligner, Path(tmp) / "search", n=args.n_search, seed=31337)
+            clip = world.clip_model(device="cpu")
+            logic = logic_semantics(db, monitor, clip=clip)
+            pairs = pair_semantics(db, monitor)
+        finally:
+            db.engine.dispose()
+            for pid in Path(tmp).glob("**/postmaster.pid"):
+                stop_embedded(pid.parent)
+        cbm = cbm_semantics(world, aligner, n=args.n_cbm)
+    for name, check in logic.items():
+        print(f"  {name:<48} {' '.join(check['constraints']):<52} left {check['counts']} precision "
+              f"{check['precision']:.2f}", file=sys.stderr)
+    print(f"  every pair of non-shape concepts at +1.5: mean precision {pairs['mean_precision']:.3f}, "
+          f"{pairs['share_at_least_0_9']:.0%} at least 0.9 ({pairs['pairs']} pairs, {pairs['empty']} empty)",
+          file=sys.stderr)
+    print(f"  CBM on shape: {cbm['accuracy']:.3f} against a linear probe's {cbm['probe_accuracy']:.3f} "
+          f"({cbm['ratio']:.2f}x)", file=sys.stderr)
+    ok = sum(c["precision"] >= TARGETS["logic_precision"] for c in logic.values())
+    return {"logic": logic, "logic_queries_ok": ok, "pairs": pairs, "cbm": cbm,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 if __name__ == "__main__":

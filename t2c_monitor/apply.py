@@ -46,8 +46,13 @@ def record_models(db: Database, models: MonitorModels) -> AppliedMonitor:
 
 def apply_monitor(db: Database | None, config: MonitorConfig, *, device: str | None = None) -> AppliedMonitor:
     """Load the monitor's models (refusing mismatched spaces) and record it; with ``db`` None,
-    only check that everything loads."""
+    only check that everything loads. A concept bottleneck model it names must belong to its models."""
     models = load_models(config, device=device)
+    if config.cbm is not None:
+        from t2c_monitor.cbm.model import ConceptBottleneck
+
+        ConceptBottleneck.load(config.cbm, expect_source=models.encoder.identity, expect_clip=models.clip.identity,
+                               expect_aligner=models.aligner)
     if db is None:
         return AppliedMonitor(name=config.name, concepts=models.bank.k, dim=models.bank.dim)
     return record_models(db, models)

@@ -56,15 +56,9 @@ def pg_server_url() -> str:
 @pytest.fixture
 def database_url(pg_server_url: str) -> Iterator[str]:
     """A new, empty database on the suite's server (with pgvector available), dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    url = make_database(pg_server_url)
     yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(pg_server_url, url)
 
 
 @pytest.fixture
@@ -292,3 +286,28 @@ def quick_world(tmp_path_factory):
     # several times slower; alone on 2 cores the quick world builds in about a minute either way
     return build_world(seed=0, quick=True, models_dir=tmp_path_factory.mktemp("world-models"), progress=False,
                        threads=1)
+
+
+@pytest.fixture(scope="session")
+def quick_aligner(quick_world, tmp_path_factory):
+    """The exact aligner from the quick world's source encoder into its CLIP, fitted once per session."""
+    from t2c_monitor.world.drift_check import fit_world_aligner
+
+    return fit_world_aligner(quick_world, tmp_path_factory.mktemp("quick-aligner"), n_fit=1500)
+
+
+def make_database(pg_server_url: str) -> str:
+    """A new, empty database on the suite's server; its URL (drop it with ``drop_database``)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(pg_server_url: str, url: str) -> None:
+    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()

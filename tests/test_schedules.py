@@ -1,6 +1,6 @@
 """Schedules that really fire: a real `t2c serve` process, this home's real local Prefect server
 (its scheduler creates the runs), the real clock, and a quick-world monitor with a one-minute
-inbox interval and a per-minute audit cron. About three minutes."""
+inbox interval of 20 s and a per-minute audit cron. About two minutes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ T2C = Path(sys.executable).parent / "t2c"
 
 
 @pytest.fixture
-def scheduled_monitor(quick_world, tmp_path_factory, database_url, monkeypatch):
+def scheduled_monitor(quick_world, quick_aligner, tmp_path_factory, database_url, monkeypatch):
     """A quick-world monitor (per-minute schedules, inbox under its home) with a baseline built."""
     from t2c_monitor.apply import apply_monitor_file
     from t2c_monitor.audit import build_baseline
@@ -28,19 +28,18 @@ def scheduled_monitor(quick_world, tmp_path_factory, database_url, monkeypatch):
     from t2c_monitor.ingest import ingest
     from t2c_monitor.settings import reset_settings_cache
     from t2c_monitor.store import open_database
-    from t2c_monitor.world.drift_check import fit_world_aligner
     from t2c_monitor.world.evaluate import default_bank_path
     from t2c_monitor.world.generate import write_images
 
     root = tmp_path_factory.mktemp("scheduled")
     monkeypatch.setenv("T2C_DATABASE_URL", database_url)
     reset_settings_cache()
-    aligner = fit_world_aligner(quick_world, root / "aligner", n_fit=1500)
-    document = demo_monitor_document(encoder=quick_world.source_spec, clip=quick_world.clip_spec, aligner=str(aligner),
+    document = demo_monitor_document(encoder=quick_world.source_spec, clip=quick_world.clip_spec,
+                                     aligner=str(quick_aligner),
                                      bank=str(default_bank_path()))
     monitor = document["monitors"][0]
     monitor["alerts"]["channels"] = ["log"]
-    monitor["schedules"].update(audit_cron="* * * * *", inbox=str(root / "inbox"), ingest_interval="1m")
+    monitor["schedules"].update(audit_cron="* * * * *", inbox=str(root / "inbox"), ingest_interval="20s")
     (root / "inbox").mkdir()
     path = root / "monitors.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -136,5 +135,5 @@ def test_serve_ingests_the_inbox_and_audits_on_schedule_then_stops_cleanly(sched
     assert code == 0 and stopped_in < 15, (code, stopped_in)
     assert "Traceback" not in stderr_text, stderr_text[-3000:]
     assert "audit/audit-shapes" in stderr_text and "cron '* * * * *' (UTC)" in stderr_text
-    assert "ingest-inbox/ingest-shapes" in stderr_text and "every 1m" in stderr_text
+    assert "ingest-inbox/ingest-shapes" in stderr_text and "every 20s" in stderr_text
     assert "next 20" in stderr_text and "http://127.0.0.1:" in stderr_text, "next runs and the Prefect UI URL"

@@ -90,10 +90,12 @@ def _stored(db, record, where_sql: str = "TRUE", params: dict | None = None) -> 
         rows = conn.execute(text(f"SELECT i.id, i.embedding FROM image i JOIN batch b ON b.id = i.batch_id "
                                  f"WHERE i.monitor_id = :mid AND {where_sql} ORDER BY i.id"),
                             {"mid": record.id, **(params or {})}).all()
-    return np.array([r.id for r in rows]), np.stack([np.asarray(json.loads(r.embedding), dtype=np.float64) for r in rows])
+    vectors = np.stack([np.asarray(json.loads(r.embedding), dtype=np.float64) for r in rows])
+    return np.array([r.id for r in rows]), vectors
 
 
-def _numpy_filter(vectors: np.ndarray, queries: np.ndarray, constraints: list[Constraint]) -> tuple[list[int], np.ndarray]:
+def _numpy_filter(vectors: np.ndarray, queries: np.ndarray, constraints: list[Constraint]
+                  ) -> tuple[list[int], np.ndarray]:
     sims = vectors @ queries.T.astype(np.float64)
     z = (sims - sims.mean(0)) / sims.std(0)
     keep = np.ones(len(vectors), bool)

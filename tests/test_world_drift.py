@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from t2c_monitor.world.drift_check import drift_semantics, fit_world_aligner
+from t2c_monitor.world.drift_check import drift_semantics
 
 # shifts the quick world's models have learned well enough to flag at these sample sizes (its CLIP
 # trains for a minute and barely tells colours, shapes and sizes apart; the full world's bench
@@ -26,11 +24,6 @@ QUICK_PAIRS = {
     "fog + sky": (("fog=0.5", "background=sky:0.5"), ("fog", "sky")),
     "night + grass": (("night=0.5", "background=grass:0.5"), ("night", "grass")),
 }
-
-
-@pytest.fixture(scope="module")
-def quick_aligner(quick_world, tmp_path_factory):
-    return fit_world_aligner(quick_world, tmp_path_factory.mktemp("aligner"), n_fit=1500)
 
 
 def test_planted_shifts_are_the_roots_and_clean_windows_stay_quiet(quick_world, quick_aligner):

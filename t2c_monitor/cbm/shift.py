@@ -56,8 +56,8 @@ def evidence_shift(model: ConceptBottleneck, baseline: np.ndarray, window: np.nd
     """Each class's predicted share and concept evidence, window against baseline (see the module doc)."""
     import torch
 
-    zb = model.standardised(torch.as_tensor(np.asarray(baseline, dtype=np.float32)))
-    zw = model.standardised(torch.as_tensor(np.asarray(window, dtype=np.float32)))
+    zb = model.standardised(torch.tensor(np.array(baseline, dtype=np.float32)))
+    zw = model.standardised(torch.tensor(np.array(window, dtype=np.float32)))
     n_classes = len(model.classes)
     before = torch.bincount((zb @ model.weight.T + model.bias).argmax(1), minlength=n_classes).float() / len(zb)
     after = torch.bincount((zw @ model.weight.T + model.bias).argmax(1), minlength=n_classes).float() / len(zw)

@@ -129,7 +129,7 @@ def fit_from_embedded(data: Embedded, concepts: BankConcepts, models: Any, *, la
         raise ConfigError("Too few labelled images to hold out validation and test images: give at least 3 per "
                           "class.")
     y = _label_indices(labels, classes)
-    vectors = torch.as_tensor(np.asarray(concepts.vectors), dtype=torch.float32)
+    vectors = torch.tensor(np.array(concepts.vectors, dtype=np.float32))
     sims = torch.nn.functional.normalize(data.aligned.float(), dim=1) @ vectors.T
     sim_mean, sim_std = standardise(sims[train])
     z = (sims - sim_mean) / sim_std

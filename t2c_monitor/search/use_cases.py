@@ -153,9 +153,25 @@ def encode_texts(db: Database, record: MonitorRecord, texts: list[str], *, clip:
     return encode_bank(definition, clip).vectors.numpy()
 
 
+def centred(record: MonitorRecord, vectors: np.ndarray) -> np.ndarray:
+    """Query vectors less the mean of the monitor's bank concepts.
+
+    CLIP's text vectors share a large common direction, so an image's raw similarity to any concept
+    also measures how much it resembles "a picture" in general: the images most similar to "yellow"
+    are partly just images with high similarities to everything. The similarity to ``c - mean(bank)``
+    is the raw similarity minus the image's mean similarity over the bank (the inner product is
+    linear), so it ranks images by what sets the concept apart. In the shapes world this lifted the
+    precision of a colour's top images (z >= 1.5) from 0.5-0.8 to 0.8-0.95 (module doc of
+    ``world.search_check``). Standardising per concept afterwards makes the scale irrelevant.
+    """
+    return (np.asarray(vectors, dtype=np.float32) - np.asarray(record.concept_vectors, dtype=np.float32).mean(0)
+            ).astype(np.float32)
+
+
 def constraint_vectors(db: Database, record: MonitorRecord, constraints: list[Constraint], *,
-                       clip: Any = None) -> np.ndarray:
-    """One unit vector per constraint: a bank concept's stored vector, or free text encoded now."""
+                       clip: Any = None, raw: bool = False) -> np.ndarray:
+    """One vector per constraint: a bank concept's stored vector or free text encoded now, centred on the
+    bank's mean concept (``centred``) unless ``raw``."""
     rows: list[np.ndarray | None] = []
     for c in constraints:
         rows.append(None if c.free_text else record.concept_vectors[_bank_row(record, c.concept)])
@@ -163,21 +179,23 @@ def constraint_vectors(db: Database, record: MonitorRecord, constraints: list[Co
     if free:
         encoded = iter(encode_texts(db, record, free, clip=clip))
         rows = [next(encoded) if row is None else row for row in rows]
-    return np.stack([np.asarray(r, dtype=np.float32) for r in rows])
+    vectors = np.stack([np.asarray(r, dtype=np.float32) for r in rows])
+    return vectors if raw else centred(record, vectors)
 
 
 def concept_search(db: Database, monitor: str, constraints: list[Constraint], *, limit: int = 50,
                    batches: list[str] | tuple[str, ...] = (), since: datetime | None = None,
                    until: datetime | None = None, where: dict[str, str] | None = None,
-                   clip: Any = None) -> LogicResult:
-    """Images of ``monitor`` (narrowed by the corpus filters) satisfying every constraint, best first."""
+                   clip: Any = None, raw: bool = False) -> LogicResult:
+    """Images of ``monitor`` (narrowed by the corpus filters) satisfying every constraint, best first.
+    Similarities are to concepts centred on the bank's mean concept (``centred``) unless ``raw``."""
     from t2c_monitor.store.search import concept_logic, corpus_stats
 
     if limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}.")
     record = _record(db, monitor)
     corpus = make_corpus(db, record, batches=batches, since=since, until=until, where=where)
-    vectors = constraint_vectors(db, record, constraints, clip=clip)
+    vectors = constraint_vectors(db, record, constraints, clip=clip, raw=raw)
     started = time.perf_counter()
     with db.engine.begin() as conn:
         fingerprint, stats, computed = corpus_stats(conn, corpus, vectors)
@@ -195,8 +213,9 @@ def concept_search(db: Database, monitor: str, constraints: list[Constraint], *,
 def text_search(db: Database, monitor: str, text_query: str, *, top: int = 20, exact: bool = False,
                 recall: bool = False, batches: list[str] | tuple[str, ...] = (), since: datetime | None = None,
                 until: datetime | None = None, where: dict[str, str] | None = None,
-                clip: Any = None) -> TextResult:
-    """The ``top`` images of ``monitor`` nearest the text (encoded with the monitor's CLIP)."""
+                clip: Any = None, raw: bool = False) -> TextResult:
+    """The ``top`` images of ``monitor`` nearest the text (encoded with the monitor's CLIP; centred on the
+    bank's mean concept as ``centred`` says, unless ``raw``)."""
     from t2c_monitor.store.search import nearest
     from t2c_monitor.store.vectors import hnsw_index_exists
 
@@ -204,7 +223,8 @@ def text_search(db: Database, monitor: str, text_query: str, *, top: int = 20, e
         raise ConfigError(f"--top must be at least 1, got {top}.")
     record = _record(db, monitor)
     corpus = make_corpus(db, record, batches=batches, since=since, until=until, where=where)
-    query = encode_texts(db, record, [text_query], clip=clip)[0]
+    query = encode_texts(db, record, [text_query], clip=clip)
+    query = (query if raw else centred(record, query))[0]
     notes = []
     with db.engine.connect() as conn:
         if not exact and not hnsw_index_exists(conn, corpus.dim):
