@@ -147,3 +147,29 @@ def test_digest_goes_to_the_channels_that_take_it(monitored, tiny_monitor_dir, t
     sent = json.loads(line)
     assert sent["subject"].startswith("[t2c] tiny: 1 audit since") and f"audit {audit.id} (dark)" in sent["text"]
     assert [a["id"] for a in sent["digest"]["audits"]] == [audit.id]
+
+
+def test_search_contact_sheet_in_a_browser(hostile, tmp_path):
+    """`t2c search --html`: the steps of a concept-logic query and every hit's thumbnail, hostile concept
+    names shown as written; a text search's sheet too."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from t2c_monitor.cli import app
+
+    sheet = tmp_path / "sheets" / "logic.html"
+    out = CliRunner().invoke(app, ["search", "--monitor", "tiny", "at night:+1", "<script>alert(1)</script>:-0",
+                                   "--top", "12", "--html", str(sheet), "--json"])
+    assert out.exit_code == 0, out.output
+    found = json.loads(out.stdout)
+    assert found["hits"] and len(found["counts"]) == 3
+    visit = _check_page(sheet)
+    assert len(visit.images) == len(found["hits"]) and "Images left after each constraint" in visit.text
+    assert "<script>alert(1)</script>:-0" in visit.text
+    (tmp_path / "sheet.png").write_bytes(visit.screenshot)
+    out = CliRunner().invoke(app, ["search", "--monitor", "tiny", "--text", "a dark picture", "--top", "6",
+                                   "--html", str(tmp_path / "sheets")])
+    assert out.exit_code == 0, out.output
+    (page,) = [p for p in (tmp_path / "sheets").glob("search-*.html")]
+    assert len(_check_page(page).images) == 6

@@ -7,6 +7,7 @@ backgrounds grass); the tests read it, and each adds only what it needs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import drop_database, make_database
@@ -128,7 +129,7 @@ def test_cbm_fit_eval_explain_and_the_audit_reports_class_evidence(cli, world_db
     import yaml
 
     from t2c_monitor.apply import apply_monitor
-    from t2c_monitor.audit import audit_window, build_baseline
+    from t2c_monitor.audit import audit_window, build_baseline, load_audit, write_report
     from t2c_monitor.monitors import load_monitor_file
     from t2c_monitor.store import open_database
 
@@ -138,9 +139,14 @@ def test_cbm_fit_eval_explain_and_the_audit_reports_class_evidence(cli, world_db
     db = open_database()
     apply_monitor(db, load_monitor_file(tmp_path / "monitors.yaml")[0])
     build_baseline(db, "world", batches=["world-batch"])
-    summary = audit_window(db, "world", batches=["grassy"]).summary
+    outcome = audit_window(db, "world", batches=["grassy"])
+    summary = outcome.summary
     shifts = {c.name: c for c in summary.evidence.classes}
     assert shifts["grass"].share_after > shifts["grass"].share_before + 0.2, summary.evidence
     assert summary.evidence.classes[0].name == "grass"
     assert "grass" in dict(shifts["grass"].concepts) and dict(shifts["grass"].concepts)["grass"] > 0
+    # kept with the audit, and in its report
+    assert load_audit(db, "world", summary.id).summary.evidence == summary.evidence
+    page = Path(write_report(db, outcome, tmp_path / "reports").report).read_text()
+    assert "Classes, through the concept bottleneck model" in page and "grass" in page
     db.engine.dispose()

@@ -100,6 +100,16 @@ def audit(
     _print_alerts(result["resent"] + result["alerts"])
 
 
+def _print_evidence(evidence: dict | None, top: int = 3) -> None:
+    """The classes of the monitor's concept bottleneck model whose predicted share moved most, and why."""
+    if not evidence or not evidence.get("classes"):
+        return
+    for c in evidence["classes"][:top]:
+        why = ", ".join(f"{name} {part:+.2f}" for name, part in c["concepts"][:3])
+        console.print(f"class {c['name']}: {c['share_before']:.0%} -> {c['share_after']:.0%} of predictions "
+                      f"(logit {c['logit_shift']:+.2f}: {why})", highlight=False)
+
+
 def _print_findings(result: dict) -> None:
     """The roots first, each flagged concept with the root it moves with, then the shift in words
     and any shift no concept names."""
@@ -127,6 +137,7 @@ def _print_findings(result: dict) -> None:
         console.print(f"in words: [bold]{said}[/]")
     if words.get("sentence"):
         console.print(f"in a sentence ({words.get('decoder')}): {words['sentence']}")
+    _print_evidence(result.get("evidence"))
     if result.get("unlisted"):
         share = (result.get("explanation") or {}).get("residual_share", 1.0)
         unnamed = ", ".join(words.get("unlisted") or []) or "no words decoded"

@@ -31,6 +31,8 @@ def search(
     until: str = typer.Option(None, "--until", help="only images stored before this ISO time"),
     where: list[str] = typer.Option(None, "--where", help="metadata KEY=VALUE the images' manifest rows carry "
                                     "(repeatable; all must hold), e.g. --where label=cat"),
+    raw: bool = typer.Option(False, "--raw", help="raw cosine similarity to the concepts (default: to the concepts "
+                             "less the bank's mean concept, which ranks by what sets a concept apart)"),
     html: Path = typer.Option(None, "--html", help="write a contact sheet of the hits (an .html file or a folder)"),
     index: str = typer.Option(None, "--index", help="the search index of the monitor's width: show, build, rebuild "
                               "or drop (build after bulk loads: every later write into an indexed width is slower)"),
@@ -64,7 +66,8 @@ def search(
             console.print(f"search index {info.name} ({info.dim}-d, {info.rows} stored vectors): {state}{took}",
                           highlight=False)
             return
-        filters = {"batches": batches or [], "since": start, "until": end, "where": parse_where(where or [])}
+        filters = {"batches": batches or [], "since": start, "until": end, "where": parse_where(where or []),
+                   "raw": raw}
         if text_query is not None:
             result = use_cases.text_search(db, monitor, text_query, top=top, exact=exact, recall=recall, **filters)
         else:

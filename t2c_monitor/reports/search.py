@@ -14,11 +14,23 @@ from t2c_monitor.reports.render import render, write_atomically
 from t2c_monitor.reports.thumbnails import thumbnail
 
 
-def _hits(hits: list[Any], values: list[str]) -> list[dict[str, Any]]:
-    return [{"name": Path(h.uri).name, "uri": h.uri, "batch": h.batch, "src": thumbnail(h.uri),
-             "values": [f"{label} {value:+.3f}" if label else f"{value:.3f}"
-                        for label, value in zip(values, h.similarities, strict=True)]}
-            for h in hits]
+def _short(text: str, n: int = 16) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _hits(hits: list[Any], labels: list[str], means: list[float] | None = None,
+          stds: list[float] | None = None) -> list[dict[str, Any]]:
+    """Each hit's thumbnail and values: per constraint its standardised similarity (z), or the similarity."""
+    out = []
+    for h in hits:
+        if means is not None and stds is not None:
+            values = [f"{_short(label)} z {(s - m) / d if d > 0 else 0.0:+.1f}"
+                      for label, s, m, d in zip(labels, h.similarities, means, stds, strict=True)]
+        else:
+            values = [f"similarity {s:.3f}" for s in h.similarities]
+        out.append({"name": Path(h.uri).name, "uri": h.uri, "batch": h.batch, "src": thumbnail(h.uri),
+                    "values": values})
+    return out
 
 
 def write_search_sheet(path: str | Path, result: Any) -> Path:
@@ -31,14 +43,17 @@ def write_search_sheet(path: str | Path, result: Any) -> Path:
         path = path / f"search-{datetime.now():%Y%m%dT%H%M%S}.html"
     if isinstance(result, LogicResult):
         labels = [c.label for c in result.constraints]
-        steps = [{"label": "corpus", "left": result.counts[0]}] + [
-            {"label": c.label, "left": n, "mean": m, "std": s}
+        total = max(result.counts[0], 1)
+        steps = [{"label": "corpus", "left": result.counts[0], "width": 300}] + [
+            {"label": c.label, "left": n, "mean": m, "std": s, "width": max(1, round(300 * n / total))}
             for c, n, m, s in zip(result.constraints, result.counts[1:], result.means, result.stds, strict=True)]
+        names = [c.concept for c in result.constraints]
         page = render("search.html.j2", title=" AND ".join(labels), kind="concept logic", result=result,
-                      steps=steps, hits=_hits(result.hits, labels), matched=result.n_matched,
+                      steps=steps, hits=_hits(result.hits, names, result.means, result.stds),
+                      matched=result.n_matched,
                       generated=f"{datetime.now():%Y-%m-%d %H:%M}")
     else:
         page = render("search.html.j2", title=result.text, kind=f"text search ({result.method})", result=result,
-                      steps=[], hits=_hits(result.hits, [""]), matched=len(result.hits),
+                      steps=[], hits=_hits(result.hits, [result.text]), matched=len(result.hits),
                       generated=f"{datetime.now():%Y-%m-%d %H:%M}")
     return write_atomically(path, page)
