@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/t2c demo
 
+# Test files run on TEST_WORKERS processes (pytest-xdist, one file per worker at a time): much of the
+# suite waits on servers, subprocesses and a real clock. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -13,6 +13,12 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+# Under pytest-xdist each worker (and every t2c process it starts) uses one thread: two workers on
+# two cores with two OpenMP threads each spin against each other and run several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 # Tests never reach the network: hub lookups must fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -284,8 +290,12 @@ def quick_world(tmp_path_factory):
 
     # one thread: when other test processes share the cores, OpenMP's spinning makes two threads
     # several times slower; alone on 2 cores the quick world builds in about a minute either way
-    return build_world(seed=0, quick=True, models_dir=tmp_path_factory.mktemp("world-models"), progress=False,
-                       threads=1)
+    # under pytest-xdist the workers share one models directory: the first builds the world while
+    # build_world's file lock holds the others, which then load it
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    return build_world(seed=0, quick=True, models_dir=shared / "world-models", progress=False, threads=1)
 
 
 @pytest.fixture(scope="session")
