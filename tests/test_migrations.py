@@ -16,7 +16,7 @@ from t2c_monitor.store.engine import make_engine
 
 TABLES = {
     "encoder", "clip_model", "aligner", "concept_bank", "concept", "monitor", "batch", "image",
-    "image_score", "baseline", "baseline_concept", "audit", "audit_result", "alert", "report",
+    "image_score", "baseline", "baseline_concept", "audit", "audit_result", "alert", "report", "search_stat",
 }
 
 

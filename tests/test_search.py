@@ -147,6 +147,8 @@ def test_statistics_are_cached_until_the_corpus_changes(corpus_db, tmp_path):
                       dim=len(record.concept_vectors[0]), embedding=record.concept_vectors[0]))
     grown = concept_search(db, "tiny", constraints)
     assert grown.stats_computed == 2 and grown.counts[0] == first.counts[0] + 1
+    with db.engine.connect() as conn:  # the entries of the corpus before it grew are gone
+        assert conn.execute(text("SELECT count(*) FROM search_stat")).scalar_one() == 2
 
 
 def test_user_text_is_only_ever_a_bound_value(corpus_db, tiny_clip):

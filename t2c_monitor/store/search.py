@@ -10,6 +10,7 @@ Everything runs in PostgreSQL; Python sends query vectors and thresholds, and re
   similarity) are computed in one scan and cached in ``search_stat`` per corpus and query vector,
   with the corpus's fingerprint (its count and highest image id): images are only ever added or
   dropped, so a changed fingerprint is a changed corpus, and the statistics are computed again.
+  Entries of a changed corpus, and any older than a day, are deleted as new ones are written.
 * **Concept logic** scans the corpus once: every constraint's similarity per image (a materialised
   CTE), the count left after each constraint, and the hits that satisfy all, best first.
 * **Nearest neighbours** go through the width's partial HNSW index (``store.vectors``) when it
@@ -109,6 +110,13 @@ def corpus_stats(conn: Connection, corpus: Corpus, vectors: np.ndarray) -> tuple
         )
     }
     missing = [i for i, k in enumerate(keys) if k not in cached]
+    if missing:
+        # what can never be valid again (the corpus changed since), and anything older than a day (a
+        # corpus given as "the last 24 h" is another corpus every minute): the cache stays small
+        conn.execute(
+            text("DELETE FROM search_stat WHERE monitor_id = :monitor_id AND (computed_at < now() - interval '1 day' "
+                 "OR (corpus_key = :key AND (n <> :n OR max_image_id <> :top)))"),
+            {"monitor_id": corpus.monitor_id, "key": key, "n": fingerprint.n, "top": fingerprint.max_image_id})
     if missing and fingerprint.n:
         where, params = _corpus_where(corpus)
         columns = []
