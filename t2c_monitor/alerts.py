@@ -25,6 +25,7 @@ channel only, and error texts are scrubbed of the secret and of any URL.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -78,6 +79,23 @@ class AlertMessage:
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> AlertMessage:
         return cls(subject=payload["subject"], text=payload["text"], payload=payload)
+
+    @property
+    def key(self) -> str | None:
+        """The idempotency key of this alert (the same on every attempt to deliver it)."""
+        return self.payload.get("idempotency_key")
+
+    def keyed(self, alert_id: int, channel: str) -> AlertMessage:
+        """This message carrying the idempotency key of alert row ``alert_id`` (see ``idempotency_key``)."""
+        key = idempotency_key(self.payload.get("monitor", ""), self.payload.get("audit_id"), channel, alert_id)
+        return AlertMessage(self.subject, self.text, self.payload | {"idempotency_key": key})
+
+
+def idempotency_key(monitor: str, audit_id: Any, channel: str, alert_id: int) -> str:
+    """One key per alert row, identical on every attempt (retries, `t2c alerts retry`): a receiver that
+    saw a key drops the repeat that a timeout after delivery causes. A hash, so it carries no names."""
+    digest = hashlib.sha256(f"{monitor}\0{audit_id}\0{channel}\0{alert_id}".encode()).hexdigest()
+    return f"t2c-{digest[:32]}"
 
 
 def _concept_line(f: dict[str, Any]) -> str:
@@ -219,7 +237,9 @@ class WebhookSender(_ChannelSender):
     def send(self, message: AlertMessage) -> None:
         import httpx
 
-        response = httpx.post(self._resolve(), json=message.payload, timeout=self.channel.timeout_s)
+        headers = {"Idempotency-Key": message.key} if message.key else {}
+        response = httpx.post(self._resolve(), json=message.payload, headers=headers,
+                              timeout=self.channel.timeout_s)
         if response.status_code >= 300:
             raise AlertSendError(f"the receiver answered HTTP {response.status_code}")
 
@@ -254,6 +274,8 @@ class EmailSender(_ChannelSender):
         mail["Subject"] = message.subject
         mail["From"] = self.channel.email_from or credentials.username or "t2c-monitor@localhost"
         mail["To"] = ", ".join(self.channel.to)
+        if message.key:
+            mail["X-Idempotency-Key"] = message.key
         mail.set_content(message.text)
         with credentials.get_server() as server:
             server.send_message(mail)
@@ -321,6 +343,7 @@ class AlertOutcome:
 
 def _send_with_retries(db: Database, alert_id: int, sender: Sender, message: AlertMessage, *, retries: int,
                        delay: timedelta, sleep: Callable[[float], None], log: Callable[[str], None]) -> AlertOutcome:
+    message = message.keyed(alert_id, sender.name)
     wait = delay.total_seconds()
     error: str | None = None
     for attempt in range(1, retries + 2):

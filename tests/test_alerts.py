@@ -32,9 +32,9 @@ def drifted(monitored):
     return monitored
 
 
-def _webhook_monitor(db, tiny_monitor_dir, tmp_path, **alerts):
+def _webhook_monitor(db, tiny_monitor_dir, tmp_path, timeout_s: float = 10.0, **alerts):
     return apply_tiny(db, tiny_monitor_dir, tmp_path / "config", alerts={"channels": ["oncall"], **alerts},
-                      channels={"oncall": {"type": "webhook", "url_env": "T2C_TEST_HOOK"}})
+                      channels={"oncall": {"type": "webhook", "url_env": "T2C_TEST_HOOK", "timeout_s": timeout_s}})
 
 
 def _everything_stored(db) -> str:
@@ -118,6 +118,50 @@ def test_failing_receiver_is_retried_then_recorded_and_resent_later(drifted, tin
     assert (resent.alert_id, resent.status, resent.attempts) == (outcome.alert_id, "sent", 1)
     assert receiver.bodies[-1]["audit_id"] == second.id
     assert resend_failed_alerts(drifted, "tiny") == [], "nothing is sent twice"
+
+
+def test_receiver_faults_deliver_every_alert_at_least_once_under_one_idempotency_key(
+        drifted, tiny_monitor_dir, tmp_path, receiver, monkeypatch):
+    """A receiver that answers too late (after keeping the message), one that drops the connection, and
+    one that is not there: every attempt is recorded, the alert arrives, and a repeat carries the key of
+    the first delivery, so the receiver can drop it; repeats happen only where a timeout hid a delivery."""
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, timeout_s=0.5, retries=2, retry_delay="0s",
+                     quiet_period="0s")
+    receiver.slow_next, receiver.slow_seconds = 1, 1.5  # kept, but the answer comes after the sender's timeout
+    receiver.drop_next = 0
+    slow = run_audit(drifted, "tiny", batches=["dark"])
+    (outcome,) = alert_audit(drifted, slow, sleep=lambda _: None)
+    assert (outcome.status, outcome.attempts) == ("sent", 2) and "Timeout" in _last_error(drifted, outcome.alert_id)
+    assert len(receiver.keys) == 2 and receiver.keys[0] == receiver.keys[1] and receiver.keys[0].startswith("t2c-")
+    assert [b["idempotency_key"] for b in receiver.bodies] == receiver.keys
+
+    receiver.drop_next = 1  # the connection closes unanswered: the message was not kept, the retry delivers it
+    dropped = run_audit(drifted, "tiny", batches=["dark"])
+    (outcome,) = alert_audit(drifted, dropped, sleep=lambda _: None)
+    assert (outcome.status, outcome.attempts) == ("sent", 2)
+    assert receiver.keys[2:] == [outcome_key(receiver, dropped.id)] and receiver.keys[2] != receiver.keys[0]
+
+    monkeypatch.setenv("T2C_TEST_HOOK", "http://127.0.0.1:9/nobody-listens")  # not there at all
+    absent = run_audit(drifted, "tiny", batches=["dark"])
+    (outcome,) = alert_audit(drifted, absent, sleep=lambda _: None)
+    assert (outcome.status, outcome.attempts) == ("failed", 3) and "Connect" in _last_error(drifted, outcome.alert_id)
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    (resent,) = resend_failed_alerts(drifted, "tiny", sleep=lambda _: None)
+    assert resent.status == "sent" and receiver.bodies[-1]["audit_id"] == absent.id
+    # each audit's alert arrived; the only repeat is the one the slow receiver's timeout caused
+    assert sorted({b["audit_id"] for b in receiver.bodies}) == sorted([slow.id, dropped.id, absent.id])
+    assert len(receiver.keys) - len(set(receiver.keys)) == 1
+
+
+def outcome_key(receiver: WebhookReceiver, audit_id: int) -> str:
+    (key,) = {b["idempotency_key"] for b in receiver.bodies if b["audit_id"] == audit_id}
+    return key
+
+
+def _last_error(db, alert_id: int) -> str:
+    with db.engine.connect() as conn:
+        return conn.execute(text("SELECT last_error FROM alert WHERE id = :i"), {"i": alert_id}).scalar_one() or ""
 
 
 def test_a_channel_set_up_wrong_is_not_retried_and_is_sent_once_fixed(drifted, tiny_monitor_dir, tmp_path, receiver,

@@ -59,11 +59,13 @@ def insert_alert(conn: Connection, *, audit_id: int, channel: str, payload: dict
 
 
 def record_attempt(conn: Connection, alert_id: int, *, sent: bool, error: str | None) -> None:
-    """Count one send attempt: ``sent`` marks it delivered, otherwise failed with ``error``."""
-    values: dict[str, Any] = {"attempts": Alert.attempts + 1, "status": "sent" if sent else "failed",
-                              "last_error": error}
+    """Count one send attempt: ``sent`` marks it delivered (keeping the error of the attempt before, if
+    any: "sent on attempt 2, after a timeout"), otherwise failed with ``error``."""
+    values: dict[str, Any] = {"attempts": Alert.attempts + 1, "status": "sent" if sent else "failed"}
     if sent:
         values["sent_at"] = func.now()
+    else:
+        values["last_error"] = error
     conn.execute(update(Alert).where(Alert.id == alert_id).values(**values))
 
 
