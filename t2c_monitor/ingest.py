@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from t2c_monitor.errors import SpaceMismatchError
+from t2c_monitor.errors import ConfigError, SpaceMismatchError
 from t2c_monitor.images import DecodedImage, FailedImage, load_image
 from t2c_monitor.progress import progress_bar
 from t2c_monitor.sources import SourceItem, content_batch_id, resolve_source
@@ -127,13 +127,30 @@ class BatchPlan:
     n_repeated: int  # repeated URIs in the source, ingested once
 
 
+MAX_BATCH_ID = 200  # batch.external_id's width
+
+
+def check_batch_id(batch_id: str | None) -> str | None:
+    """A given batch id as stored (``ConfigError`` naming the problem when it cannot be), or None."""
+    if batch_id is None:
+        return None
+    if not batch_id.strip():
+        raise ConfigError("The batch id is empty: give a name such as day-1, or none to derive one from the content.")
+    if "\x00" in batch_id:
+        raise ConfigError(f"The batch id {batch_id[:40]!r} holds a NUL byte, which PostgreSQL cannot store: remove it.")
+    if len(batch_id) > MAX_BATCH_ID:
+        raise ConfigError(f"The batch id {batch_id[:40]!r}... has {len(batch_id)} characters; at most {MAX_BATCH_ID} "
+                          "characters are kept: give a shorter one.")
+    return batch_id
+
+
 def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem], *, source_uri: str,
                batch_id: str | None = None) -> BatchPlan:
     """Open (or reopen) the batch row, mark it ``embedding``, and list the items still to store."""
     unique: dict[str, SourceItem] = {}
     for item in items:
         unique.setdefault(item.uri, item)
-    external_id = batch_id or content_batch_id(list(unique.values()))
+    external_id = check_batch_id(batch_id) or content_batch_id(list(unique.values()))
     with db.engine.begin() as conn:
         row_id, _ = batch_store.open_batch(conn, monitor_id=record.id, external_id=external_id, source_uri=source_uri,
                                            bank_id=record.bank_id)

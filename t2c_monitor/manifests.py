@@ -106,6 +106,16 @@ def _resolve_relative(uri: str, manifest_uri: str) -> str:
     return f"{protocol}://{joined}"
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def items_from_manifest(manifest_uri: str) -> list[SourceItem]:
     suffix = PurePosixPath(manifest_uri).suffix.lower()
     try:
@@ -119,6 +129,16 @@ def items_from_manifest(manifest_uri: str) -> list[SourceItem]:
         raise ConfigError(f"manifest {manifest_uri} is not UTF-8 text ({exc}); save it as UTF-8") from exc
     items = []
     for number, row in _manifest_rows(text, manifest_uri, suffix):
+        nul = sorted(str(k).replace("\x00", "\\0") for k, v in row.items() if _holds_nul(k) or _holds_nul(v))
+        if nul:  # PostgreSQL can store no NUL byte, in text or in JSON: the row fails, the batch goes on
+            error = (f"bad metadata: manifest row {number} holds a NUL byte in {', '.join(nul)}; "
+                     "remove it from the manifest")
+            clean = {k: v for k, v in row.items() if not (_holds_nul(k) or _holds_nul(v))}
+            column = next((c for c in URI_COLUMNS if clean.get(c) not in (None, "")), None)
+            uri = (_resolve_relative(str(clean[column]).strip(), manifest_uri) if column
+                   else f"{manifest_uri}#line={number}")
+            items.append(SourceItem(uri=uri, meta={k: v for k, v in clean.items() if k != column}, error=error))
+            continue
         column = next((c for c in URI_COLUMNS if row.get(c) not in (None, "")), None)
         meta = {k: v for k, v in row.items() if k != column}
         captured_at, bad_time = _parse_captured_at(meta)

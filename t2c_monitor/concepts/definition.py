@@ -45,6 +45,8 @@ from t2c_monitor.concepts.schema import string_list, validate_bank_file
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.templates import resolve_templates
 
+MAX_NAME = 500  # concept.name's width
+
 
 @dataclass(frozen=True)
 class Concept:
@@ -118,6 +120,13 @@ def _make_concept(name: str | None, phrasings: Sequence[str], raw: Any, where: s
     name = _collapse(name) if name is not None else cleaned[0]
     if not name:
         raise ConfigError(f"{where}: concept {raw!r} has an empty name.")
+    if any("\x00" in t for t in (name, *cleaned)):
+        raise ConfigError(f"{where}: concept {str(raw)[:60]!r} holds a NUL byte, which no database or prompt "
+                          "can carry: remove it.")
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"{where}: concept name {name[:40]!r}... has {len(name)} characters; names are kept to "
+                          f"{MAX_NAME} characters: give it a shorter name (`name: ...`, with the long text as a "
+                          "phrasing).")
     return Concept(name=name, phrasings=tuple(cleaned))
 
 
