@@ -146,7 +146,11 @@ def check_batch_id(batch_id: str | None) -> str | None:
 
 def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem], *, source_uri: str,
                batch_id: str | None = None) -> BatchPlan:
-    """Open (or reopen) the batch row, mark it ``embedding``, and list the items still to store."""
+    """Open (or reopen) the batch row, mark it ``embedding``, and list the items still to store (those
+    outside the monitor's ``ingest.allowed_roots`` marked refused: they are recorded, never read)."""
+    from t2c_monitor.sources import check_allowed_roots
+
+    items = check_allowed_roots(items, record.config.ingest.allowed_roots)
     unique: dict[str, SourceItem] = {}
     for item in items:
         unique.setdefault(item.uri, item)

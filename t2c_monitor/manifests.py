@@ -128,6 +128,7 @@ def items_from_manifest(manifest_uri: str) -> list[SourceItem]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"manifest {manifest_uri} is not UTF-8 text ({exc}); save it as UTF-8") from exc
     items = []
+    remote = local_path(manifest_uri) is None
     for number, row in _manifest_rows(text, manifest_uri, suffix):
         nul = sorted(str(k).replace("\x00", "\\0") for k, v in row.items() if _holds_nul(k) or _holds_nul(v))
         if nul:  # PostgreSQL can store no NUL byte, in text or in JSON: the row fails, the batch goes on
@@ -151,5 +152,9 @@ def items_from_manifest(manifest_uri: str) -> list[SourceItem]:
                                     captured_at=captured_at, error=error))
             continue
         uri = _resolve_relative(str(row[column]).strip(), manifest_uri)
+        if remote and local_path(uri) is not None:  # whoever wrote a remote manifest may not read our disk
+            items.append(SourceItem(uri=uri, meta=meta, captured_at=captured_at,
+                                    error=f"refused: the remote manifest {manifest_uri} lists a local file"))
+            continue
         items.append(make_item(uri, meta, captured_at, bad_time))
     return items

@@ -62,6 +62,15 @@ class IngestConfig(_Strict):
     store_writers: int = Field(2, ge=1, le=16, description="database connections storing chunks at once")
     workers: int = Field(1, ge=1, le=256, description="Dask workers (shards) for one batch")
     dask_address: str | None = Field(None, description="an existing Dask scheduler; default a LocalCluster")
+    allowed_roots: list[str] = Field(default_factory=list, description="folders and URI prefixes images may come "
+                                     "from (empty: anywhere); any other image is refused and recorded, not read")
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _roots_not_empty(cls, value: list[str]) -> list[str]:
+        if any(not str(r).strip() for r in value):
+            raise ValueError("an allowed root is empty: give folders or URI prefixes such as s3://bucket/images/")
+        return [str(r).strip() for r in value]
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
@@ -311,6 +320,8 @@ class MonitorConfig(_Strict):
                 "encoder": _absolute_spec(self.encoder, base),
                 "clip": _absolute_spec(self.clip, base),
                 "alerts": self.alerts.model_copy(update={"channels": resolved_channels}),
+                "ingest": self.ingest.model_copy(update={"allowed_roots": [
+                    r if "://" in r else str(_absolute(Path(r), base)) for r in self.ingest.allowed_roots]}),
                 "decode": self.decode.model_copy(update={
                     "corpus": _absolute(self.decode.corpus, base) if self.decode.corpus else None,
                     "prefix": _absolute(self.decode.prefix, base) if self.decode.prefix else None,

@@ -21,6 +21,7 @@ can group them; ``t2c_monitor.images`` lists every category.
 
 from __future__ import annotations
 
+import dataclasses
 import glob as globlib
 import hashlib
 import json
@@ -66,6 +67,46 @@ def _list_local_dir(root: str, recursive: bool) -> list[str]:
     return sorted(found)
 
 
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _folder_items(folder: str, recursive: bool) -> list[SourceItem]:
+    """The images of a local folder; a symlink whose target lies outside the folder is refused (an inbox
+    that others write to must not become a way to read any file this process can)."""
+    root = os.path.realpath(folder)
+    items = []
+    for path in _list_local_dir(folder, recursive):
+        real = os.path.realpath(path)
+        if not _within(real, root):
+            items.append(make_item(path, error=f"refused: {path} is a link to {real}, outside the folder {folder}"))
+        else:
+            items.append(make_item(path))
+    return items
+
+
+def check_allowed_roots(items: Sequence[SourceItem], roots: Sequence[str]) -> list[SourceItem]:
+    """``items`` with every one outside ``roots`` (local folders, compared by real path so links do not
+    escape; or URI prefixes) marked refused; unchanged when ``roots`` is empty (any source allowed)."""
+    if not roots:
+        return list(items)
+    local_roots = [os.path.realpath(r) for r in roots if local_path(r) is not None and protocol_of(r) in (None, "file")]
+    prefixes = [r.rstrip("/") + "/" for r in roots if protocol_of(r) not in (None, "file")]
+    out = []
+    for item in items:
+        if item.error is not None:
+            out.append(item)
+            continue
+        local = local_path(item.uri)
+        if local is not None:
+            ok = any(_within(os.path.realpath(local), root) for root in local_roots)
+        else:
+            ok = any(item.uri.startswith(prefix) for prefix in prefixes)
+        out.append(item if ok else dataclasses.replace(
+            item, error=f"refused: {item.uri} is outside ingest.allowed_roots ({', '.join(roots)})"))
+    return out
+
+
 def _list_remote(fs: Any, path: str, recursive: bool) -> list[str] | None:
     """Image URIs under a remote prefix or glob; a one-element list for a single file."""
     if "*" in path or "[" in path:
@@ -103,7 +144,7 @@ def _resolve_string(source: str, recursive: bool) -> list[SourceItem]:
     if any(c in local for c in _GLOB_CHARS) and not os.path.exists(local):
         return [make_item(p) for p in sorted(globlib.glob(local, recursive=True)) if os.path.isfile(p)]
     if os.path.isdir(local):
-        return [make_item(p) for p in _list_local_dir(local, recursive)]
+        return _folder_items(local, recursive)
     if os.path.isfile(local):
         if suffix in MANIFEST_SUFFIXES:
             return items_from_manifest(local)
