@@ -56,6 +56,7 @@ FAILURE_CATEGORIES: tuple[str, ...] = (
     "truncated",  # the data ends before the image does
     "corrupt",  # the decoder rejects the data for another reason
     "too large",  # over the pixel limit (decompression bomb) or the byte limit
+    "too slow",  # reading and decoding took longer than the monitor's ingest.decode_timeout_s
     "refused",  # outside the monitor's allowed roots, a link out of the source folder, local in a remote manifest
 )
 """The stable first word(s) of every failure reason."""

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,7 @@ class IngestOptions:
     store_writers: int = 2
     max_image_pixels: int = 64_000_000
     max_image_bytes: int | None = 64 * 1024**2
+    decode_timeout_s: float = 60.0
     progress: bool = False
 
     @classmethod
@@ -62,6 +64,7 @@ class IngestOptions:
             "chunk_size": ingest.chunk_size,
             "decode_threads": ingest.decode_threads,
             "store_writers": ingest.store_writers,
+            "decode_timeout_s": ingest.decode_timeout_s,
             "max_image_pixels": settings.max_image_pixels,
             "max_image_bytes": settings.max_image_bytes,
             "progress": progress,
@@ -221,19 +224,29 @@ class _Chunk:
         )
 
 
-def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, depth: int) -> Iterator:
-    """``map(fn, items)`` on ``pool`` in order, with at most ``depth`` calls in flight."""
-    pending: deque[Future] = deque()
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, depth: int, *,
+              timeout: float | None = None, on_timeout: Callable[[Any], Any] | None = None) -> Iterator:
+    """``map(fn, items)`` on ``pool`` in order, with at most ``depth`` calls in flight. A call whose result
+    is not there ``timeout`` seconds after it is awaited gives ``on_timeout(item)`` instead (its thread
+    is left to finish on its own: Python cannot stop it, but the batch need not wait for it)."""
+    pending: deque[tuple[Any, Future]] = deque()
     it = iter(items)
     for item in it:
-        pending.append(pool.submit(fn, item))
+        pending.append((item, pool.submit(fn, item)))
         if len(pending) >= depth:
             break
     while pending:
-        yield pending.popleft().result()
+        item, future = pending.popleft()
+        try:
+            yield future.result(timeout=timeout)
+        except FuturesTimeout:
+            if on_timeout is None:
+                raise
+            future.cancel()
+            yield on_timeout(item)
         nxt = next(it, None)
         if nxt is not None:
-            pending.append(pool.submit(fn, nxt))
+            pending.append((nxt, pool.submit(fn, nxt)))
 
 
 def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Sequence[SourceItem],
@@ -270,29 +283,39 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
     progress = progress_bar(f"ingesting into {record.name}", len(items), options.progress)
     writer = ChunkWriter(db.engine, batch_id=batch_id, monitor_id=record.id, bank_id=record.bank_id,
                          writers=options.store_writers)
-    with ThreadPoolExecutor(options.decode_threads, thread_name_prefix="t2c-decode") as readers, \
-            writer, progress as advance:
-        depth = max(2 * options.batch_size, 4 * options.decode_threads)
-        for item, (result, pixels, seconds) in zip(items, _prefetch(readers, decode, items, depth), strict=True):
-            timings["decode"] += seconds
-            if isinstance(result, FailedImage):
-                chunk.add(item, result, result.reason)
-            elif result.sha256 in seen:
-                chunk.add(item, result, f"duplicate: same content as {seen[result.sha256]}")
-            else:
-                seen[result.sha256] = item.uri
-                waiting.append((item, result, pixels))
-                if len(waiting) >= options.batch_size:
-                    embed_waiting()
-            if len(chunk) >= options.chunk_size:
-                writer.submit(chunk.freeze(dim, k))  # waits while store_writers chunks are being stored
-                chunk = _Chunk()
-                if log:
-                    log(f"{record.name}: {len(seen)} images embedded")
-            advance(1)
-        embed_waiting()
-        if len(chunk):
-            writer.submit(chunk.freeze(dim, k))
+    def too_slow(item: SourceItem):
+        reason = (f"too slow: decoding took longer than {options.decode_timeout_s:g} s "
+                  "(ingest.decode_timeout_s); the batch went on without it")
+        return FailedImage(uri=item.uri, reason=reason, sha256=None, n_bytes=None), None, options.decode_timeout_s
+
+    # not `with`: leaving it would wait for a decode that overran its deadline
+    readers = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="t2c-decode")
+    try:
+        with writer, progress as advance:
+            depth = max(2 * options.batch_size, 4 * options.decode_threads)
+            decoded = _prefetch(readers, decode, items, depth, timeout=options.decode_timeout_s, on_timeout=too_slow)
+            for item, (result, pixels, seconds) in zip(items, decoded, strict=True):
+                timings["decode"] += seconds
+                if isinstance(result, FailedImage):
+                    chunk.add(item, result, result.reason)
+                elif result.sha256 in seen:
+                    chunk.add(item, result, f"duplicate: same content as {seen[result.sha256]}")
+                else:
+                    seen[result.sha256] = item.uri
+                    waiting.append((item, result, pixels))
+                    if len(waiting) >= options.batch_size:
+                        embed_waiting()
+                if len(chunk) >= options.chunk_size:
+                    writer.submit(chunk.freeze(dim, k))  # waits while store_writers chunks are being stored
+                    chunk = _Chunk()
+                    if log:
+                        log(f"{record.name}: {len(seen)} images embedded")
+                advance(1)
+            embed_waiting()
+            if len(chunk):
+                writer.submit(chunk.freeze(dim, k))
+    finally:
+        readers.shutdown(wait=False, cancel_futures=True)
     timings["store"] = writer.seconds
     return timings
 

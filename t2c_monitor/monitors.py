@@ -62,6 +62,8 @@ class IngestConfig(_Strict):
     store_writers: int = Field(2, ge=1, le=16, description="database connections storing chunks at once")
     workers: int = Field(1, ge=1, le=256, description="Dask workers (shards) for one batch")
     dask_address: str | None = Field(None, description="an existing Dask scheduler; default a LocalCluster")
+    decode_timeout_s: float = Field(60.0, gt=0, le=3600, description="seconds one image may take to read and "
+                                    "decode before it is recorded as too slow and the batch goes on")
     allowed_roots: list[str] = Field(default_factory=list, description="folders and URI prefixes images may come "
                                      "from (empty: anywhere); any other image is refused and recorded, not read")
 

@@ -10,10 +10,21 @@ batches_app = typer.Typer(help="Batches: what was ingested, and what failed or i
 
 WHAT_A_RERUN_DOES = {
     "stored": "",
-    "failed": "rerun `t2c ingest SOURCE --monitor M --batch-id ID` to complete it",
-    "embedding": "unfinished (a run stopped or is running): a rerun stores only what is missing",
+    "failed": "a rerun completes it, storing only what is missing",
+    "embedding": "unfinished (a run stopped, or is running): a rerun stores only what is missing",
     "pending": "not started: a rerun ingests it",
 }
+
+
+def rerun_note(row, monitor: str) -> str:
+    """What a rerun of a batch that is not stored does, and the command that does it."""
+    import shlex
+
+    if row.status == "stored":
+        return ""
+    done = f"{row.n_stored} images stored so far; " if row.status != "pending" else ""
+    return (f"{done}{WHAT_A_RERUN_DOES[row.status]}: t2c ingest {shlex.quote(row.source_uri)} --monitor "
+            f"{shlex.quote(monitor)} --batch-id {shlex.quote(row.external_id)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +52,8 @@ def list_(
         with db.engine.connect() as conn:
             rows = list_batches(conn, record.id, limit=limit, status=status)
     if as_json:
-        emit_json({"monitor": monitor, "batches": [asdict(r) for r in rows]})
+        emit_json({"monitor": monitor, "batches": [asdict(r) | {"rerun": rerun_note(r, monitor) or None}
+                                                    for r in rows]})
         return
     if not rows:
         console.print(f"no batches of {monitor}" + (f" in state {status}" if status else ""))
@@ -49,7 +61,7 @@ def list_(
     table = Table("batch", "received", "status", "ok", "failed", Column("note", overflow="fold"))
     for r in rows:
         colour = {"stored": "green", "failed": "red"}.get(r.status, "yellow")
-        note = "; ".join(x for x in (r.error, WHAT_A_RERUN_DOES[r.status]) if x)
+        note = "; ".join(x for x in (r.error, rerun_note(r, monitor)) if x)
         table.add_row(r.external_id, f"{r.received_at:%Y-%m-%d %H:%M:%S}", f"[{colour}]{r.status}[/]", str(r.n_ok),
                       str(r.n_failed), note)
     console.print(table)

@@ -118,13 +118,16 @@ class BatchRow:
     n_ok: int
     n_failed: int
     error: str | None
+    n_stored: int  # image rows stored so far (an unfinished batch's progress)
 
 
 def list_batches(conn: Connection, monitor_id: int, *, limit: int = 20,
                  status: BatchStatus | None = None) -> list[BatchRow]:
     """The monitor's latest batches (of one status, or all), newest first."""
+    stored = select(func.count()).select_from(Image).where(Image.batch_id == Batch.id).scalar_subquery()
     query = select(Batch.id, Batch.external_id, Batch.status, Batch.source_uri, Batch.received_at,
-                   Batch.finished_at, Batch.n_images, Batch.n_ok, Batch.n_failed, Batch.error)
+                   Batch.finished_at, Batch.n_images, Batch.n_ok, Batch.n_failed, Batch.error,
+                   stored.label("n_stored"))
     query = query.where(Batch.monitor_id == monitor_id)
     if status is not None:
         query = query.where(Batch.status == status)

@@ -1,0 +1,63 @@
+"""The short form of ``bench/faults.py``'s scenarios (the benchmark runs the long form): real `t2c ingest`
+processes killed with SIGKILL and run again; a corpus of malformed files of every accepted format; an
+image that decodes past the monitor's deadline."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import apply_tiny, write_images
+from sqlalchemy import create_engine, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from faults import _compressed_png, hostile_corpus, hostile_images, kill_ingest  # noqa: E402
+
+
+def test_killed_ingests_rerun_to_a_clean_runs_rows_and_leave_no_process(applied_monitor, database_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # the home's local server
+    env.update(T2C_HOME=str(tmp_path / "home"), T2C_DATABASE_URL=database_url, T2C_DEVICE="cpu")
+    source = write_images(tmp_path / "batch", 40, seed=21)[0].parent
+    engine = create_engine(database_url)
+    try:
+        report = kill_ingest(env, engine, "tiny", source, trials=2, seed=3, log=lambda _: None)
+    finally:
+        engine.dispose()
+    assert report.trials == 2 and report.completed == 2, report
+    assert (report.duplicates, report.lost, report.orphans) == (0, 0, 0), report
+    assert report.listed_unfinished == report.killed_unfinished, "a killed batch is listed with what a rerun does"
+
+
+def test_a_corpus_of_malformed_files_is_recorded_file_by_file(applied_monitor, tmp_path):
+    kinds = hostile_corpus(tmp_path / "hostile", 80, seed=5, big=1500)
+    report = hostile_images(applied_monitor, "tiny", tmp_path / "hostile", kinds)
+    assert report.crashes == 0 and report.recorded == report.files == 80, report
+    assert report.failed >= 40 and {"corrupt", "truncated", "not an image"} <= set(report.reasons), report
+
+
+def test_an_image_that_decodes_past_the_deadline_is_recorded_and_the_batch_goes_on(applied_monitor,
+                                                                                  tiny_monitor_dir, tmp_path):
+    from t2c_monitor.ingest import ingest
+
+    db = applied_monitor
+    folder = tmp_path / "slow"
+    write_images(folder, 6)
+    (folder / "huge-zeros.png").write_bytes(_compressed_png(6000, 6000))  # 36 megapixels in a few kB
+    apply_tiny(db, tiny_monitor_dir, tmp_path / "config", ingest={"decode_timeout_s": 0.05, "decode_threads": 2,
+                                                                  "batch_size": 8})
+    summary = ingest(db, "tiny", folder, batch_id="slow")
+    assert (summary.n_ok, summary.n_failed) == (6, 1)
+    with db.engine.connect() as conn:
+        reason = conn.execute(text("SELECT failure_reason FROM image WHERE uri LIKE '%huge-zeros.png'")).scalar_one()
+    assert reason.startswith("too slow:") and "decode_timeout_s" in reason
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pillow_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # malformed TIFF tags: Pillow warns, we record
+        yield
