@@ -318,6 +318,98 @@ def hostile_images(db: Any, monitor: str, folder: Path, kinds: dict[str, str]) -
                          max_decode_seconds=round(slowest, 3), reasons=reasons, peak_rss_mb=round(peak, 1))
 
 
+# ------------------------------------------------------------------------------------------ receivers and secrets
+
+HOOK_ENV = "T2C_FAULTS_HOOK"
+FAULTS = ("answers 503", "answers after the timeout", "drops the connection", "is not there", "works")
+
+
+@dataclass
+class DeliveryReport:
+    audits: int = 0
+    receiver_faults: int = 0  # audits whose first delivery met a fault
+    delivered: int = 0  # audits whose alert reached the receiver (at once, by retries, or `t2c alerts retry`)
+    lost: int = 0
+    repeated: int = 0  # extra deliveries of a message already delivered (same idempotency key)
+    repeats_without_timeout: int = 0  # repeats not explained by a receiver that answered too late
+    secrets_found: list[str] = field(default_factory=list)  # where the hook's token was found
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def configure_alerts(root: Path, monitor_file: Path, *, timeout_s: float = 1.0) -> Path:
+    """The monitor file with a webhook channel whose URL (holding a secret token) comes from ``HOOK_ENV``."""
+    import yaml
+
+    document = yaml.safe_load(monitor_file.read_text())
+    document["channels"] = {"hook": {"type": "webhook", "url_env": HOOK_ENV, "timeout_s": timeout_s}}
+    document["monitors"][0]["alerts"] = {"channels": ["hook"], "quiet_period": "0s", "retries": 1,
+                                         "retry_delay": "0.2s"}
+    path = root / "monitors-alerts.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def receivers_and_secrets(env: dict[str, str], home: Path, engine: Any, monitor: str, batch: str, token: str, *,
+                          audits: int, log: Any = print) -> DeliveryReport:
+    """Audit ``batch`` (which must flag) ``audits`` times through `t2c audit` processes (Prefect flows), the
+    receiver cycling through ``FAULTS``; then `t2c alerts retry`; then look for ``token`` everywhere the
+    home keeps anything (database files, Prefect's database and logs, reports) and in every output."""
+    from t2c_monitor.receiver import WebhookReceiver
+
+    report = DeliveryReport()
+    outputs: list[str] = []
+    with WebhookReceiver(path=f"/hooks/{token}") as receiver:
+        receiver.slow_seconds = 2.0
+        for i in range(audits):
+            fault = FAULTS[i % len(FAULTS)]
+            run_env = dict(env, **{HOOK_ENV: receiver.url})
+            if fault == "answers 503":
+                receiver.fail_next = 1
+            elif fault == "answers after the timeout":
+                receiver.slow_next = 1
+            elif fault == "drops the connection":
+                receiver.drop_next = 1
+            elif fault == "is not there":
+                run_env[HOOK_ENV] = f"http://127.0.0.1:9/hooks/{token}"
+            report.receiver_faults += fault != "works"
+            done = run_t2c(run_env, "audit", "--monitor", monitor, "--batches", batch, "--json")
+            outputs += [done.stdout, done.stderr]
+            report.audits += 1
+            log(f"  audit {i + 1}/{audits}: the receiver {fault}: exit {done.returncode}")
+        retry = run_t2c(dict(env, **{HOOK_ENV: receiver.url}), "alerts", "retry", "--monitor", monitor, "--json")
+        outputs += [retry.stdout, retry.stderr]
+        keys = [k for k in receiver.keys if k]
+        delivered = {b["audit_id"] for b in receiver.bodies}
+        report.delivered = len(delivered)
+        report.lost = report.audits - len(delivered)
+        report.repeated = len(keys) - len(set(keys))
+        slow_audits = sum(1 for i in range(audits) if FAULTS[i % len(FAULTS)] == "answers after the timeout")
+        report.repeats_without_timeout = max(0, report.repeated - slow_audits)
+    places = [p for p in home.rglob("*") if p.is_file()]
+    report.secrets_found = [str(p.relative_to(home)) for p in places if token.encode() in _read(p)]
+    report.secrets_found += [f"table {t}" for t, rows in every_table(engine).items() if token in rows]
+    report.secrets_found += [f"output of command {i}" for i, text in enumerate(outputs) if token in text]
+    return report
+
+
+def every_table(engine: Any) -> dict[str, str]:
+    """Every row of every table of the database, as JSON text per table."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars().all()
+        return {t: str(conn.execute(text(f'SELECT json_agg(x)::text FROM "{t}" x')).scalar()) for t in tables}
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -326,6 +418,7 @@ def main() -> None:
     parser.add_argument("--kill-trials", type=int, default=10)
     parser.add_argument("--images", type=int, default=60, help="images of the batch the kill trials ingest")
     parser.add_argument("--hostile", type=int, default=600, help="malformed files of the hostile corpus")
+    parser.add_argument("--audits", type=int, default=10, help="audits whose alerts meet receiver faults")
     args = parser.parse_args()
     from sqlalchemy import create_engine
 
@@ -359,6 +452,22 @@ def main() -> None:
         result.update(hostile_files=hostile.files, hostile_recorded=hostile.recorded, hostile_crashes=hostile.crashes,
                       max_decode_seconds=hostile.max_decode_seconds, hostile_reasons=hostile.reasons,
                       peak_rss_mb=hostile.peak_rss_mb)
+        print(f"receivers: {args.audits} `t2c audit` runs alerting a receiver that fails in turn", file=sys.stderr)
+        from t2c_monitor.apply import apply_monitor_file
+        from t2c_monitor.audit import build_baseline
+        from t2c_monitor.ingest import ingest
+
+        build_baseline(db, monitor, batches=["clean-run"])
+        shifted = write_images(Path(tmp) / "night", args.images, seed=12, shift=["night=0.8"])
+        ingest(db, monitor, shifted, batch_id="night")
+        apply_monitor_file(configure_alerts(Path(tmp), Path(tmp) / "monitors.yaml"), db, device="cpu")
+        token = "tok-" + os.urandom(8).hex()
+        deliveries = receivers_and_secrets(env, home, engine, monitor, "night", token, audits=args.audits,
+                                           log=lambda m: print(m, file=sys.stderr))
+        result.update(receiver_faults=deliveries.receiver_faults, deliveries_lost=deliveries.lost,
+                      deliveries_repeated=deliveries.repeated,
+                      repeats_without_timeout=deliveries.repeats_without_timeout,
+                      secrets_found=len(deliveries.secrets_found), secrets_where=deliveries.secrets_found)
         engine.dispose()
         db.engine.dispose()
         run_t2c(env, "server", "stop")

@@ -61,3 +61,33 @@ def _quiet_pillow_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # malformed TIFF tags: Pillow warns, we record
         yield
+
+
+def test_receiver_faults_deliver_through_flows_and_the_secret_is_nowhere(monitored, tiny_monitor_dir,
+                                                                         database_url, tmp_path):
+    """Two `t2c audit` flow runs, the receiver answering 503 to the first and too late to the second (every
+    fault in-process: test_alerts.py; all of them through flows: the benchmark), then `t2c alerts retry`;
+    the webhook's token is in no file of the home (database, Prefect's database and logs, reports), no
+    row and no output."""
+    from faults import HOOK_ENV, receivers_and_secrets
+
+    from t2c_monitor.audit import build_baseline
+
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=200)
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config",
+               alerts={"channels": ["hook"], "quiet_period": "0s", "retries": 1, "retry_delay": "0.2s"},
+               channels={"hook": {"type": "webhook", "url_env": HOOK_ENV, "timeout_s": 1.0}})
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(T2C_HOME=str(home), T2C_DATABASE_URL=database_url, T2C_DEVICE="cpu")
+    engine = create_engine(database_url)
+    try:
+        report = receivers_and_secrets(env, home, engine, "tiny", "dark", "tok-9f8e7d6c5b4a", audits=2,
+                                       log=lambda _: None)
+    finally:
+        engine.dispose()
+    assert report.audits == 2 and report.receiver_faults == 2
+    assert (report.delivered, report.lost) == (2, 0), report
+    assert report.repeats_without_timeout == 0 and report.repeated <= 1, report
+    assert report.secrets_found == [], report.secrets_found
+    assert any(p.name == "prefect.db" for p in home.rglob("*")), "the Prefect run logs were searched"
