@@ -91,3 +91,36 @@ def test_receiver_faults_deliver_through_flows_and_the_secret_is_nowhere(monitor
     assert report.repeats_without_timeout == 0 and report.repeated <= 1, report
     assert report.secrets_found == [], report.secrets_found
     assert any(p.name == "prefect.db" for p in home.rglob("*")), "the Prefect run logs were searched"
+
+
+def test_the_database_going_away_fails_the_run_cleanly_and_the_next_run_completes(tiny_monitor_dir, tmp_path,
+                                                                                   monkeypatch):
+    from faults import batch_rows, database_outage, run_t2c
+
+    from t2c_monitor.apply import apply_monitor_file
+    from t2c_monitor.ingest import ingest
+    from t2c_monitor.settings import reset_settings_cache
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.embedded import start_embedded
+    from t2c_monitor.store.engine import normalise_url
+
+    pgdata = tmp_path / "pg"  # a server of its own, to stop (the suite's is shared)
+    url = normalise_url(start_embedded(pgdata))
+    monkeypatch.setenv("T2C_DATABASE_URL", url)
+    reset_settings_cache()
+    db = open_database()
+    apply_monitor_file(tiny_monitor_dir / "monitors.yaml", db, device="cpu")
+    source = write_images(tmp_path / "batch", 48, seed=4)[0].parent
+    ingest(db, "tiny", source, batch_id="clean")
+    engine = create_engine(url)
+    reference = batch_rows(engine, "tiny", "clean")
+    engine.dispose()
+    db.engine.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(T2C_HOME=str(tmp_path / "home"), T2C_DATABASE_URL=url, T2C_DEVICE="cpu")
+    assert run_t2c(env, "server", "up").returncode == 0
+    report = database_outage(env, pgdata, url, "tiny", source, batch="outage", chunk=16, reference=reference,
+                             stop_after=2.0)
+    assert report.failed_cleanly, report
+    assert "database" in report.message.lower() or "postgresql" in report.message.lower(), report
+    assert report.seconds_to_fail < 120 and report.partial_chunks_ok and report.recovered, report

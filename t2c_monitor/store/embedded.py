@@ -39,6 +39,7 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
     # start-up lock, so two processes starting on a fresh home raced and one failed (FileExistsError);
     # an empty pgdata is initialised under the lock like a missing one
     pgdata.mkdir(parents=True, exist_ok=True)
+    _forget_stopped(pgdata)
     try:
         server = pgserver.get_server(pgdata, cleanup_mode="delete" if delete_on_exit else None)
     except Exception as exc:
@@ -50,6 +51,17 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
             "or set T2C_DATABASE_URL to use an external PostgreSQL."
         ) from exc
     return server.get_uri()
+
+
+def _forget_stopped(pgdata: Path) -> None:
+    """pgserver keeps one server object per data directory in this process and hands it out again; once
+    that server was stopped (``t2c db stop``, a crash, an outage) the object is stale and would never
+    start it again, so a long-running process (``t2c serve``) could not recover. Forget it."""
+    from pgserver.postgres_server import PostgresServer
+
+    cached = PostgresServer._instances.get(pgdata)
+    if cached is not None and running_pid(pgdata) is None:
+        del PostgresServer._instances[pgdata]
 
 
 def running_pid(pgdata: Path) -> int | None:
