@@ -81,8 +81,20 @@ def run_t2c(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
     return subprocess.run([str(T2C), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def duplicate_rows(engine: Any, monitor: str, batch: str) -> int:
+    """Rows of a batch beyond the first for the same image (by URI, and by content among stored ones)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT (count(*) - count(DISTINCT i.uri)) + (count(i.sha256) FILTER (WHERE i.status = 'ok') "
+            "- count(DISTINCT i.sha256) FILTER (WHERE i.status = 'ok')) FROM image i "
+            "JOIN batch b ON b.id = i.batch_id JOIN monitor m ON m.id = b.monitor_id "
+            "WHERE m.name = :m AND b.external_id = :b"), {"m": monitor, "b": batch}).scalar_one())
+
+
 def batch_rows(engine: Any, monitor: str, batch: str) -> dict[str, tuple[str, Any]]:
-    """file name -> (status, vector) of a batch's images (an error if a file is stored twice)."""
+    """file name -> (status, vector) of a batch's images (``duplicate_rows`` counts any stored twice)."""
     import numpy as np
     from sqlalchemy import text
 
@@ -94,8 +106,6 @@ def batch_rows(engine: Any, monitor: str, batch: str) -> dict[str, tuple[str, An
     out: dict[str, tuple[str, Any]] = {}
     for r in rows:
         name = Path(r.uri).name
-        if name in out:
-            raise AssertionError(f"{name} stored twice in batch {batch}")
         out[name] = (r.status, None if r.v is None else np.array(json.loads(r.v), dtype=np.float32))
     return out
 
@@ -185,6 +195,7 @@ def kill_ingest(env: dict[str, str], engine: Any, monitor: str, source: Path, *,
             report.listed_unfinished += bool(state["rerun"])
         rerun = run_t2c(env, "ingest", str(source), "--monitor", monitor, "--batch-id", batch, "--json")
         after = batch_rows(engine, monitor, batch)
+        report.duplicates += duplicate_rows(engine, monitor, batch)
         status = (listed_batch(engine, monitor, batch) or {}).get("status")
         report.lost += len(set(reference) - set(after))
         if rerun.returncode == 0 and status == "stored" and same_rows(reference, after):
