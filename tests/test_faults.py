@@ -124,3 +124,29 @@ def test_the_database_going_away_fails_the_run_cleanly_and_the_next_run_complete
     assert report.failed_cleanly, report
     assert "database" in report.message.lower() or "postgresql" in report.message.lower(), report
     assert report.seconds_to_fail < 120 and report.partial_chunks_ok and report.recovered, report
+
+
+def test_two_ingests_of_one_batch_and_two_audits_at_once_all_finish_without_duplicates(monitored, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from t2c_monitor.audit import build_baseline, run_audit
+    from t2c_monitor.ingest import ingest
+
+    db = monitored
+    source = write_images(tmp_path / "same", 64, seed=8)[0].parent
+    with ThreadPoolExecutor(2) as pool:
+        ingests = [pool.submit(ingest, db, "tiny", source, batch_id="same") for _ in range(2)]
+        summaries = [f.result(timeout=300) for f in ingests]
+    assert [s.status for s in summaries] == ["stored", "stored"]
+    with db.engine.connect() as conn:
+        n, distinct = conn.execute(text("SELECT count(*), count(DISTINCT i.uri) FROM image i JOIN batch b "
+                                        "ON b.id = i.batch_id WHERE b.external_id = 'same'")).one()
+    assert n == distinct == 64
+
+    build_baseline(db, "tiny", batches=["ref-1", "ref-2"], reservoir_size=200)
+    with ThreadPoolExecutor(2) as pool:
+        audits = [pool.submit(run_audit, db, "tiny", batches=[b]) for b in ("dark", "same")]
+        done = [f.result(timeout=300) for f in audits]
+    assert len({a.id for a in done}) == 2
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one() == 2
