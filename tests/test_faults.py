@@ -150,3 +150,60 @@ def test_two_ingests_of_one_batch_and_two_audits_at_once_all_finish_without_dupl
     assert len({a.id for a in done}) == 2
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one() == 2
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 kB file system (tmpfs) mounted where this home keeps its reports; skipped where mounting
+    is not allowed."""
+    import subprocess
+
+    from t2c_monitor.settings import get_settings
+
+    mount = get_settings().reports_dir
+    mount.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small file system needs root (CI and the development machine have it)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_then_read_only_report_disk_keeps_the_audits_and_the_report_job_writes_them_later(
+        prefect_harness, monitored, small_disk):
+    import subprocess
+
+    from flows.audit import AuditParams, audit_flow
+    from flows.report import ReportParams, decode_report_flow
+    from t2c_monitor.audit import audit_window, build_baseline, record_report_failure, write_report
+
+    build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=200)
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk to the last block
+        while os.write(fd, b"\0" * 1024):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    full = audit_flow(AuditParams(monitor="tiny", batches=["dark"], alerts=False))
+    assert full["report"] is None and "No space left" in full["report_error"], full["report_error"]
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == [filler], "no partial file is left behind"
+
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    outcome = audit_window(monitored, "tiny", batches=["dark"])  # the flow's steps, without its retry waits
+    with pytest.raises(OSError, match="Read-only") as failed:
+        write_report(monitored, outcome, small_disk)
+    read_only = record_report_failure(monitored, outcome.summary, failed.value).to_dict()
+    assert read_only["report"] is None and "Read-only" in read_only["report_error"]
+
+    subprocess.run(["mount", "-o", "remount,rw,size=16m", str(small_disk)], check=True)  # the disk is fixed
+    result = decode_report_flow(ReportParams(monitor="tiny", period_hours=2, send=False))
+    assert {full["id"], read_only["id"]} <= set(result["refreshed"]) and result["failures"] == []
+    with monitored.engine.connect() as conn:
+        errors = conn.execute(text("SELECT report_error FROM audit WHERE id IN (:a, :b)"),
+                              {"a": full["id"], "b": read_only["id"]}).scalars().all()
+    assert errors == [None, None]
+    assert len(list(small_disk.glob("tiny/audit-*/index.html"))) == 2
