@@ -253,6 +253,112 @@ def database_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor:
         recovered=rerun.returncode == 0 and same_rows(reference, after))
 
 
+# ------------------------------------------------------------------------------------------ soak
+
+
+@dataclass
+class SoakReport:
+    minutes: float
+    files: int  # files dropped into the inbox
+    ingested: int  # distinct inbox files stored
+    missed: int  # dropped files never stored
+    duplicates: int
+    audits: int  # audits done while serving
+    outage_survived: bool | None  # serve still up after the database outage, and runs after it succeeded
+    rss_mb: list[float]  # the serve process's resident memory, sampled
+    rss_slope_mb_per_hour: float
+    fds_first_last: tuple[int, int]
+    connections_max: int
+    runs_failed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["rss_mb"] = [round(x, 1) for x in self.rss_mb]
+        return out
+
+
+def _slope_per_hour(times: list[float], values: list[float]) -> float:
+    import numpy as np
+
+    if len(times) < 3:
+        return 0.0
+    return float(np.polyfit(np.array(times) / 3600.0, np.array(values), 1)[0])
+
+
+def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, minutes: float, every: float,
+         outage: tuple[Path, float] | None = None, settle: float = 90.0, log: Any = print) -> SoakReport:
+    """`t2c serve` with ``images`` dropped into ``inbox`` one every ``every`` seconds for ``minutes``; optionally
+    the embedded database (``outage``: its pgdata, and when to stop it for 10 s). Then ``settle`` seconds for
+    the last interval, SIGTERM, and the figures (see the module doc)."""
+    import psutil
+    from sqlalchemy import text
+
+    from t2c_monitor.store.embedded import start_embedded, stop_embedded
+
+    inbox.mkdir(parents=True, exist_ok=True)
+    with engine.connect() as conn:
+        audits_before = conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one()
+    server = subprocess.Popen([str(T2C), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    started = time.monotonic()
+    end = started + minutes * 60
+    dropped: list[str] = []
+    samples: list[tuple[float, float, int]] = []
+    connections = 0
+    outage_done = outage is None
+    next_drop = started + 20  # let the server start first
+    try:
+        while time.monotonic() < end + settle:
+            now = time.monotonic()
+            if now < end and now >= next_drop and len(dropped) < len(images):
+                source = images[len(dropped)]
+                target = inbox / f"soak-{len(dropped):05d}{source.suffix}"
+                target.with_suffix(".part").write_bytes(source.read_bytes())
+                target.with_suffix(".part").rename(target)
+                dropped.append(str(target))
+                next_drop = now + every
+            if not outage_done and now - started >= outage[1]:
+                log(f"  soak: stopping the database for 10 s at {now - started:.0f} s")
+                stop_embedded(outage[0])
+                time.sleep(10)
+                start_embedded(outage[0])
+                outage_done = True
+            proc = psutil.Process(server.pid)
+            samples.append((now - started, proc.memory_info().rss / 2**20, proc.num_fds()))
+            try:
+                with engine.connect() as conn:
+                    connections = max(connections, conn.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar_one())
+            except Exception:  # noqa: BLE001 - the database is down on purpose during the outage
+                engine.dispose()
+            if server.poll() is not None:
+                break
+            time.sleep(2)
+        alive = server.poll() is None
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT i.uri FROM image i JOIN batch b ON b.id = i.batch_id "
+                                   "WHERE b.external_id LIKE 'inbox-%'")).scalars().all()
+        audits = conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one() - audits_before
+        failed_batches = conn.execute(text("SELECT count(*) FROM batch WHERE external_id LIKE 'inbox-%' "
+                                           "AND status <> 'stored'")).scalar_one()
+    late_rss = [(t, r) for t, r, _ in samples if t > 60] or [(t, r) for t, r, _ in samples]
+    return SoakReport(
+        minutes=round((time.monotonic() - started) / 60, 2), files=len(dropped), ingested=len(set(stored)),
+        missed=len(set(dropped) - set(stored)), duplicates=len(stored) - len(set(stored)), audits=audits,
+        outage_survived=None if outage is None else alive and failed_batches == 0,
+        rss_mb=[r for _, r, _ in samples[:: max(1, len(samples) // 20)]],
+        rss_slope_mb_per_hour=round(_slope_per_hour([t for t, _ in late_rss], [r for _, r in late_rss]), 1),
+        fds_first_last=(samples[0][2], samples[-1][2]) if samples else (0, 0), connections_max=connections,
+        runs_failed=failed_batches)
+
+
 # ------------------------------------------------------------------------------------------ hostile files
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "gif": "GIF", "tif": "TIFF", "bmp": "BMP"}
@@ -413,6 +519,18 @@ def configure_alerts(root: Path, monitor_file: Path, *, timeout_s: float = 1.0) 
     return path
 
 
+def configure_schedules(root: Path, monitor_file: Path, inbox: Path) -> Path:
+    """The monitor file with an inbox ingested every 20 s and an audit every minute."""
+    import yaml
+
+    document = yaml.safe_load(monitor_file.read_text())
+    document["monitors"][0]["schedules"] = {"audit_cron": "* * * * *", "inbox": str(inbox), "ingest_interval": "20s"}
+    document["monitors"][0]["audit"] = {"last": 1, "evidently": False}
+    path = root / "monitors-scheduled.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 def receivers_and_secrets(env: dict[str, str], home: Path, engine: Any, monitor: str, batch: str, token: str, *,
                           audits: int, log: Any = print) -> DeliveryReport:
     """Audit ``batch`` (which must flag) ``audits`` times through `t2c audit` processes (Prefect flows), the
@@ -482,6 +600,8 @@ def main() -> None:
     parser.add_argument("--hostile", type=int, default=600, help="malformed files of the hostile corpus")
     parser.add_argument("--audits", type=int, default=10, help="audits whose alerts meet receiver faults")
     parser.add_argument("--outage-after", type=float, default=12.0, help="seconds into an ingest the database stops")
+    parser.add_argument("--soak-minutes", type=float, default=10.0, help="how long `t2c serve` soaks (0: skip)")
+    parser.add_argument("--soak-every", type=float, default=3.0, help="seconds between files dropped in the inbox")
     args = parser.parse_args()
     from sqlalchemy import create_engine
 
@@ -540,6 +660,20 @@ def main() -> None:
                       deliveries_repeated=deliveries.repeated,
                       repeats_without_timeout=deliveries.repeats_without_timeout,
                       secrets_found=len(deliveries.secrets_found), secrets_where=deliveries.secrets_found)
+        if args.soak_minutes > 0:
+            n = int(args.soak_minutes * 60 / args.soak_every) + 1
+            print(f"soak: `t2c serve` for {args.soak_minutes:g} min, a file every {args.soak_every:g} s into its "
+                  "inbox, the database stopped for 10 s half-way", file=sys.stderr)
+            pictures = sorted(write_images(Path(tmp) / "soak-images", n, seed=13).parent.glob("*.png"))
+            apply_monitor_file(configure_schedules(Path(tmp), Path(tmp) / "monitors.yaml", home / "inbox"), db,
+                               device="cpu")
+            soaked = soak(env, engine, pictures, home / "inbox", minutes=args.soak_minutes, every=args.soak_every,
+                          outage=(home / "pgdata", args.soak_minutes * 30), log=lambda m: print(m, file=sys.stderr))
+            result.update(soak_minutes=soaked.minutes, soak_files=soaked.files, soak_missed=soaked.missed,
+                          soak_duplicates=soaked.duplicates, soak_audits=soaked.audits,
+                          soak_outage_survived=soaked.outage_survived,
+                          rss_slope_mb_per_hour=soaked.rss_slope_mb_per_hour, soak_rss_mb=soaked.rss_mb,
+                          soak_fds_first_last=soaked.fds_first_last, soak_connections_max=soaked.connections_max)
         engine.dispose()
         db.engine.dispose()
         run_t2c(env, "server", "stop")
