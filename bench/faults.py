@@ -264,12 +264,12 @@ class SoakReport:
     missed: int  # dropped files never stored
     duplicates: int
     audits: int  # audits done while serving
-    outage_survived: bool | None  # serve still up after the database outage, and runs after it succeeded
+    outage_survived: bool | None  # serve still up after the database outage, and inbox runs after it stored
     rss_mb: list[float]  # the serve process's resident memory, sampled
     rss_slope_mb_per_hour: float
     fds_first_last: tuple[int, int]
     connections_max: int
-    runs_failed: int
+    runs_failed: int  # inbox batches left unfinished (a run the outage broke: its files went to the next one)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -306,6 +306,7 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
     samples: list[tuple[float, float, int]] = []
     connections = 0
     outage_done = outage is None
+    outage_ended = None
     next_drop = started + 20  # let the server start first
     try:
         while time.monotonic() < end + settle:
@@ -323,6 +324,9 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
                 time.sleep(10)
                 start_embedded(outage[0])
                 outage_done = True
+                from datetime import UTC, datetime
+
+                outage_ended = datetime.now(UTC)
             proc = psutil.Process(server.pid)
             samples.append((now - started, proc.memory_info().rss / 2**20, proc.num_fds()))
             try:
@@ -348,11 +352,14 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
         audits = conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one() - audits_before
         failed_batches = conn.execute(text("SELECT count(*) FROM batch WHERE external_id LIKE 'inbox-%' "
                                            "AND status <> 'stored'")).scalar_one()
+        after_outage = outage_ended is not None and conn.execute(text(
+            "SELECT count(*) FROM batch WHERE external_id LIKE 'inbox-%' AND status = 'stored' "
+            "AND received_at > :t"), {"t": outage_ended}).scalar_one() > 0
     late_rss = [(t, r) for t, r, _ in samples if t > 60] or [(t, r) for t, r, _ in samples]
     return SoakReport(
         minutes=round((time.monotonic() - started) / 60, 2), files=len(dropped), ingested=len(set(stored)),
         missed=len(set(dropped) - set(stored)), duplicates=len(stored) - len(set(stored)), audits=audits,
-        outage_survived=None if outage is None else alive and failed_batches == 0,
+        outage_survived=None if outage is None else alive and after_outage,
         rss_mb=[r for _, r, _ in samples[:: max(1, len(samples) // 20)]],
         rss_slope_mb_per_hour=round(_slope_per_hour([t for t, _ in late_rss], [r for _, r in late_rss]), 1),
         fds_first_last=(samples[0][2], samples[-1][2]) if samples else (0, 0), connections_max=connections,
