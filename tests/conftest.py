@@ -327,7 +327,8 @@ def drop_database(pg_server_url: str, url: str) -> None:
 # workers finish together instead of one running a long file alone at the end. A file that needs the
 # quick world comes first and one that does not second, so the second worker is not kept waiting while
 # the first builds the world.
-SLOW_FILES_FIRST = ("test_schedules.py", "test_faults.py", "test_world_search.py", "test_wheel.py",
+SLOW_FILES_FIRST = ("test_schedules.py", "test_faults.py", "test_world_search.py", "test_faults_processes.py",
+                    "test_wheel.py",
                     "test_decode_world.py", "test_world_drift.py", "test_cli_ingest.py", "test_audit.py",
                     "test_reports.py", "test_alerts.py", "test_audit_flow.py", "test_prefect_server.py")
 
