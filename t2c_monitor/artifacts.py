@@ -51,8 +51,10 @@ class ArtifactFormat:
         (directory / self.metadata_file).write_text(text)
         return directory
 
-    def read(self, directory: str | Path, keys: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """The checked metadata and the tensors ``keys`` of the artifact in ``directory``."""
+    def read(self, directory: str | Path, keys: tuple[str, ...],
+             optional: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """The checked metadata and the tensors ``keys`` of the artifact in ``directory`` (and those of
+        ``optional`` that it holds)."""
         directory = Path(directory)
         meta_path, tensors_path = directory / self.metadata_file, directory / self.tensors_file
         for needed in (meta_path, tensors_path):
@@ -78,9 +80,9 @@ class ArtifactFormat:
                 f"{self.label} tensors {tensors_path} do not match the checksum recorded in {meta_path} "
                 f"(corrupt or replaced file): {self.hint}."
             )
-        return meta, self._tensors(tensors_path, keys)
+        return meta, self._tensors(tensors_path, keys, optional)
 
-    def _tensors(self, path: Path, keys: tuple[str, ...]) -> dict[str, Tensor]:
+    def _tensors(self, path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -91,7 +93,7 @@ class ArtifactFormat:
         missing = [k for k in keys if k not in tensors]
         if missing:
             raise ModelLoadError(f"{path} lacks tensors {missing} (it holds {sorted(tensors)}): {self.hint}.")
-        return {k: tensors[k] for k in keys}
+        return {k: tensors[k] for k in (*keys, *optional) if k in tensors}
 
 
 def file_sha256(path: Path) -> str:

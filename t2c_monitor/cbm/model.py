@@ -146,9 +146,7 @@ class ConceptBottleneck:
         from t2c_monitor.errors import ModelLoadError
 
         directory = Path(path)
-        meta, _ = CBM_FORMAT.read(directory, ())
-        keys = TENSORS if meta.get("has_probe") else TENSORS[:5]
-        meta, tensors = CBM_FORMAT.read(directory, keys)
+        meta, tensors = CBM_FORMAT.read(directory, TENSORS[:5], optional=TENSORS[5:])
         try:
             probe = LinearProbe(tensors["probe_weight"], tensors["probe_bias"], tensors["probe_mean"],
                                 tensors["probe_std"]) if meta.get("has_probe") else None
