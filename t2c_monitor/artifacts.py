@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from importlib import metadata as distributions
@@ -37,18 +38,28 @@ class ArtifactFormat:
     hint: str  # how to make a good one, ending every refusal
 
     def write(self, directory: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
-        """Save ``tensors`` and ``meta`` (plus format, checksum, versions and time) to ``directory``."""
+        """Save ``tensors`` and ``meta`` (plus format, checksum, versions and time) to ``directory``.
+
+        Each file is written under a temporary name and renamed into place, the metadata last: a full
+        or read-only disk raises ``OSError`` and leaves no partial file (an earlier artifact there stays
+        whole, or at worst its tensors are new and its metadata old, which ``read`` refuses by checksum)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors_path = directory / self.tensors_file
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tensors_path))
-        meta = {"format": self.marker, "format_version": self.version, **meta,
-                self.checksum_key: file_sha256(tensors_path), "versions": library_versions(),
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        text = json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n"
-        (directory / self.metadata_file).write_text(text)
+        tensors_path, meta_path = directory / self.tensors_file, directory / self.metadata_file
+        staged = [directory / f".{name}.{os.getpid()}.tmp" for name in (self.tensors_file, self.metadata_file)]
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged[0]))
+            meta = {"format": self.marker, "format_version": self.version, **meta,
+                    self.checksum_key: file_sha256(staged[0]), "versions": library_versions(),
+                    "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            staged[1].write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default) + "\n")
+            os.replace(staged[0], tensors_path)
+            os.replace(staged[1], meta_path)
+        finally:
+            for path in staged:
+                path.unlink(missing_ok=True)
         return directory
 
     def read(self, directory: str | Path, keys: tuple[str, ...],

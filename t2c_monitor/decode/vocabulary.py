@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,8 +24,10 @@ from torch import Tensor
 
 from t2c_monitor.artifacts import ArtifactFormat
 from t2c_monitor.decode.base import check_space
-from t2c_monitor.errors import ConfigError
+from t2c_monitor.errors import ConfigError, ModelLoadError
 from t2c_monitor.identity import ModelIdentity, as_dict, same_space
+
+logger = logging.getLogger(__name__)
 
 VOCABULARY_FORMAT = ArtifactFormat(
     label="vocabulary", marker="t2c-vocabulary", version=1, metadata_file="vocabulary.json",
@@ -97,16 +100,33 @@ def build_vocabulary(clip: Any, terms: list[str] | tuple[str, ...] = (), *, incl
         raise ValueError("terms must name at least one word or phrase (or include_bpe_words=True)")
     identity: ModelIdentity = clip.identity
     directory = Path(cache_dir) / _key(identity, unique) if cache_dir is not None else None
-    if directory is not None and (directory / VOCABULARY_FORMAT.metadata_file).is_file():
-        meta, tensors = VOCABULARY_FORMAT.read(directory, ("vectors",))
-        if tuple(meta["terms"]) == unique and same_space(meta["clip"], identity):
-            return Vocabulary(terms=unique, vectors=tensors["vectors"], clip=identity)
+    cached = _read_cached(directory, unique, identity) if directory is not None else None
+    if cached is not None:
+        return cached
     vectors = F.normalize(clip.encode_text(list(unique), batch_size=batch_size, progress=progress), dim=1)
     vocabulary = Vocabulary(terms=unique, vectors=vectors.contiguous(), clip=identity)
     if directory is not None:
-        VOCABULARY_FORMAT.write(directory, {"vectors": vocabulary.vectors},
-                                {"terms": list(unique), "clip": as_dict(identity), "n": len(unique)})
+        try:
+            VOCABULARY_FORMAT.write(directory, {"vectors": vocabulary.vectors},
+                                    {"terms": list(unique), "clip": as_dict(identity), "n": len(unique)})
+        except OSError as exc:  # a full or read-only models cache costs the next run the embedding, no more
+            logger.warning("the vocabulary could not be cached in %s (%s); it is embedded again next time",
+                           directory, exc.strerror or exc)
     return vocabulary
+
+
+def _read_cached(directory: Path, unique: tuple[str, ...], identity: ModelIdentity) -> Vocabulary | None:
+    """The cached vocabulary, or None when there is none or it is unreadable (a cache is never an error)."""
+    if not (directory / VOCABULARY_FORMAT.metadata_file).is_file():
+        return None
+    try:
+        meta, tensors = VOCABULARY_FORMAT.read(directory, ("vectors",))
+    except (ModelLoadError, OSError) as exc:
+        logger.warning("ignoring the cached vocabulary in %s: %s", directory, exc)
+        return None
+    if tuple(meta.get("terms", ())) == unique and same_space(meta.get("clip"), identity):
+        return Vocabulary(terms=unique, vectors=tensors["vectors"], clip=identity)
+    return None
 
 
 def vocabulary_of(vectors: Tensor, terms: list[str], clip: ModelIdentity) -> Vocabulary:
