@@ -281,19 +281,24 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
     monitor = record.name
     config = record.config.audit
     detector = detector or detector_for(config)
+    scheduled = False
     if batches is None and since is None and until is None and last is None:
         if config.window is not None:
             since = datetime.now(UTC) - config.window
         else:
-            last = config.last
+            last, scheduled = config.last, True
     with db.engine.connect() as conn:
         baseline = audit_store.active_baseline(conn, record.id, monitor)
         _check_not_stale(record, baseline)
-        window_last = None if (batches is not None or since or until) else last
         in_baseline = set(baseline.batch_ids)
-        chosen = [(b, e) for b, e in audit_store.stored_batches(
-            conn, record.id, external_ids=batches, last=window_last, since=since, until=until)
-            if b not in in_baseline]
+        if scheduled:  # the monitor's own window: reach back until it holds enough images to test
+            chosen = audit_store.latest_batches(conn, record.id, last=last, min_images=config.min_images,
+                                                exclude=sorted(in_baseline))
+        else:
+            window_last = None if (batches is not None or since or until) else last
+            chosen = [(b, e) for b, e in audit_store.stored_batches(
+                conn, record.id, external_ids=batches, last=window_last, since=since, until=until)
+                if b not in in_baseline]
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")

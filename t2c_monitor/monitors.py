@@ -114,6 +114,9 @@ class AuditConfig(_Strict):
     """What a scheduled audit compares and when it flags a concept (see ``drift.KSDriftDetector``)."""
 
     last: int = Field(1, ge=1, le=10_000, description="audit the last K stored batches (unless window is set)")
+    min_images: int = Field(20, ge=20, le=1_000_000,  # 20: the KS detector's minimum (drift.validation)
+                            description="with `last`: reach back over earlier batches until the window holds this "
+                            "many images (small inbox batches still get tested)")
     window: Duration | None = Field(None, description="audit the batches stored in this span before now, e.g. 24h")
     alpha: float = Field(0.005, gt=0, lt=1, description="corrected p-value at or below which a concept may flag")
     correction: Literal["bh", "bonferroni"] = "bh"

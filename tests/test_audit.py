@@ -65,6 +65,29 @@ def test_baseline_from_named_batches_and_audits_of_windows(monitored):
     assert clean.n_current == 60
 
 
+def test_the_monitors_window_reaches_back_over_small_batches_until_it_can_test(monitored, tiny_monitor_dir,
+                                                                              tmp_path):
+    """An inbox every few seconds makes batches of a handful of images: the scheduled audit (the monitor's
+    `last`) reaches back until the window holds `min_images`; an explicit `last` gets what it asked for."""
+    from conftest import apply_tiny
+
+    from t2c_monitor.ingest import ingest
+    from t2c_monitor.world.generate import write_images
+
+    db = monitored
+    build_baseline(db, "tiny", batches=["ref-1", "ref-2"], reservoir_size=100)
+    for name, seed in (("small-1", 5), ("small-2", 6)):
+        ingest(db, "tiny", write_images(tmp_path / name, 8, seed=seed).parent, batch_id=name)
+    scheduled = run_audit(db, "tiny")
+    assert scheduled.batches == ["dark", "small-1", "small-2"] and scheduled.n_current == 76
+    with pytest.raises(ValueError, match="current has 8 samples per concept; an audit needs at least 20"):
+        run_audit(db, "tiny", last=1)
+    apply_tiny(db, tiny_monitor_dir, tmp_path / "wider", audit={"last": 2, "min_images": 80})
+    assert run_audit(db, "tiny").batches == ["clean", "dark", "small-1", "small-2"]
+    with pytest.raises(ConfigError, match="min_images"):
+        apply_tiny(db, tiny_monitor_dir, tmp_path / "bad", audit={"min_images": 5})
+
+
 def test_audit_matches_the_detector_on_the_same_scores(monitored):
     """The stored audit is the library's KS audit of exactly the window's and baseline's scores."""
     from t2c_monitor.store.audits import active_baseline, batch_scores

@@ -51,6 +51,21 @@ def stored_batches(conn: Connection, monitor_id: int, *, external_ids: list[str]
     return [(int(r.id), str(r.external_id)) for r in reversed(rows)]
 
 
+def latest_batches(conn: Connection, monitor_id: int, *, last: int, min_images: int,
+                   exclude: Sequence[int] = ()) -> list[tuple[int, str]]:
+    """(id, external id) of the monitor's ``last`` K stored batches not in ``exclude``, reaching back over
+    earlier ones while the newer hold fewer than ``min_images`` ok images; oldest first."""
+    rows = conn.execute(text("""
+        SELECT id, external_id FROM (
+            SELECT id, external_id, received_at, row_number() OVER w AS k, sum(n_ok) OVER w - n_ok AS newer_images
+            FROM batch WHERE monitor_id = :m AND status = 'stored' AND NOT (id = ANY(:exclude))
+            WINDOW w AS (ORDER BY received_at DESC, id DESC)) t
+        WHERE k <= :last OR newer_images < :min_images
+        ORDER BY received_at, id"""), {"m": monitor_id, "exclude": list(exclude), "last": last,
+                                       "min_images": min_images}).all()
+    return [(int(r.id), str(r.external_id)) for r in rows]
+
+
 def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
     """Concept scores ``(n, k)`` of a batch's ok images against one bank: those it was ingested with
     are in the image rows, those against another bank in ``image_score``; by image id."""
