@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from importlib import metadata as distributions
@@ -43,6 +44,7 @@ class ArtifactFormat:
         Each file is written under a temporary name and renamed into place, the metadata last: a full
         or read-only disk raises ``OSError`` and leaves no partial file (an earlier artifact there stays
         whole, or at worst its tensors are new and its metadata old, which ``read`` refuses by checksum)."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -50,7 +52,11 @@ class ArtifactFormat:
         tensors_path, meta_path = directory / self.tensors_file, directory / self.metadata_file
         staged = [directory / f".{name}.{os.getpid()}.tmp" for name in (self.tensors_file, self.metadata_file)]
         try:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged[0]))
+            try:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged[0]))
+            except SafetensorError as exc:  # its I/O errors (a full disk) are OSErrors to every caller
+                code = re.search(r"os error (\d+)", str(exc))
+                raise OSError(int(code.group(1)) if code else None, f"cannot write {staged[0]}: {exc}") from exc
             meta = {"format": self.marker, "format_version": self.version, **meta,
                     self.checksum_key: file_sha256(staged[0]), "versions": library_versions(),
                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import apply_tiny, write_images
 from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from t2c_monitor.cli import app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from faults import _compressed_png, hostile_corpus, hostile_images  # noqa: E402
@@ -107,19 +110,39 @@ def test_two_ingests_of_one_batch_and_two_audits_at_once_all_finish_without_dupl
         assert conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one() == 2
 
 
+def mount_small_disk(where: Path, size: str = "64k") -> None:
+    """A real small file system (tmpfs) mounted at ``where``; skips the test where mounting is not allowed."""
+    import subprocess
+
+    where.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small file system needs root (CI and the development machine have it)")
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to its last block with one file; returns it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 1024):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 64 kB file system (tmpfs) mounted where this home keeps its reports; skipped where mounting
-    is not allowed."""
+    """A 64 kB disk mounted where this home keeps its reports."""
     import subprocess
 
     from t2c_monitor.settings import get_settings
 
     mount = get_settings().reports_dir
-    mount.mkdir(parents=True, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a small file system needs root (CI and the development machine have it)")
+    mount_small_disk(mount)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -133,15 +156,7 @@ def test_a_full_then_read_only_report_disk_keeps_the_audits_and_the_report_job_w
     from t2c_monitor.audit import audit_window, build_baseline, record_report_failure, write_report
 
     build_baseline(monitored, "tiny", batches=["ref-1", "ref-2"], reservoir_size=200)
-    filler = small_disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:  # fill the disk to the last block
-        while os.write(fd, b"\0" * 1024):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    filler = fill(small_disk)
     full = audit_flow(AuditParams(monitor="tiny", batches=["dark"], alerts=False))
     assert full["report"] is None and "No space left" in full["report_error"], full["report_error"]
     assert [p for p in small_disk.rglob("*") if p.is_file()] == [filler], "no partial file is left behind"
@@ -162,3 +177,52 @@ def test_a_full_then_read_only_report_disk_keeps_the_audits_and_the_report_job_w
                               {"a": full["id"], "b": read_only["id"]}).scalars().all()
     assert errors == [None, None]
     assert len(list(small_disk.glob("tiny/audit-*/index.html"))) == 2
+
+
+def test_a_full_or_read_only_models_cache_costs_a_re_embedding_never_the_decode(tiny_clip, tiny_clip_config, tmp_path,
+                                                                                caplog):
+    """The decoder's vocabulary cache on a real small disk: full, then read-only, then fixed, then corrupt."""
+    import subprocess
+
+    from t2c_monitor.decode.vocabulary import build_vocabulary
+
+    cache = tmp_path / "models"
+    mount_small_disk(cache, size="16k")
+    try:
+        terms = [f"word {i}" for i in range(40)]  # 40 x 32 floats: more than the disk holds once it is full
+        filler = fill(cache)
+        with caplog.at_level("WARNING", logger="t2c_monitor"):
+            full = build_vocabulary(tiny_clip, terms, include_bpe_words=False, cache_dir=cache)
+        assert full.terms == tuple(terms) and "could not be cached" in caplog.text
+        assert [p for p in cache.rglob("*") if p.is_file()] == [filler], "no partial file is left behind"
+        bankfile = tmp_path / "bank.txt"  # a command that saves an artifact there says why it cannot
+        bankfile.write_text("\n".join(terms) + "\n")
+        saved = CliRunner().invoke(app, ["concepts", "encode", str(bankfile), "--clip", f"open_clip:{tiny_clip_config}",
+                                         "--out", str(cache / "bank"), "--json"])
+        assert saved.exit_code == 1 and "No space left on device" in saved.output, saved.output
+        assert "Traceback" not in saved.output and [p for p in cache.rglob("*") if p.is_file()] == [filler]
+
+        filler.unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(cache)], check=True)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="t2c_monitor"):
+            read_only = build_vocabulary(tiny_clip, terms, include_bpe_words=False, cache_dir=cache)
+        assert torch_equal(read_only.vectors, full.vectors) and "Read-only" in caplog.text
+
+        subprocess.run(["mount", "-o", "remount,rw,size=1m", str(cache)], check=True)  # the disk is fixed
+        build_vocabulary(tiny_clip, terms, include_bpe_words=False, cache_dir=cache)
+        saved = next(cache.rglob("vectors.safetensors"))
+        assert sorted(p.name for p in saved.parent.iterdir()) == ["vectors.safetensors", "vocabulary.json"]
+        saved.write_bytes(saved.read_bytes()[:100])  # a cache file damaged later: ignored, embedded again
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="t2c_monitor"):
+            again = build_vocabulary(tiny_clip, terms, include_bpe_words=False, cache_dir=cache)
+        assert torch_equal(again.vectors, full.vectors) and "ignoring the cached vocabulary" in caplog.text
+    finally:
+        subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-6))

@@ -31,7 +31,8 @@ def emit_json(payload: Any) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a ``T2CError`` as its message and exit with status 2 instead of a traceback."""
+    """Show a ``T2CError`` as its message and exit with status 2, and a disk or network error (``OSError``:
+    a full or read-only disk, a file that went away) as its message with status 1, instead of a traceback."""
     from t2c_monitor.errors import T2CError
 
     try:
@@ -39,6 +40,9 @@ def user_errors() -> Iterator[None]:
     except T2CError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(code=2) from None
+    except OSError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=1) from None
 
 
 def open_monitor(name: str) -> tuple[Any, Any]:
