@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,61 @@ def database_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor:
         recovered=rerun.returncode == 0 and same_rows(reference, after))
 
 
+@dataclass
+class AuditOutageReport:
+    failed_cleanly: bool  # the audit exited non-zero with a message, no traceback
+    seconds_to_fail: float  # from the server's stop to the run's exit
+    message: str
+    half_written: int  # audits visible after the outage whose per-concept results are not all there
+    recovered: bool  # the next audit, the server back, completed and stored its results whole
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def audit_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor: str, batch: str, *,
+                 stop_after: float) -> AuditOutageReport:
+    """Stop the embedded PostgreSQL ``stop_after`` seconds into a `t2c audit` of ``batch`` (a Prefect flow
+    whose audit task retries I/O errors), start it again once the run has ended, and audit again."""
+    from sqlalchemy import create_engine, text
+
+    from t2c_monitor.store.embedded import start_embedded, stop_embedded
+
+    def audits(engine: Any) -> tuple[int, int]:
+        """(audits, those whose stored results do not cover every concept of their bank)"""
+        with engine.connect() as conn:
+            return tuple(conn.execute(text(
+                "SELECT count(*), count(*) FILTER (WHERE a.status = 'done' AND (SELECT count(*) FROM audit_result r "
+                "WHERE r.audit_id = a.id) <> (SELECT count(*) FROM concept c JOIN monitor m ON c.bank_id = m.bank_id "
+                "WHERE m.id = a.monitor_id)) FROM audit a")).one())
+
+    engine = create_engine(engine_url)
+    before, _ = audits(engine)
+    engine.dispose()
+    process = subprocess.Popen([str(T2C), "audit", "--monitor", monitor, "--batches", batch, "--no-alerts"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(stop_after)
+    stop_embedded(pgdata)
+    stopped = time.monotonic()
+    try:
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        start_embedded(pgdata)
+    seconds = time.monotonic() - stopped
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    engine = create_engine(engine_url)
+    try:
+        _, half = audits(engine)
+        rerun = run_t2c(env, "audit", "--monitor", monitor, "--batches", batch, "--no-alerts", "--json")
+        after, half_after = audits(engine)
+    finally:
+        engine.dispose()
+    return AuditOutageReport(
+        failed_cleanly=process.returncode != 0 and "Traceback" not in stderr, seconds_to_fail=round(seconds, 1),
+        message=lines[-1][:300] if lines else "", half_written=half + half_after,
+        recovered=rerun.returncode == 0 and after > before)
+
+
 # ------------------------------------------------------------------------------------------ soak
 
 
@@ -264,12 +320,19 @@ class SoakReport:
     missed: int  # dropped files never stored
     duplicates: int
     audits: int  # audits done while serving
-    outage_survived: bool | None  # serve still up after the database outage, and inbox runs after it stored
+    audits_failed: int  # audits stored as failed while serving (a window with nothing new is one)
+    outage_survived: bool | None  # serve still up after the database outage, and both its inbox runs and its
+    # scheduled audits stored results after it
     rss_mb: list[float]  # the serve process's resident memory, sampled
     rss_slope_mb_per_hour: float
     fds_first_last: tuple[int, int]
     connections_max: int
     runs_failed: int  # inbox batches left unfinished (a run the outage broke: its files went to the next one)
+    audits_scheduled: int  # audit runs the scheduler created while serving that had a minute to finish
+    audits_completed: int  # of those, the ones Prefect reports completed
+    audit_states: dict[str, int]  # of those, how many ended in each Prefect state
+    exit_code: int | None  # of serve, after SIGTERM
+    stop_seconds: float  # from SIGTERM to exit
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -285,11 +348,27 @@ def _slope_per_hour(times: list[float], values: list[float]) -> float:
     return float(np.polyfit(np.array(times) / 3600.0, np.array(values), 1)[0])
 
 
+def audit_runs(env: dict[str, str], since: datetime, until: datetime) -> list[str]:
+    """The Prefect states of the audit runs scheduled in [since, until), from the home's local Prefect server."""
+    import httpx
+
+    from t2c_monitor.prefect_server import RECORD
+
+    api = json.loads((Path(env["T2C_HOME"]) / "prefect" / RECORD).read_text())["api_url"]
+    response = httpx.post(f"{api}/flow_runs/filter", timeout=30, json={
+        "flows": {"name": {"any_": ["audit"]}}, "limit": 200,
+        "flow_runs": {"expected_start_time": {"after_": since.isoformat(), "before_": until.isoformat()}}})
+    response.raise_for_status()
+    return [run["state_type"] for run in response.json()]
+
+
 def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, minutes: float, every: float,
-         outage: tuple[Path, float] | None = None, settle: float = 90.0, log: Any = print) -> SoakReport:
+         outage: tuple[Path, float] | None = None, settle: float = 90.0, stderr: Path | None = None,
+         log: Any = print) -> SoakReport:
     """`t2c serve` with ``images`` dropped into ``inbox`` one every ``every`` seconds for ``minutes``; optionally
     the embedded database (``outage``: its pgdata, and when to stop it for 10 s). Then ``settle`` seconds for
-    the last interval, SIGTERM, and the figures (see the module doc)."""
+    the last interval, SIGTERM, and the figures (see the module doc). The clock starts once serve is ready;
+    its stderr goes to ``stderr`` (default: serve.stderr beside the inbox)."""
     import psutil
     from sqlalchemy import text
 
@@ -298,8 +377,14 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
     inbox.mkdir(parents=True, exist_ok=True)
     with engine.connect() as conn:
         audits_before = conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one()
-    server = subprocess.Popen([str(T2C), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    serve_started = datetime.now(UTC)
+    stderr = stderr or inbox.parent / "serve.stderr"
+    with open(stderr, "w") as err:
+        server = subprocess.Popen([str(T2C), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                  start_new_session=True)
+    ready_by = time.monotonic() + 300  # serve is ready once its deployments are registered (it says so)
+    while "stops serving" not in stderr.read_text() and server.poll() is None and time.monotonic() < ready_by:
+        time.sleep(1)
     started = time.monotonic()
     end = started + minutes * 60
     dropped: list[str] = []
@@ -307,7 +392,7 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
     connections = 0
     outage_done = outage is None
     outage_ended = None
-    next_drop = started + 20  # let the server start first
+    next_drop = started
     try:
         while time.monotonic() < end + settle:
             now = time.monotonic()
@@ -324,8 +409,6 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
                 time.sleep(10)
                 start_embedded(outage[0])
                 outage_done = True
-                from datetime import UTC, datetime
-
                 outage_ended = datetime.now(UTC)
             proc = psutil.Process(server.pid)
             samples.append((now - started, proc.memory_info().rss / 2**20, proc.num_fds()))
@@ -340,30 +423,43 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
             time.sleep(2)
         alive = server.poll() is None
     finally:
+        serve_ended = datetime.now(UTC)
+        stop_asked = time.monotonic()
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        stop_seconds = time.monotonic() - stop_asked
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT i.uri FROM image i JOIN batch b ON b.id = i.batch_id "
                                    "WHERE b.external_id LIKE 'inbox-%'")).scalars().all()
         audits = conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one() - audits_before
+        audits_failed = conn.execute(text("SELECT count(*) FROM audit WHERE status = 'failed' AND started_at > :t"),
+                                     {"t": serve_started}).scalar_one()
         failed_batches = conn.execute(text("SELECT count(*) FROM batch WHERE external_id LIKE 'inbox-%' "
                                            "AND status <> 'stored'")).scalar_one()
         after_outage = outage_ended is not None and conn.execute(text(
             "SELECT count(*) FROM batch WHERE external_id LIKE 'inbox-%' AND status = 'stored' "
-            "AND received_at > :t"), {"t": outage_ended}).scalar_one() > 0
+            "AND received_at > :t"), {"t": outage_ended}).scalar_one() > 0 and conn.execute(text(
+            "SELECT count(*) FROM audit WHERE status = 'done' AND started_at > :t"),
+            {"t": outage_ended}).scalar_one() > 0
+    runs = audit_runs(env, serve_started, serve_ended - timedelta(seconds=60))
+    states = {state: sum(1 for r in runs if r == state) for state in sorted(set(runs))}
     late_rss = [(t, r) for t, r, _ in samples if t > 60] or [(t, r) for t, r, _ in samples]
     return SoakReport(
         minutes=round((time.monotonic() - started) / 60, 2), files=len(dropped), ingested=len(set(stored)),
         missed=len(set(dropped) - set(stored)), duplicates=len(stored) - len(set(stored)), audits=audits,
+        audits_failed=audits_failed,
         outage_survived=None if outage is None else alive and after_outage,
         rss_mb=[r for _, r, _ in samples[:: max(1, len(samples) // 20)]],
         rss_slope_mb_per_hour=round(_slope_per_hour([t for t, _ in late_rss], [r for _, r in late_rss]), 1),
         fds_first_last=(samples[0][2], samples[-1][2]) if samples else (0, 0), connections_max=connections,
-        runs_failed=failed_batches)
+        runs_failed=failed_batches,
+        audits_scheduled=len(runs), audits_completed=states.get("COMPLETED", 0), audit_states=states,
+        exit_code=server.returncode, stop_seconds=round(stop_seconds, 1))
 
 
 # ------------------------------------------------------------------------------------------ hostile files
@@ -607,6 +703,8 @@ def main() -> None:
     parser.add_argument("--hostile", type=int, default=600, help="malformed files of the hostile corpus")
     parser.add_argument("--audits", type=int, default=10, help="audits whose alerts meet receiver faults")
     parser.add_argument("--outage-after", type=float, default=12.0, help="seconds into an ingest the database stops")
+    parser.add_argument("--audit-outage-after", type=float, default=8.0,
+                        help="seconds into an audit the database stops")
     parser.add_argument("--soak-minutes", type=float, default=10.0, help="how long `t2c serve` soaks (0: skip)")
     parser.add_argument("--soak-every", type=float, default=3.0, help="seconds between files dropped in the inbox")
     args = parser.parse_args()
@@ -667,6 +765,16 @@ def main() -> None:
                       deliveries_repeated=deliveries.repeated,
                       repeats_without_timeout=deliveries.repeats_without_timeout,
                       secrets_found=len(deliveries.secrets_found), secrets_where=deliveries.secrets_found)
+        print("database outage: the embedded PostgreSQL stopped during a `t2c audit`", file=sys.stderr)
+        engine.dispose()
+        db.engine.dispose()
+        audited = audit_outage(env, home / "pgdata", env["T2C_DATABASE_URL"], monitor, "night",
+                               stop_after=args.audit_outage_after)
+        db.engine.dispose()
+        result.update(audit_outage_failed_cleanly=audited.failed_cleanly,
+                      audit_outage_seconds_to_fail=audited.seconds_to_fail, audit_outage_message=audited.message,
+                      audit_outage_half_written=audited.half_written, audit_outage_recovered=audited.recovered)
+        result["db_outage_recovered"] = outage.recovered and audited.recovered
         if args.soak_minutes > 0:
             n = int(args.soak_minutes * 60 / args.soak_every) + 1
             print(f"soak: `t2c serve` for {args.soak_minutes:g} min, a file every {args.soak_every:g} s into its "
@@ -678,6 +786,9 @@ def main() -> None:
                           outage=(home / "pgdata", args.soak_minutes * 30), log=lambda m: print(m, file=sys.stderr))
             result.update(soak_minutes=soaked.minutes, soak_files=soaked.files, soak_missed=soaked.missed,
                           soak_duplicates=soaked.duplicates, soak_audits=soaked.audits,
+                          soak_audits_failed=soaked.audits_failed, soak_audits_scheduled=soaked.audits_scheduled,
+                          soak_audit_states=soaked.audit_states,
+                          soak_audits_missed=soaked.audits_scheduled - soaked.audits_completed,
                           soak_outage_survived=soaked.outage_survived,
                           rss_slope_mb_per_hour=soaked.rss_slope_mb_per_hour, soak_rss_mb=soaked.rss_mb,
                           soak_fds_first_last=soaked.fds_first_last, soak_connections_max=soaked.connections_max)

@@ -128,35 +128,51 @@ class InboxParams(BaseModel):
 
 @task
 def select_new(monitor: str, items: list, interval_s: float) -> dict[str, Any]:
+    """This interval's batch id and the inbox files the monitor does not hold; first, the batches of earlier
+    intervals that a killed or failed run left are closed (their files not stored become new again)."""
     from datetime import timedelta
 
-    from t2c_monitor.ingest import inbox_batch_id, new_items
+    from t2c_monitor.ingest import close_interrupted_inbox_batches, inbox_batch_id, new_items
     from t2c_monitor.store.monitors import get_monitor
 
     db = database()
     with db.session() as session:
         record = get_monitor(session, monitor)
     batch_id = inbox_batch_id(timedelta(seconds=interval_s))
+    for closed in close_interrupted_inbox_batches(db, record, current=batch_id):
+        get_run_logger().warning(f"closed inbox batch {closed.external_id}, left unfinished by an interrupted run: "
+                                 f"{closed.n_ok} images kept, its other files go in {batch_id}")
     return {"batch_id": batch_id, "items": new_items(db, record, items, batch_id=batch_id)}
 
 
 @flow(name="ingest-inbox", log_prints=True)
 def ingest_inbox_flow(params: InboxParams) -> dict[str, Any]:
-    """Ingest the files of an inbox that the monitor does not hold yet, as this interval's batch."""
+    """Ingest the files of an inbox that the monitor does not hold yet, as this interval's batch. One run of a
+    monitor's inbox at a time (a database lock): a run that finds the inbox held leaves its files to the next."""
+    from t2c_monitor.ingest import exclusive_inbox
     from t2c_monitor.sources import expand_source
+    from t2c_monitor.store.monitors import get_monitor
 
-    source = expand_source(params.source)
-    items = list_source(source)
-    selected = select_new(params.monitor, items, params.interval_s)
-    if not selected["items"]:
-        get_run_logger().info(f"inbox {source}: no new files")
-        return {"status": "nothing new", "n_source": len(items)}
-    started = time.perf_counter()
-    batch = plan(params.monitor, selected["items"], source, selected["batch_id"])
-    timings = embed_and_store(params.monitor, batch, 1, None)
-    timings["total"] = time.perf_counter() - started
-    summary = finish(batch["batch_id"], timings)
-    get_run_logger().info(f"inbox batch {summary['external_id']}: {summary['n_ok']} ok, {summary['n_failed']} failed")
+    logger = get_run_logger()
+    db = database()
+    with db.session() as session:
+        record = get_monitor(session, params.monitor)
+    with exclusive_inbox(db, record) as held:
+        if not held:
+            logger.info(f"inbox of {params.monitor}: an earlier run is still ingesting; new files wait for the next")
+            return {"status": "busy"}
+        source = expand_source(params.source)
+        items = list_source(source)
+        selected = select_new(params.monitor, items, params.interval_s)
+        if not selected["items"]:
+            logger.info(f"inbox {source}: no new files")
+            return {"status": "nothing new", "n_source": len(items)}
+        started = time.perf_counter()
+        batch = plan(params.monitor, selected["items"], source, selected["batch_id"])
+        timings = embed_and_store(params.monitor, batch, 1, None)
+        timings["total"] = time.perf_counter() - started
+        summary = finish(batch["batch_id"], timings)
+    logger.info(f"inbox batch {summary['external_id']}: {summary['n_ok']} ok, {summary['n_failed']} failed")
     return summary
 
 

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -184,6 +185,24 @@ def new_items(db: Database, record: MonitorRecord, items: Sequence[SourceItem], 
     with db.engine.connect() as conn:
         seen = batch_store.uris_held(conn, record.id, batch_id, [i.uri for i in items])
     return [i for i in items if i.uri not in seen]
+
+
+@contextmanager
+def exclusive_inbox(db: Database, record: MonitorRecord) -> Iterator[bool]:
+    """Hold the monitor's inbox for one run (yields whether it is held): two runs at once would each take the
+    files the other has not stored yet. A run that is killed, or loses the database, releases it."""
+    with batch_store.inbox_lock(db.engine, record.id) as held:
+        yield held
+
+
+def close_interrupted_inbox_batches(db: Database, record: MonitorRecord, *,
+                                    current: str) -> list[batch_store.BatchSummary]:
+    """Finish the inbox batches of earlier intervals that a killed or failed run left (call it holding the
+    inbox): each keeps the images it stored and is counted ``stored`` (``failed`` if it has none ok); its
+    files not stored are new again, so this interval's batch takes them. No file is lost or stored twice."""
+    with db.engine.begin() as conn:
+        return [batch_store.finish_batch(conn, b, timings={})
+                for b in batch_store.interrupted_inbox_batches(conn, record.id, current=current)]
 
 
 @dataclass

@@ -4,7 +4,7 @@ schedules make (applied to a real Prefect API, and written as prefect.yaml)."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from html import escape, unescape
 
 import pytest
@@ -80,6 +80,34 @@ def test_inbox_flow_ingests_only_new_files(prefect_harness, applied_monitor, tmp
     with applied_monitor.engine.connect() as conn:
         counts = conn.execute(text("SELECT count(*), count(DISTINCT uri) FROM image")).one()
     assert tuple(counts) == (10, 10), "every file stored once"
+
+
+def test_an_interrupted_inbox_run_is_closed_by_the_next_and_one_run_holds_the_inbox_at_a_time(
+        prefect_harness, applied_monitor, tmp_path):
+    from flows.ingest import InboxParams, ingest_inbox_flow
+    from t2c_monitor.ingest import (IngestOptions, exclusive_inbox, inbox_batch_id, ingest_items, load_runtime,
+                                    plan_batch)
+    from t2c_monitor.sources import resolve_source
+
+    db, inbox = applied_monitor, tmp_path / "inbox"
+    write_images(inbox / "night", 12, seed=7)
+    runtime = load_runtime(db, "tiny", device="cpu")
+    old = inbox_batch_id(timedelta(hours=1), now=datetime(2026, 1, 1, tzinfo=UTC))  # an earlier interval's batch
+    plan = plan_batch(db, runtime.record, resolve_source(inbox), source_uri=str(inbox), batch_id=old)
+    # the run stores 5 images, then is killed (its serve SIGKILLed) before it finishes the batch
+    ingest_items(db, runtime, plan.batch_id, plan.items[:5], IngestOptions(batch_size=4, chunk_size=4))
+
+    params = InboxParams(source=str(inbox), monitor="tiny", interval_s=3600)
+    with exclusive_inbox(db, runtime.record) as held:  # another run (a second serve, say) holds the inbox
+        assert held and ingest_inbox_flow(params) == {"status": "busy"}
+    after = ingest_inbox_flow(params)
+    assert after["status"] == "stored" and after["n_ok"] == 7, "the files the killed run did not store"
+    with db.engine.connect() as conn:
+        batches = conn.execute(text("SELECT external_id, status, n_ok FROM batch ORDER BY id")).all()
+        counts = conn.execute(text("SELECT count(*), count(DISTINCT uri) FROM image")).one()
+    assert [tuple(b) for b in batches] == [(old, "stored", 5), (after["external_id"], "stored", 7)]
+    assert tuple(counts) == (12, 12), "every file stored once, none lost"
+    assert ingest_inbox_flow(params)["status"] == "nothing new"
 
 
 def _schedules_config(tmp_path):

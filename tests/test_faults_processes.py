@@ -1,5 +1,6 @@
 """The short form of ``bench/faults.py``'s process scenarios (the benchmark runs the long form): real
-`t2c ingest` processes killed with SIGKILL and run again, and the database stopped under one. Apart
+`t2c ingest` processes killed with SIGKILL and run again, and the database stopped under an ingest and an
+audit. Apart
 from test_faults.py so that `make test`'s two workers share the slow scenarios."""
 
 from __future__ import annotations
@@ -60,3 +61,14 @@ def test_the_database_going_away_fails_the_run_cleanly_and_the_next_run_complete
     assert report.failed_cleanly, report
     assert "database" in report.message.lower() or "postgresql" in report.message.lower(), report
     assert report.seconds_to_fail < 120 and report.partial_chunks_ok and report.recovered, report
+
+    from faults import audit_outage  # and under an audit: nothing half-written, the next audit completes
+
+    from t2c_monitor.audit import build_baseline
+
+    db = open_database()
+    build_baseline(db, "tiny", batches=["clean"], reservoir_size=40)
+    db.engine.dispose()
+    audited = audit_outage(env, pgdata, url, "tiny", "outage", stop_after=6.0)
+    assert audited.failed_cleanly and audited.half_written == 0 and audited.recovered, audited
+    assert "database" in audited.message.lower() or "postgresql" in audited.message.lower(), audited

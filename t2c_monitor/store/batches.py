@@ -6,13 +6,17 @@ shards writing one batch agree on them.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, Engine, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 
 from t2c_monitor.store.models import Batch, BatchStatus, Image
 
@@ -71,6 +75,39 @@ def uris_held(conn: Connection, monitor_id: int, external_id: str, uris: list[st
                     or_(Batch.external_id != external_id, Batch.status == "stored"),
                     Image.uri.in_(list(uris))))
     return set(conn.execute(query).scalars())
+
+
+INBOX_PREFIX = "inbox-"  # the external ids of the batches an inbox run makes (``ingest.inbox_batch_id``)
+_INBOX_LOCK = 0x7432  # the advisory-lock class of inbox runs; the second key is the monitor's id
+
+
+@contextmanager
+def inbox_lock(engine: Engine, monitor_id: int) -> Iterator[bool]:
+    """Try to hold the monitor's inbox for the ``with`` block; yields whether it is held. A session lock on a
+    connection of its own: a run that is killed or loses the database releases it with its session."""
+    with engine.connect() as conn:
+        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:c, :m)"),
+                                 {"c": _INBOX_LOCK, "m": monitor_id}).scalar_one())
+        conn.commit()
+        try:
+            yield held
+        finally:
+            if held and not conn.closed and not conn.invalidated:
+                with contextlib.suppress(DBAPIError):
+                    conn.execute(text("SELECT pg_advisory_unlock(:c, :m)"), {"c": _INBOX_LOCK, "m": monitor_id})
+                    conn.commit()
+
+
+def interrupted_inbox_batches(conn: Connection, monitor_id: int, *, current: str) -> list[int]:
+    """Inbox batches of earlier intervals that a run left unfinished (killed: ``pending``/``embedding``) or
+    failed with images stored: their rows are to be counted and kept, their other files are new again."""
+    return list(conn.execute(
+        select(Batch.id).where(
+            Batch.monitor_id == monitor_id, Batch.external_id.startswith(INBOX_PREFIX, autoescape=True),
+            Batch.external_id != current, Batch.status != "stored",
+            or_(Batch.status.in_(("pending", "embedding")),
+                select(Image.id).where(Image.batch_id == Batch.id, Image.status == "ok").exists()))
+        .order_by(Batch.id)).scalars())
 
 
 def _failure_counts(conn: Connection, batch_id: int) -> dict[str, int]:
