@@ -85,8 +85,14 @@ def test_inbox_flow_ingests_only_new_files(prefect_harness, applied_monitor, tmp
 def test_an_interrupted_inbox_run_is_closed_by_the_next_and_one_run_holds_the_inbox_at_a_time(
         prefect_harness, applied_monitor, tmp_path):
     from flows.ingest import InboxParams, ingest_inbox_flow
-    from t2c_monitor.ingest import (IngestOptions, exclusive_inbox, inbox_batch_id, ingest_items, load_runtime,
-                                    plan_batch)
+    from t2c_monitor.ingest import (
+        IngestOptions,
+        exclusive_inbox,
+        inbox_batch_id,
+        ingest_items,
+        load_runtime,
+        plan_batch,
+    )
     from t2c_monitor.sources import resolve_source
 
     db, inbox = applied_monitor, tmp_path / "inbox"
