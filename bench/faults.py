@@ -378,13 +378,7 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
     with engine.connect() as conn:
         audits_before = conn.execute(text("SELECT count(*) FROM audit WHERE status = 'done'")).scalar_one()
     serve_started = datetime.now(UTC)
-    stderr = stderr or inbox.parent / "serve.stderr"
-    with open(stderr, "w") as err:
-        server = subprocess.Popen([str(T2C), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                  start_new_session=True)
-    ready_by = time.monotonic() + 300  # serve is ready once its deployments are registered (it says so)
-    while "stops serving" not in stderr.read_text() and server.poll() is None and time.monotonic() < ready_by:
-        time.sleep(1)
+    server = start_serve(env, stderr or inbox.parent / "serve.stderr")
     started = time.monotonic()
     end = started + minutes * 60
     dropped: list[str] = []
@@ -425,13 +419,7 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
     finally:
         serve_ended = datetime.now(UTC)
         stop_asked = time.monotonic()
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_serve(server)
         stop_seconds = time.monotonic() - stop_asked
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT i.uri FROM image i JOIN batch b ON b.id = i.batch_id "
@@ -460,6 +448,107 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
         runs_failed=failed_batches,
         audits_scheduled=len(runs), audits_completed=states.get("COMPLETED", 0), audit_states=states,
         exit_code=server.returncode, stop_seconds=round(stop_seconds, 1))
+
+
+# ------------------------------------------------------------------------------------------ killed serve
+
+
+@dataclass
+class ServeKillReport:
+    killed_in_flight: bool  # serve's group was SIGKILLed while an inbox batch was half stored
+    stored_when_killed: int  # images of that batch stored at the kill
+    orphans: int  # processes serve had started still alive after the kill
+    files: int
+    missed: int  # inbox files in no stored batch once the restarted serve caught up
+    duplicates: int  # inbox files stored twice
+    interrupted_closed: bool  # the killed run's batch ended stored, keeping what it had
+    exit_code: int | None  # of the restarted serve, after SIGTERM
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def start_serve(env: dict[str, str], stderr: Path, *, timeout: float = 300) -> subprocess.Popen:
+    """`t2c serve` in a process group of its own, returned once it says it serves (its stderr appended to
+    ``stderr``)."""
+    before = stderr.read_text().count("stops serving") if stderr.exists() else 0
+    with open(stderr, "a") as err:
+        server = subprocess.Popen([str(T2C), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                  start_new_session=True)
+    ready_by = time.monotonic() + timeout
+    while stderr.read_text().count("stops serving") == before and time.monotonic() < ready_by:
+        if server.poll() is not None:
+            raise RuntimeError(f"t2c serve exited ({server.returncode}): {stderr.read_text()[-2000:]}")
+        time.sleep(1)
+    return server
+
+
+def stop_serve(server: subprocess.Popen) -> int | None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    return server.returncode
+
+
+def kill_serve(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, timeout: float = 240,
+               log: Any = print) -> ServeKillReport:
+    """``images`` dropped into the inbox of a monitor whose schedules ingest it, then `t2c serve`; its whole
+    process group SIGKILLed (a container killed) once an inbox batch is half stored; serve started again and
+    given until every file is in a stored batch."""
+    from sqlalchemy import text
+
+    inbox.mkdir(parents=True, exist_ok=True)
+    dropped = []
+    for i, source in enumerate(images):
+        target = inbox / f"kill-{i:05d}{source.suffix}"
+        target.write_bytes(source.read_bytes())
+        dropped.append(str(target))
+    stderr = inbox.parent / "serve-kill.stderr"
+
+    def in_flight() -> tuple[int, int] | None:
+        with engine.connect() as conn:
+            row = conn.execute(text(
+                "SELECT b.id, count(i.id) FROM batch b JOIN image i ON i.batch_id = b.id "
+                "WHERE b.external_id LIKE 'inbox-%' AND b.status = 'embedding' GROUP BY b.id")).first()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def stored() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.execute(text(
+                "SELECT i.uri FROM image i JOIN batch b ON b.id = i.batch_id WHERE b.external_id LIKE 'inbox-%' "
+                "AND b.status = 'stored' AND i.uri LIKE '%/kill-%'")).scalars())
+
+    server = start_serve(env, stderr)
+    deadline, batch = time.monotonic() + timeout, None
+    while batch is None and time.monotonic() < deadline:
+        batch = in_flight()
+        time.sleep(0.1)
+    family = set(_descendants(server.pid)) - _shared_servers(env)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    time.sleep(1)
+    orphans = [pid for pid in family if _alive(pid)]
+    for pid in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    log(f"  serve killed {'while batch ' + str(batch[0]) + ' held ' + str(batch[1]) + ' images' if batch else 'idle'}"
+        f", {len(orphans)} orphans")
+    server = start_serve(env, stderr)
+    deadline = time.monotonic() + timeout
+    while len(set(stored()) & set(dropped)) < len(dropped) and time.monotonic() < deadline:
+        time.sleep(2)
+    code = stop_serve(server)
+    uris = [u for u in stored() if u in set(dropped)]
+    with engine.connect() as conn:
+        closed = batch is not None and conn.execute(text("SELECT status FROM batch WHERE id = :b"),
+                                                    {"b": batch[0]}).scalar_one() == "stored"
+    return ServeKillReport(killed_in_flight=batch is not None, stored_when_killed=batch[1] if batch else 0,
+                           orphans=len(orphans), files=len(dropped), missed=len(set(dropped) - set(uris)),
+                           duplicates=len(uris) - len(set(uris)), interrupted_closed=closed, exit_code=code)
 
 
 # ------------------------------------------------------------------------------------------ hostile files
