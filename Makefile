@@ -22,10 +22,12 @@ demo: install
 
 # Test files run on TEST_WORKERS processes (pytest-xdist, one file per worker at a time): much of the
 # suite waits on servers, subprocesses and a real clock. TEST_WORKERS=0 runs them in this process.
+# --no-loadscope-reorder keeps tests/conftest.py's order (slowest files first) instead of xdist's
+# (files with the most tests first), so the two workers finish together.
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

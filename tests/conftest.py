@@ -323,14 +323,13 @@ def drop_database(pg_server_url: str, url: str) -> None:
     admin.dispose()
 
 
-# Under pytest-xdist (`make test`: two workers, a file at a time) the slowest files go first, so the two
-# workers finish together instead of one running a long file alone at the end. A file that needs the
-# quick world comes first and one that does not second, so the second worker is not kept waiting while
-# the first builds the world.
-SLOW_FILES_FIRST = ("test_schedules.py", "test_faults.py", "test_world_search.py", "test_faults_processes.py",
-                    "test_wheel.py",
-                    "test_decode_world.py", "test_world_drift.py", "test_cli_ingest.py", "test_audit.py",
-                    "test_reports.py", "test_alerts.py", "test_audit_flow.py", "test_prefect_server.py")
+# Under pytest-xdist (`make test`: two workers, a file at a time, xdist's own reordering off) the slowest
+# files go first, so the two workers finish together instead of one running a long file alone at the
+# end. The first needs no quick world and the second builds it, so neither waits for the other.
+SLOW_FILES_FIRST = ("test_faults_processes.py", "test_schedules.py", "test_faults.py", "test_faults_serve.py",
+                    "test_wheel.py", "test_audit_flow.py", "test_world.py", "test_cli_ingest.py", "test_audit.py",
+                    "test_world_drift.py", "test_world_search.py", "test_prefect_server.py", "test_reports.py",
+                    "test_decode_world.py", "test_ingest_flow.py", "test_alerts.py")
 
 
 def pytest_collection_modifyitems(config, items):

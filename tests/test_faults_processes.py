@@ -1,7 +1,7 @@
 """The short form of ``bench/faults.py``'s process scenarios (the benchmark runs the long form): real
 `t2c ingest` processes killed with SIGKILL and run again, and the database stopped under an ingest and an
-audit. Apart
-from test_faults.py so that `make test`'s two workers share the slow scenarios."""
+audit. Apart from test_faults.py (and `t2c serve` killed, in test_faults_serve.py) so that `make test`'s
+two workers share the slow scenarios."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from faults import kill_ingest  # noqa: E402
 
 
-def test_killed_ingests_and_serve_rerun_to_a_clean_runs_rows_and_leave_no_process(applied_monitor, tiny_monitor_dir,
-                                                                                   database_url, tmp_path):
+def test_killed_ingests_rerun_to_a_clean_runs_rows_and_leave_no_process(applied_monitor, database_url, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # the home's local server
     env.update(T2C_HOME=str(tmp_path / "home"), T2C_DATABASE_URL=database_url, T2C_DEVICE="cpu")
     source = write_images(tmp_path / "batch", 40, seed=21)[0].parent
@@ -29,22 +28,6 @@ def test_killed_ingests_and_serve_rerun_to_a_clean_runs_rows_and_leave_no_proces
     assert report.trials == 2 and report.completed == 2, report
     assert (report.duplicates, report.lost, report.orphans) == (0, 0, 0), report
     assert report.listed_unfinished == report.killed_unfinished, "a killed batch is listed with what a rerun does"
-
-    # and `t2c serve` killed (its whole process group, as a container dies) half-way through an inbox run
-    from conftest import apply_tiny
-    from faults import kill_serve
-
-    apply_tiny(applied_monitor, tiny_monitor_dir, tmp_path / "scheduled",
-               schedules={"inbox": str(tmp_path / "inbox"), "ingest_interval": "20s"})
-    images = sorted(write_images(tmp_path / "stream", 160, seed=22)[0].parent.glob("*.png"))
-    engine = create_engine(database_url)
-    try:
-        killed = kill_serve(env, engine, images, tmp_path / "inbox", log=lambda _: None)
-    finally:
-        engine.dispose()
-    assert killed.killed_in_flight and killed.orphans == 0, killed
-    assert (killed.missed, killed.duplicates) == (0, 0) and killed.interrupted_closed, killed
-    assert killed.exit_code == 0, killed
 
 
 def test_the_database_going_away_fails_the_run_cleanly_and_the_next_run_completes(tiny_monitor_dir, tmp_path,

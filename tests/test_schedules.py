@@ -78,7 +78,7 @@ def test_serve_ingests_a_stream_of_files_once_and_audits_on_schedule_then_stops_
     stderr_path = tmp_path / "serve.stderr"
     engine = create_engine(database_url)
     try:
-        report = soak(env, engine, stream, root / "inbox", minutes=1.0, every=3, settle=60, stderr=stderr_path,
+        report = soak(env, engine, stream, root / "inbox", minutes=0.75, every=3, settle=45, stderr=stderr_path,
                       log=lambda _: None)
         with engine.connect() as conn:
             batches = conn.execute(text(
