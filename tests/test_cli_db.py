@@ -51,7 +51,8 @@ def test_demo_prints_a_working_url_with_schema_at_head(tmp_path):
     # and as printed it works in libpq tools too
     from pgserver._commands import POSTGRES_BIN_PATH
 
-    psql = subprocess.run([POSTGRES_BIN_PATH / "psql", payload["database_url"], "-tAc", "SELECT version_num FROM alembic_version"],
+    psql = subprocess.run([POSTGRES_BIN_PATH / "psql", payload["database_url"], "-tAc",
+                           "SELECT version_num FROM alembic_version"],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "LD_LIBRARY_PATH": str(POSTGRES_BIN_PATH.parents[2] / "pgserver.libs")})
     assert psql.stdout.strip() == payload["schema_revision"], psql.stderr

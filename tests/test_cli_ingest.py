@@ -63,7 +63,8 @@ def test_apply_list_and_ingest_from_the_command_line(database_url, tiny_monitor_
 def test_bad_monitor_file_and_unknown_monitor_are_messages(database_url, tmp_path):
     env = {"T2C_DATABASE_URL": database_url, "T2C_HOME": str(tmp_path / "home")}
     bad = tmp_path / "monitors.yaml"
-    bad.write_text("monitors:\n  - name: m\n    encoder: timm:x\n    clip: c\n    aligner: a\n    bank: b\n    schedule: daily\n")
+    bad.write_text("monitors:\n  - name: m\n    encoder: timm:x\n    clip: c\n    aligner: a\n    bank: b\n"
+                   "    schedule: daily\n")
     result = run_t2c("monitor", "apply", str(bad), env=env)
     assert result.returncode == 2 and "monitors[0].schedule: unknown key" in result.stderr
     assert "Traceback" not in result.stderr

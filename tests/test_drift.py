@@ -68,7 +68,8 @@ def _data(kind: str, n1: int, n2: int, k: int, seed: int):
     rng = np.random.default_rng(seed)
     shift = rng.uniform(-0.4, 0.4, k)
     if kind == "continuous":
-        return rng.standard_normal((n1, k)).astype(np.float32), (rng.standard_normal((n2, k)) + shift).astype(np.float32)
+        reference = rng.standard_normal((n1, k)).astype(np.float32)
+        return reference, (rng.standard_normal((n2, k)) + shift).astype(np.float32)
     if kind == "ties":  # rounded scores: many ties within and across sides
         return np.round(rng.standard_normal((n1, k)), 1), np.round(rng.standard_normal((n2, k)) + shift, 1)
     # discrete: a handful of values
@@ -163,7 +164,7 @@ def test_direction_ranking_and_result_shape() -> None:
     assert payload["flagged"] == ["c1", "c2", "c0", "c3"]
     assert payload["params"]["correction"] == "bh" and len(payload["concepts"]) == 12
     bonf = KSDriftDetector(correction="bonferroni").detect(ref, cur, names)
-    assert all(c.q_value >= d.q_value for c, d in zip(bonf.concepts, result.concepts))
+    assert all(c.q_value >= d.q_value for c, d in zip(bonf.concepts, result.concepts, strict=False))
 
 
 def test_planted_shift_in_correlated_bank_is_flagged_first() -> None:
@@ -204,7 +205,7 @@ def test_reservoir_is_uniform_deterministic_and_batch_independent() -> None:
     def run(seed: int, cuts: list[int]) -> np.ndarray:
         res = Reservoir(50, seed=seed)
         edges = [0, *cuts, 2000]
-        for a, b in zip(edges[:-1], edges[1:]):
+        for a, b in zip(edges[:-1], edges[1:], strict=False):
             res.add(stream[a:b])
         return res.sample()
 

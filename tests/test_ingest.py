@@ -33,7 +33,8 @@ def test_monitor_file_paths_resolve_against_the_file(tiny_monitor_dir):
     "monitor, message",
     [
         ({"name": "m", "encoder": "timm:x", "clip": "c", "aligner": "a", "bank": "b", "ingest": {"batch_sise": 8}},
-         "monitors[0].ingest.batch_sise: unknown key (allowed: batch_size, chunk_size, decode_threads, store_writers, workers"),
+         "monitors[0].ingest.batch_sise: unknown key (allowed: batch_size, chunk_size, decode_threads, "
+         "store_writers, workers"),
         ({"name": "m", "encoder": "timm:x", "clip": "c", "aligner": "a", "bank": "b", "colour": 1},
          "monitors[0].colour: unknown key (allowed: name, encoder, clip, aligner, bank"),
         ({"name": "m", "clip": "c", "aligner": "a", "bank": "b"}, "monitors[0].encoder: required key is missing"),

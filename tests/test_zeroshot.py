@@ -31,7 +31,8 @@ def clip_config(tiny_clip_config: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def models(clip_config: Path):
-    return create_source_encoder("timm:test_resnet", device="cpu"), create_clip_model(f"open_clip:{clip_config}", device="cpu")
+    return (create_source_encoder("timm:test_resnet", device="cpu"),
+            create_clip_model(f"open_clip:{clip_config}", device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,8 @@ def test_zero_shot_report_matches_a_hand_computation(models, folder: Path, align
     assert report.accuracy == pytest.approx(report.clip_accuracy)
 
 
-def test_undecodable_images_are_listed_and_the_rest_scored(models, folder: Path, aligner: Aligner, tmp_path: Path) -> None:
+def test_undecodable_images_are_listed_and_the_rest_scored(models, folder: Path, aligner: Aligner,
+                                                           tmp_path: Path) -> None:
     encoder, clip = models
     broken = tmp_path / "copy"
     for path in folder.glob("*/*.png"):
@@ -117,12 +119,14 @@ def test_an_aligner_of_other_models_is_refused(models, folder: Path, aligner: Al
     assert "concept bank" not in str(refused.value)  # the aligner's space is the subject, not a bank
 
 
-def test_cli_zeroshot_and_concepts_encode(models, folder: Path, aligner: Aligner, clip_config: Path, tmp_path: Path) -> None:
+def test_cli_zeroshot_and_concepts_encode(models, folder: Path, aligner: Aligner, clip_config: Path,
+                                          tmp_path: Path) -> None:
     encoder, clip = models
     aligner.save(tmp_path / "aligner")
     runner = CliRunner()
     result = runner.invoke(app, ["zeroshot", str(folder), "--encoder", "timm:test_resnet", "--aligner",
-                                 str(tmp_path / "aligner"), "--clip", f"open_clip:{clip_config}", "--device", "cpu", "--json"])
+                                 str(tmp_path / "aligner"), "--clip", f"open_clip:{clip_config}", "--device", "cpu",
+                                 "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     expected = zero_shot_folder(folder, encoder, aligner, clip)
