@@ -1,6 +1,8 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create .venv if missing and install the package with its dev extras; the install runs
-# again only when pyproject.toml changes (a stamp file records the last install).
+# again only when pyproject.toml changes (a stamp file records the last install). Bytecode is compiled
+# at install: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise compile torch, timm
+# and prefect from source again (about 25 s each; the tests start hundreds of processes).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	@touch $(STAMP)
 
 demo: install
