@@ -99,7 +99,6 @@ def test_serve_ingests_a_stream_of_files_once_and_audits_on_schedule_then_stops_
     assert report.audits >= 1 and any(inbox_ids & set(ids) for ids in audited), "a scheduled audit saw the inbox"
     # that every audit the scheduler creates runs to an end is the long form's figure (bench/faults.py: on two
     # busy cores an audit started in the last minute of this short run may still be running when serve stops)
-    assert report.audits_scheduled >= 1, report
     assert report.fds_first_last[1] < 100 and report.connections_max <= 10, report
     assert "audit/audit-shapes" in stderr_text and "cron '* * * * *' (UTC)" in stderr_text
     assert "ingest-inbox/ingest-shapes" in stderr_text and "every 20s" in stderr_text
