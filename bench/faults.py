@@ -226,16 +226,14 @@ class OutageReport:
         return dict(self.__dict__)
 
 
-def database_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor: str, source: Path, *,
-                    batch: str, chunk: int, reference: dict[str, tuple[str, Any]], stop_after: float) -> OutageReport:
-    """Stop the embedded PostgreSQL ``stop_after`` seconds into a `t2c ingest` run, start it again once the
-    run has ended, and run it again (``env`` names the server's URL, so nothing restarts it behind our back)."""
-    from sqlalchemy import create_engine
-
+def _through_outage(env: dict[str, str], pgdata: Path, args: list[str], stop_after: float
+                    ) -> tuple[int, str, float]:
+    """Run `t2c ARGS`, stop the embedded PostgreSQL ``stop_after`` seconds in, start it again once the run has
+    ended; the run's exit status, its stderr, and the seconds from the stop to its exit."""
     from t2c_monitor.store.embedded import start_embedded, stop_embedded
 
-    process = subprocess.Popen([str(T2C), "ingest", str(source), "--monitor", monitor, "--batch-id", batch],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([str(T2C), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
     time.sleep(stop_after)
     stop_embedded(pgdata)
     stopped = time.monotonic()
@@ -243,7 +241,17 @@ def database_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor:
         _, stderr = process.communicate(timeout=600)
     finally:
         start_embedded(pgdata)
-    seconds = time.monotonic() - stopped
+    return process.returncode, stderr, time.monotonic() - stopped
+
+
+def database_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor: str, source: Path, *,
+                    batch: str, chunk: int, reference: dict[str, tuple[str, Any]], stop_after: float) -> OutageReport:
+    """Stop the embedded PostgreSQL ``stop_after`` seconds into a `t2c ingest` run, start it again once the
+    run has ended, and run it again (``env`` names the server's URL, so nothing restarts it behind our back)."""
+    from sqlalchemy import create_engine
+
+    code, stderr, seconds = _through_outage(env, pgdata, ["ingest", str(source), "--monitor", monitor,
+                                                          "--batch-id", batch], stop_after)
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     engine = create_engine(engine_url)
     try:
@@ -253,7 +261,7 @@ def database_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor:
     finally:
         engine.dispose()
     return OutageReport(
-        failed_cleanly=process.returncode != 0 and "Traceback" not in stderr,
+        failed_cleanly=code != 0 and "Traceback" not in stderr,
         seconds_to_fail=round(seconds, 1), message=lines[-1][:300] if lines else "",
         partial_chunks_ok=len(partial) % chunk == 0 or len(partial) == len(reference),
         recovered=rerun.returncode == 0 and same_rows(reference, after))
@@ -277,7 +285,6 @@ def audit_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor: st
     whose audit task retries I/O errors), start it again once the run has ended, and audit again."""
     from sqlalchemy import create_engine, text
 
-    from t2c_monitor.store.embedded import start_embedded, stop_embedded
 
     def audits(engine: Any) -> tuple[int, int]:
         """(audits, those whose stored results do not cover every concept of their bank)"""
@@ -290,16 +297,8 @@ def audit_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor: st
     engine = create_engine(engine_url)
     before, _ = audits(engine)
     engine.dispose()
-    process = subprocess.Popen([str(T2C), "audit", "--monitor", monitor, "--batches", batch, "--no-alerts"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(stop_after)
-    stop_embedded(pgdata)
-    stopped = time.monotonic()
-    try:
-        _, stderr = process.communicate(timeout=600)
-    finally:
-        start_embedded(pgdata)
-    seconds = time.monotonic() - stopped
+    code, stderr, seconds = _through_outage(env, pgdata, ["audit", "--monitor", monitor, "--batches", batch,
+                                                          "--no-alerts"], stop_after)
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     engine = create_engine(engine_url)
     try:
@@ -309,7 +308,7 @@ def audit_outage(env: dict[str, str], pgdata: Path, engine_url: str, monitor: st
     finally:
         engine.dispose()
     return AuditOutageReport(
-        failed_cleanly=process.returncode != 0 and "Traceback" not in stderr, seconds_to_fail=round(seconds, 1),
+        failed_cleanly=code != 0 and "Traceback" not in stderr, seconds_to_fail=round(seconds, 1),
         message=lines[-1][:300] if lines else "", half_written=half + half_after,
         recovered=rerun.returncode == 0 and after > before)
 
