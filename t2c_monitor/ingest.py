@@ -175,7 +175,7 @@ def inbox_batch_id(interval: timedelta, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     step = max(1, int(interval.total_seconds()))
     start = datetime.fromtimestamp(int(now.timestamp()) // step * step, UTC)
-    return f"inbox-{start:%Y%m%dT%H%M%SZ}"
+    return f"{batch_store.INBOX_PREFIX}{start:%Y%m%dT%H%M%SZ}"
 
 
 def new_items(db: Database, record: MonitorRecord, items: Sequence[SourceItem], *,
