@@ -160,29 +160,63 @@ class KillReport:
         return dict(self.__dict__)
 
 
+def batch_status(engine: Any, monitor: str, batch: str) -> str | None:
+    """The batch's status, or None while no run has opened it."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT b.status FROM batch b JOIN monitor m ON m.id = b.monitor_id "
+            "WHERE m.name = :m AND b.external_id = :b"), {"m": monitor, "b": batch}).scalar()
+
+
+def _watch(process: subprocess.Popen, until: Any, *, seen: set[int] | None = None) -> float | None:
+    """Poll until ``until()`` is true (seconds waited) or the process exits (None); collects its descendants
+    into ``seen`` on the way (a killed process's children must be known before the kill)."""
+    started = time.monotonic()
+    while process.poll() is None:
+        if seen is not None:
+            seen |= set(_descendants(process.pid))
+        if until():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
 def kill_ingest(env: dict[str, str], engine: Any, monitor: str, source: Path, *, trials: int, seed: int = 0,
                 log: Any = print) -> KillReport:
-    """See the module doc. ``env`` is the environment of the ``t2c`` processes (its home and database)."""
+    """See the module doc. ``env`` is the environment of the ``t2c`` processes (its home and database).
+
+    The kill point is drawn per trial from the clean run's own phases: one trial in five before the
+    batch opens (start-up: Prefect, models, the database), the rest at a random point between the batch
+    opening (seen in the database) and the moment a clean run had stored it, so most kills catch the
+    batch part-way, whatever the machine's speed."""
     rng = random.Random(seed)
     report = KillReport()
     run_t2c(env, "server", "up")  # the home's shared Prefect server, started before anything is timed
-    started = time.monotonic()
-    clean = run_t2c(env, "ingest", str(source), "--monitor", monitor, "--batch-id", "clean-run", "--json")
-    if clean.returncode != 0:
-        raise RuntimeError(f"the clean run failed: {clean.stderr[-2000:]}")
-    duration = time.monotonic() - started
+    clean = subprocess.Popen([str(T2C), "ingest", str(source), "--monitor", monitor, "--batch-id", "clean-run"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    to_open = _watch(clean, lambda: batch_status(engine, monitor, "clean-run") is not None)
+    to_store = _watch(clean, lambda: batch_status(engine, monitor, "clean-run") == "stored")
+    _, err = clean.communicate()
+    if clean.returncode != 0 or to_open is None:
+        raise RuntimeError(f"the clean run failed: {(err or '')[-2000:]}")
+    to_store = to_store if to_store is not None else 1.0  # stored between two polls, just before the exit
     reference = batch_rows(engine, monitor, "clean-run")
     for trial in range(trials):
         batch = f"killed-{trial}"
         shared = _shared_servers(env)
         process = subprocess.Popen([str(T2C), "ingest", str(source), "--monitor", monitor, "--batch-id", batch],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        at = rng.uniform(0.4, 0.95) * duration
-        deadline = time.monotonic() + at
         children: set[int] = set()
-        while time.monotonic() < deadline and process.poll() is None:
-            children |= set(_descendants(process.pid))
-            time.sleep(0.05)
+        if rng.random() < 0.2:
+            phase, at = "start-up", rng.uniform(0.2, 1.0) * to_open
+            _watch(process, lambda deadline=time.monotonic() + at: time.monotonic() >= deadline, seen=children)
+        else:
+            opened = _watch(process, lambda b=batch: batch_status(engine, monitor, b) is not None, seen=children)
+            phase, at = "batch open", rng.uniform(0.05, 0.95) * to_store
+            _watch(process, lambda deadline=time.monotonic() + at: time.monotonic() >= deadline, seen=children)
+            at += opened or 0.0
         children |= set(_descendants(process.pid))
         with contextlib.suppress(ProcessLookupError):  # it may have finished first: a trial all the same
             os.kill(process.pid, signal.SIGKILL)
@@ -206,8 +240,9 @@ def kill_ingest(env: dict[str, str], engine: Any, monitor: str, source: Path, *,
         report.lost += len(set(reference) - set(after))
         if rerun.returncode == 0 and status == "stored" and same_rows(reference, after):
             report.completed += 1
-        log(f"  kill {trial + 1}/{trials} after {at:.1f} s: batch was {state['status'] if state else 'not opened'}, "
-            f"rerun {'ok' if rerun.returncode == 0 else 'FAILED'}, {len(orphans)} orphans")
+        log(f"  kill {trial + 1}/{trials} ({phase}, {at:.1f} s): batch was "
+            f"{state['status'] if state else 'not opened'}, rerun {'ok' if rerun.returncode == 0 else 'FAILED'}, "
+            f"{len(orphans)} orphans")
     return report
 
 

@@ -188,6 +188,7 @@ class Batch(Base):
         UniqueConstraint("monitor_id", "external_id"),
         UniqueConstraint("id", "monitor_id"),  # what image's (batch_id, monitor_id) foreign key points at
         CheckConstraint(_one_of("status", BATCH_STATUSES), name="status"),
+        Index("ix_batch_monitor_id_received_at", "monitor_id", "received_at"),  # dashboards' time ranges
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -234,7 +235,8 @@ class Image(Base):
         Index("ix_image_monitor_id_created_at", "monitor_id", "created_at"),
         CheckConstraint(_one_of("status", IMAGE_STATUSES), name="status"),
         CheckConstraint(
-            "(status = 'ok') = (embedding IS NOT NULL AND failure_reason IS NULL)", name="ok_has_embedding"
+            "(status = 'ok') = ((embedding IS NOT NULL OR embedding_dropped_at IS NOT NULL) "
+            "AND failure_reason IS NULL)", name="ok_has_embedding"
         ),
         CheckConstraint("embedding IS NULL OR vector_dims(embedding) = dim", name="embedding_dim"),
         CheckConstraint("status = 'ok' OR scores IS NULL", name="failed_has_no_scores"),
@@ -255,6 +257,9 @@ class Image(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text)
     dim: Mapped[int | None] = mapped_column(Integer)
     embedding: Mapped[list[float] | None] = mapped_column(Vector(), comment="unit-norm aligned vector")
+    embedding_dropped_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="when retention dropped the vector (scores stay)"
+    )
     created_at: Mapped[datetime] = _created()
     scores: Mapped[list[float] | None] = mapped_column(
         ARRAY(REAL), comment="concept scores against batch.bank_id, in concept order"
@@ -369,7 +374,10 @@ class Alert(Base):
     """A notification about an audit on one channel; failures are kept and retried."""
 
     __tablename__ = "alert"
-    __table_args__ = (CheckConstraint(_one_of("status", ALERT_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_one_of("status", ALERT_STATUSES), name="status"),
+        Index("ix_alert_created_at", "created_at"),  # the alerts dashboard's time range
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     audit_id: Mapped[int] = mapped_column(ForeignKey("audit.id", ondelete="CASCADE"), index=True)
