@@ -1,4 +1,4 @@
-"""Deployments from monitor configs: the scheduled audit, report job and inbox ingest of each monitor.
+"""Deployments from monitor configs: the scheduled audit, report job, inbox ingest and retention of each monitor.
 
 ``monitor_deployments`` turns a monitor's ``schedules`` section into Prefect deployments;
 ``serve_monitors`` (``t2c serve``) serves every recorded monitor's deployments in one process,
@@ -22,6 +22,7 @@ from t2c_monitor.monitors import MonitorConfig, format_duration
 AUDIT_ENTRYPOINT = "flows/audit.py:audit_flow"
 INBOX_ENTRYPOINT = "flows/ingest.py:ingest_inbox_flow"
 REPORT_ENTRYPOINT = "flows/report.py:decode_report_flow"
+RETENTION_ENTRYPOINT = "flows/retention.py:retention_flow"
 DEFAULT_WORK_POOL = "t2c-pool"
 
 
@@ -42,6 +43,14 @@ def deployment_specs(config: MonitorConfig) -> list[dict[str, Any]]:
             "description": f"Report job of monitor {config.name}: words and reports of audits that lack them, "
                            "and a digest of the period.",
             "schedule": {"cron": schedules.report_cron, "timezone": schedules.timezone},
+            "parameters": {"params": {"monitor": config.name}},
+        })
+    if config.retention.vectors is not None:
+        specs.append({
+            "entrypoint": RETENTION_ENTRYPOINT, "name": f"retention-{config.name}",
+            "description": f"Drop the vectors of {config.name}'s images older than "
+                           f"{format_duration(config.retention.vectors)} (scores, batches and audits stay).",
+            "schedule": {"cron": config.retention.cron, "timezone": schedules.timezone},
             "parameters": {"params": {"monitor": config.name}},
         })
     if schedules.inbox and schedules.ingest_interval:
@@ -67,8 +76,10 @@ def monitor_deployments(config: MonitorConfig) -> list[Any]:
     from flows.audit import audit_flow
     from flows.ingest import ingest_inbox_flow
     from flows.report import decode_report_flow
+    from flows.retention import retention_flow
 
-    flows = {AUDIT_ENTRYPOINT: audit_flow, INBOX_ENTRYPOINT: ingest_inbox_flow, REPORT_ENTRYPOINT: decode_report_flow}
+    flows = {AUDIT_ENTRYPOINT: audit_flow, INBOX_ENTRYPOINT: ingest_inbox_flow, REPORT_ENTRYPOINT: decode_report_flow,
+             RETENTION_ENTRYPOINT: retention_flow}
     out = []
     for spec in deployment_specs(config):
         when = spec["schedule"]

@@ -53,6 +53,11 @@ def batch_scores(db: Database, record: MonitorRecord, batch_id: int) -> np.ndarr
         if scores.shape[0] == len(image_ids):
             return scores
         embeddings = audit_store.batch_embeddings(conn, batch_id)
+    if embeddings.shape[0] != len(image_ids):
+        raise ConfigError(
+            f"{len(image_ids) - embeddings.shape[0]} images of a batch of {record.name} have no scores against its "
+            "current bank and retention dropped their vectors, so they cannot be scored again: audit windows "
+            "ingested after the bank changed, or keep vectors longer (retention.vectors).")
     import torch
 
     from t2c_monitor.scoring import cosine_scores
@@ -198,6 +203,13 @@ class AuditSummary:
         return out
 
 
+def window_embeddings(conn: Any, batch_ids: list[int], dim: int) -> np.ndarray:
+    """The aligned vectors ``(n, dim)`` of the batches' ok images that still have one (retention may have
+    dropped some or all: ``n`` may be below the images' count, or 0)."""
+    kept = [m for m in (audit_store.batch_embeddings(conn, b) for b in batch_ids) if m.size]
+    return np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)
+
+
 def detector_for(audit: AuditConfig) -> KSDriftDetector:
     """The drift detector of a monitor's ``audit`` settings."""
     return KSDriftDetector(alpha=audit.alpha, correction=audit.correction, min_ks=audit.min_ks,
@@ -302,16 +314,21 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")
-        embeddings = np.concatenate([audit_store.batch_embeddings(conn, b) for b, _ in chosen])
+        embeddings = window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
     scores = np.concatenate([batch_scores(db, record, b) for b, _ in chosen])
     reference = SortedReference.from_sorted(baseline.sorted_scores)
     result = detector.detect(reference, scores, record.concept_names)
-    direction, norm = drift_direction(baseline.mean_vector, embeddings)
-    explanation, note = _explain(db, record, baseline, embeddings, result)
-    words = None
-    if result.flagged or (explanation is not None and explanation.unlisted):
-        words, note = _words(record, direction, baseline.mean_vector, explanation, note)
-    evidence, evidence_note = _class_evidence(db, record, baseline, embeddings)
+    words = explanation = evidence = None
+    if embeddings.shape[0] == 0:  # retention dropped them: the scores still test every concept
+        direction, norm = np.zeros_like(baseline.mean_vector, dtype=np.float32), 0.0
+        note = evidence_note = ("no root causes, words or class evidence: retention dropped the vectors of this "
+                                "window's images (their concept scores, tested above, are kept)")
+    else:
+        direction, norm = drift_direction(baseline.mean_vector, embeddings)
+        explanation, note = _explain(db, record, baseline, embeddings, result)
+        if result.flagged or (explanation is not None and explanation.unlisted):
+            words, note = _words(record, direction, baseline.mean_vector, explanation, note)
+        evidence, evidence_note = _class_evidence(db, record, baseline, embeddings)
     stored = {**(explanation.to_dict() if explanation else {}), "words": words.to_dict() if words else None,
               "note": note, "cbm": evidence.to_dict() if evidence else None, "cbm_note": evidence_note}
     with db.engine.begin() as conn:
@@ -453,7 +470,7 @@ def load_audit(db: Database, monitor: str, audit_id: int) -> AuditOutcome:
     with db.engine.connect() as conn:
         stored = audit_store.stored_audit(conn, record.id, audit_id)
         baseline = audit_store.baseline_by_id(conn, stored.baseline_id)
-        embeddings = np.concatenate([audit_store.batch_embeddings(conn, b) for b in stored.batch_ids])
+        embeddings = window_embeddings(conn, stored.batch_ids, baseline.mean_vector.shape[0])
     if baseline.bank_id != record.bank_id or len(stored.results) != len(record.concept_names):
         raise ConfigError(f"Audit {audit_id} of {monitor} was made with another concept bank than the monitor "
                           "uses now: its report stays as it was written.")

@@ -14,6 +14,7 @@ alert). ``load_monitor_file`` validates the file and names any bad key with the 
         audit: {window: 24h, alpha: 0.005, correction: bh, min_ks: 0.02, min_effect_size: 0.1}
         alerts: {channels: [oncall], quiet_period: 6h, retries: 3}
         schedules: {audit_cron: "0 * * * *", inbox: /data/inbox, ingest_interval: 10m}
+        retention: {vectors: 90d}          # drop vectors of older images (scores and audits stay)
     channels:                          # alert channels, named once, used by any monitor
       oncall: {type: webhook, url_env: ONCALL_WEBHOOK_URL}     # or url_secret: <Prefect Secret block>
       slack: {type: prefect_block, block: slack-webhook/ml-alerts}
@@ -108,6 +109,18 @@ def format_duration(value: timedelta | float) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def check_cron(value: str) -> str:
+    """``value`` if it is a cron expression Prefect schedules, else a ValueError that says what one is."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=value)
+    except ValidationError:
+        raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month "
+                         "weekday)") from None
+    return value
 
 
 class AuditConfig(_Strict):
@@ -226,16 +239,7 @@ class SchedulesConfig(_Strict):
     @field_validator("audit_cron", "report_cron")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        from prefect.client.schemas.schedules import CronSchedule
-
-        try:
-            CronSchedule(cron=value)
-        except ValidationError:
-            raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month "
-                             "weekday)") from None
-        return value
+        return None if value is None else check_cron(value)
 
     @field_validator("timezone")
     @classmethod
@@ -253,6 +257,29 @@ class SchedulesConfig(_Strict):
         if (self.inbox is None) != (self.ingest_interval is None):
             raise ValueError("inbox and ingest_interval go together: the source and how often to ingest it")
         return self
+
+
+class RetentionConfig(_Strict):
+    """How long image vectors are kept. Dropping a vector keeps everything an audit or a dashboard reads
+    later (the image row and its concept scores, batches, baselines, audits, reports): re-auditing an old
+    window still tests every concept; only its root causes and words, which need vectors, are left out.
+    Batches of the active baseline keep their vectors."""
+
+    vectors: Duration | None = Field(None, description="drop the aligned vectors of images older than this, "
+                                     "e.g. 90d (none: keep them all)")
+    cron: str = Field("30 3 * * *", description="when `t2c serve` applies it (the monitor's schedules.timezone)")
+
+    @field_validator("vectors")
+    @classmethod
+    def _at_least_a_day(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(days=1):
+            raise ValueError("keep vectors at least 1d: audits and searches of recent images need them")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return check_cron(value)
 
 
 class DecodeConfig(_Strict):
@@ -294,6 +321,7 @@ class MonitorConfig(_Strict):
     alerts: AlertsConfig = AlertsConfig()
     schedules: SchedulesConfig = SchedulesConfig()
     decode: DecodeConfig = DecodeConfig()
+    retention: RetentionConfig = RetentionConfig()
     cbm: Path | None = Field(default=None, description="a concept bottleneck model written by `t2c cbm fit --out`: "
                              "audits then report how each class's concept evidence shifted")
 

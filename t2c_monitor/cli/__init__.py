@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cbm",
     "report",
     "alerts",
+    "retention",
     "serve",
     "server",
 )

@@ -98,6 +98,10 @@ def dataset_report(db: Database, monitor: str, *, batches: list[str] | None = No
         baseline = audit_store.active_baseline(conn, record.id, monitor)
         ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
         vectors = np.concatenate([audit_store.batch_embeddings(conn, b) for b, _ in chosen])
+        if vectors.shape[0] != len(ids):
+            raise ConfigError(f"Retention dropped the vectors of {len(ids) - vectors.shape[0]} images of these "
+                              f"batches of {monitor}; a dataset report needs every image's vector. Choose batches "
+                              "stored within the monitor's retention.vectors.")
         uris = report_store.image_uris(conn, ids)
         metas = report_store.image_meta(conn, ids)
     if baseline.bank_id != record.bank_id:

@@ -122,12 +122,12 @@ def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: lis
 
 
 def batch_embeddings(conn: Connection, batch_id: int) -> np.ndarray:
-    """Aligned unit vectors ``(n, d)`` of a batch's ok images (``ConfigError`` when the batch holds
-    vectors of several widths: images ingested under another aligner or CLIP model)."""
+    """Aligned unit vectors ``(n, d)`` of a batch's ok images, less those whose vector retention dropped
+    (``(0, 0)`` when none is left; ``ConfigError`` when the batch holds vectors of several widths: images
+    ingested under another aligner or CLIP model)."""
     try:
-        return read_matrix(
-            conn, "SELECT embedding FROM image WHERE batch_id = %(b)s AND status = 'ok' ORDER BY id", {"b": batch_id}
-        )
+        return read_matrix(conn, "SELECT embedding FROM image WHERE batch_id = %(b)s AND embedding IS NOT NULL "
+                                 "ORDER BY id", {"b": batch_id})
     except ValueError as exc:
         if "different lengths" not in str(exc):
             raise
@@ -236,7 +236,7 @@ def sample_embeddings(conn: Connection, batch_ids: list[int], limit: int) -> np.
     """Up to ``limit`` aligned vectors of the batches' ok images, a fixed pseudo-random choice (the same
     rows every time: ordered by a hash of the image id)."""
     return read_matrix(
-        conn, "SELECT embedding FROM image WHERE batch_id = ANY(%(b)s) AND status = 'ok' "
+        conn, "SELECT embedding FROM image WHERE batch_id = ANY(%(b)s) AND embedding IS NOT NULL "
               "ORDER BY md5(id::text) LIMIT %(n)s", {"b": list(batch_ids), "n": int(limit)},
     )
 

@@ -94,7 +94,9 @@ def nearest_images(
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     dim = _check_dim(len(np.asarray(query).ravel()))
-    where = "dim = :dim AND status = 'ok'" + (" AND monitor_id = :monitor_id" if monitor_id is not None else "")
+    where = "dim = :dim AND status = 'ok' AND embedding IS NOT NULL"
+    if monitor_id is not None:
+        where += " AND monitor_id = :monitor_id"
     rows = session.execute(
         text(
             f"SELECT id, (embedding::vector({dim})) <=> CAST(:q AS vector({dim})) AS distance "
