@@ -9,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.t2c-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench docs screenshot clean
 
 install: $(STAMP)
 
@@ -33,6 +33,15 @@ test: install
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The README's generated parts: the CLI and monitor-file references (tests/test_readme.py fails when they
+# are stale), and its picture of a report, taken by the demo test's real Chromium.
+docs: install
+	$(BIN)/python -m t2c_monitor.reference README.md
+
+screenshot: install
+	mkdir -p docs && T2C_SCREENSHOT_TO=docs/report.png $(BIN)/pytest -p no:xdist -q \
+		tests/test_world_drift.py::test_quick_demo_tells_the_story
 
 clean:
 	rm -rf .t2c .pytest_cache build *.egg-info

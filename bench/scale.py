@@ -35,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from search import latent_vectors, make_database  # bench/ is on sys.path when run as a script
+from search import build_index, latent_vectors, make_database  # bench/ is on sys.path when run as a script
 from sqlalchemy import text
 
 from t2c_monitor.store.embedded import start_embedded
 from t2c_monitor.store.images import ChunkWriter, ImageChunk
 from t2c_monitor.store.retention import drop_vectors
-from t2c_monitor.store.vectors import ensure_hnsw_index, hnsw_index_stats
 
 console = Console(stderr=True)
 
@@ -179,12 +178,7 @@ def main() -> None:
             conn.execute(text("DROP TABLE image_by_month"))
 
         with console.status("building the HNSW index"):
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                ensure_hnsw_index(conn, args.dim)
-            result["hnsw_build_seconds"] = round(time.perf_counter() - started, 1)
-            with engine.connect() as conn:
-                result["hnsw_index_mb"] = round(hnsw_index_stats(conn, args.dim).bytes / 2**20, 1)
+            result["hnsw_build_seconds"], result["hnsw_index_mb"] = build_index(engine, args.dim)
             with engine.begin() as conn:
                 conn.execute(text(f"DROP INDEX hnsw_image_embedding_{args.dim}"))
 

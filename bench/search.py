@@ -95,6 +95,16 @@ def store_rows(engine, monitor_id: int, batch_ids: list[int], vectors: np.ndarra
                     meta=[{"camera": int(i % 7)} for i in idx], width=[224] * len(idx), height=[224] * len(idx)))
 
 
+def build_index(engine, dim: int) -> tuple[float, float]:
+    """Build the width's HNSW index as `t2c search --index build` does: (seconds, size in MiB)."""
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        ensure_hnsw_index(conn, dim)
+    seconds = round(time.perf_counter() - started, 2)
+    with engine.connect() as conn:
+        return seconds, round(hnsw_index_stats(conn, dim).bytes / 2**20, 1)
+
+
 def timed(fn, *args, **kwargs):
     started = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -123,13 +133,7 @@ def main() -> None:
         with engine.begin() as conn:
             conn.execute(text("ANALYZE image"))
         with console.status("building the HNSW index"):
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                ensure_hnsw_index(conn, args.dim)
-            result["build_seconds"] = round(time.perf_counter() - started, 2)
-        with engine.connect() as conn:
-            stats = hnsw_index_stats(conn, args.dim)
-        result["index_mb"] = round(stats.bytes / 2**20, 1)
+            result["build_seconds"], result["index_mb"] = build_index(engine, args.dim)
         result["table_mb"] = round(_table_bytes(engine) / 2**20, 1)
         whole = Corpus(monitor_id=monitor_id, dim=args.dim)
         part = Corpus(monitor_id=monitor_id, dim=args.dim, batches=("slice",))

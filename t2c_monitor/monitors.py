@@ -132,7 +132,8 @@ class AuditConfig(_Strict):
                             "many images (small inbox batches still get tested)")
     window: Duration | None = Field(None, description="audit the batches stored in this span before now, e.g. 24h")
     alpha: float = Field(0.005, gt=0, lt=1, description="corrected p-value at or below which a concept may flag")
-    correction: Literal["bh", "bonferroni"] = "bh"
+    correction: Literal["bh", "bonferroni"] = Field("bh", description="multiple-testing correction across concepts: "
+                                                    "Benjamini-Hochberg (false discovery rate) or Bonferroni")
     min_ks: float = Field(0.02, ge=0, le=1, description="smallest KS statistic that flags")
     min_effect_size: float = Field(0.1, ge=0, description="smallest mean shift, in baseline SDs, that flags")
     reservoir: int = Field(100_000, ge=20, description="baseline scores kept per concept")
@@ -167,7 +168,7 @@ class WebhookChannel(_Channel):
     type: Literal["webhook"]
     url_env: str | None = Field(None, description="environment variable holding the URL")
     url_secret: str | None = Field(None, description="name of a Prefect Secret block holding the URL")
-    timeout_s: float = Field(10.0, gt=0, le=300)
+    timeout_s: float = Field(10.0, gt=0, le=300, description="seconds to wait for the receiver's answer")
 
     @model_validator(mode="before")
     @classmethod
@@ -197,15 +198,15 @@ class EmailChannel(_Channel):
 
     type: Literal["email"]
     credentials: str = Field(description="name of an EmailServerCredentials block")
-    to: list[str] = Field(min_length=1)
-    email_from: str | None = None
+    to: list[str] = Field(min_length=1, description="recipients")
+    email_from: str | None = Field(None, description="sender address (default: the credentials' user)")
 
 
 class FileChannel(_Channel):
     """Each alert appended as one JSON line to a local file (for demos, audits on disk, log shippers)."""
 
     type: Literal["file"]
-    path: Path
+    path: Path = Field(description="the JSON-lines file (relative: to the monitors file)")
 
 
 Channel = Annotated[WebhookChannel | BlockChannel | EmailChannel | FileChannel, Field(discriminator="type")]
@@ -232,7 +233,7 @@ class SchedulesConfig(_Strict):
     audit_cron: str | None = Field(None, description="cron of the drift audit, e.g. '0 * * * *'")
     report_cron: str | None = Field(None, description="cron of the report job (words and reports of audits that "
                                     "lack them, a digest of the period), e.g. '0 7 * * *'")
-    timezone: str = "UTC"
+    timezone: str = Field("UTC", description="IANA time zone of the crons, e.g. Europe/Berlin")
     inbox: str | None = Field(None, description="source ingested on an interval (new files only)")
     ingest_interval: Duration | None = Field(None, description="how often the inbox is ingested, e.g. 10m")
 
@@ -310,12 +311,12 @@ class DecodeConfig(_Strict):
 
 
 class MonitorConfig(_Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits, - and _ (at most 63)")
     encoder: str = Field(description="source encoder spec, e.g. timm:resnet50.a1_in1k")
     clip: str = Field(description="CLIP model spec, e.g. open_clip:ViT-B-32@laion2b_s34b_b79k")
     aligner: Path = Field(description="directory written by `t2c aligner fit --out`")
     bank: Path = Field(description="bank definition (.yaml/.yml/.txt) or a saved bank directory")
-    description: str = ""
+    description: str = Field("", description="free text shown in lists and reports")
     ingest: IngestConfig = IngestConfig()
     audit: AuditConfig = AuditConfig()
     alerts: AlertsConfig = AlertsConfig()

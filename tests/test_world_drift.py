@@ -7,6 +7,7 @@ story, quick."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from t2c_monitor.world.drift_check import drift_semantics
 
@@ -81,6 +82,7 @@ def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, t
     assert "snow" in unlisted["subject"] and unlisted["batches"] == [last.batch]
     lines = (tmp_path / "t2c-home" / "demo" / "alerts.jsonl").read_text().splitlines()
     assert [json.loads(line)["audit_id"] for line in lines] == [received["audit_id"], unlisted["audit_id"]]
+    _read_the_report(days[first_shift].report)
 
     # the demo monitor in words (concept-to-text through the CLI, on the same database)
     from typer.testing import CliRunner
@@ -133,3 +135,20 @@ def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, t
     words = drift_words(dataclasses.replace(record, config=config), direction=direction, baseline_mean=mean)
     assert words.decoder == "prefix" and words.sentence and words.grew, words
     db.engine.dispose()
+
+
+def _read_the_report(report: str) -> None:
+    """The planted day's report as a reader's Chromium shows it: it loads without errors, every chart and
+    thumbnail shows, it leads with the root cause. ``T2C_SCREENSHOT_TO=docs/report.png`` (``make
+    screenshot``) keeps the screenshot: the README's picture of a report is this one."""
+    import os
+
+    from browser import chromium, open_page
+
+    if chromium() is None:
+        return  # test_reports.py is skipped the same way; .ci/run installs it
+    visit = open_page(Path(report), width=1100, height=1500)
+    assert visit.console_errors == [] and visit.broken_images == [] and not visit.blank(), visit
+    assert visit.images and "grass" in visit.text
+    if os.environ.get("T2C_SCREENSHOT_TO"):
+        Path(os.environ["T2C_SCREENSHOT_TO"]).write_bytes(visit.screenshot)
