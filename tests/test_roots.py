@@ -66,7 +66,7 @@ def test_one_cause_is_the_root_and_its_echoes_move_with_it(world, baseline):
     assert [(r.name, r.direction) for r in explanation.roots] == [("night", 1)]
     assert explanation.echoes["dark"] == "night" and explanation.echoes["warm"] == "night"
     assert set(explanation.roots[0].echoes) == flagged - {"night"}
-    assert explanation.roots[0].share > 0.5 and not explanation.unlisted
+    assert 0.5 < explanation.roots[0].share <= 1.0 and not explanation.unlisted  # a share of the whole shift
 
 
 def test_a_fall_is_a_root_with_direction_less(world, baseline):

@@ -437,7 +437,10 @@ def _name_roots(candidates: Sequence[Any], roots: list[int], coef: np.ndarray, w
         j = int(np.argmax(same_way)) if (same_way > 0).any() else int(np.argmax(np.abs(moved[:, i])))
         echoes[concept.name] = candidates[roots[j]].name
         members[j].append(concept.name)
+    # a share is measured against the shift beyond noise, while dropping a root also returns the noise along
+    # its direction: a strong root's share can pass 1, and is reported as the whole shift (as residual_share)
     out = [Root(name=candidates[roots[j]].name, index=candidates[roots[j]].index,
-                direction=int(candidates[roots[j]].direction), share=max(shares[j], 0.0), echoes=members[j])
+                direction=int(candidates[roots[j]].direction), share=min(max(shares[j], 0.0), 1.0),
+                echoes=members[j])
            for j in range(len(roots))]
     return out, echoes
