@@ -25,16 +25,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def shared_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One models directory for the whole test session, every xdist worker included: the quick world is
+    built there once, and the decoders' vocabulary caches (33k words embedded per CLIP identity: 13 s on the
+    tiny CLIP) fill once instead of once per test. Writers there are safe together: the world build holds a
+    file lock, and every artifact is written under a temporary name and renamed into place."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    return shared / "world-models"
+
+
 @pytest.fixture(autouse=True)
-def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test gets its own T2C_HOME and no external database unless it sets one; embedded
-    servers (PostgreSQL, the local Prefect server) outlive their commands by design, so any a test
-    started under tmp_path is stopped."""
+def _isolated_settings(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                       monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test gets its own T2C_HOME and no external database unless it sets one (the models directory
+    is the session's: ``shared_models_dir``); embedded servers (PostgreSQL, the local Prefect server)
+    outlive their commands by design, so any a test started under tmp_path is stopped."""
     from t2c_monitor.prefect_server import RECORD, stop_server
     from t2c_monitor.settings import Settings, reset_settings_cache
     from t2c_monitor.store.embedded import stop_embedded
 
     monkeypatch.setenv("T2C_HOME", str(tmp_path / "t2c-home"))
+    monkeypatch.setenv("T2C_MODELS", str(shared_models_dir(tmp_path_factory)))
     monkeypatch.delenv("T2C_DATABASE_URL", raising=False)
     reset_settings_cache()
     yield
@@ -292,10 +305,8 @@ def quick_world(tmp_path_factory):
     # several times slower; alone on 2 cores the quick world builds in about a minute either way
     # under pytest-xdist the workers share one models directory: the first builds the world while
     # build_world's file lock holds the others, which then load it
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent
-    return build_world(seed=0, quick=True, models_dir=shared / "world-models", progress=False, threads=1)
+    return build_world(seed=0, quick=True, models_dir=shared_models_dir(tmp_path_factory), progress=False,
+                       threads=1)
 
 
 @pytest.fixture(scope="session")
@@ -326,10 +337,11 @@ def drop_database(pg_server_url: str, url: str) -> None:
 # Under pytest-xdist (`make test`: two workers, a file at a time, xdist's own reordering off) the slowest
 # files go first, so the two workers finish together instead of one running a long file alone at the
 # end. The first needs no quick world and the second builds it, so neither waits for the other.
-SLOW_FILES_FIRST = ("test_faults_processes.py", "test_schedules.py", "test_faults.py", "test_faults_serve.py",
-                    "test_wheel.py", "test_audit_flow.py", "test_world.py", "test_cli_ingest.py", "test_audit.py",
-                    "test_world_drift.py", "test_world_search.py", "test_prefect_server.py", "test_reports.py",
-                    "test_decode_world.py", "test_ingest_flow.py", "test_alerts.py")
+SLOW_FILES_FIRST = ("test_schedules.py", "test_faults_processes.py", "test_faults.py", "test_wheel.py",
+                    "test_world_drift.py", "test_alerts.py", "test_faults_serve.py", "test_reports.py",
+                    "test_audit_flow.py", "test_audit.py", "test_prefect_server.py", "test_work_pool.py",
+                    "test_cli_ingest.py", "test_ingest_flow.py", "test_world_search.py", "test_dashboards.py",
+                    "test_retention.py", "test_decode_world.py", "test_world.py")
 
 
 def pytest_collection_modifyitems(config, items):
