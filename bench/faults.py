@@ -403,10 +403,12 @@ def audit_runs(env: dict[str, str], since: datetime, until: datetime) -> list[st
 
 def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, minutes: float, every: float,
          outage: tuple[Path, float] | None = None, settle: float = 90.0, stderr: Path | None = None,
-         log: Any = print) -> SoakReport:
+         until_audited: bool = False, log: Any = print) -> SoakReport:
     """`t2c serve` with ``images`` dropped into ``inbox`` one every ``every`` seconds for ``minutes``; optionally
     the embedded database (``outage``: its pgdata, and when to stop it for 10 s). Then at least ``settle``
-    seconds, and up to two minutes more until every file is stored, SIGTERM, and the figures (module doc).
+    seconds, and up to two minutes more until every file is stored (and, ``until_audited``, a scheduled audit
+    has tested an inbox batch: a short soak on a busy machine may otherwise end before one), SIGTERM, and the
+    figures (module doc).
     The clock starts once serve is ready; its stderr goes to ``stderr`` (default: serve.stderr beside the
     inbox)."""
     import psutil
@@ -431,7 +433,15 @@ def soak(env: dict[str, str], engine: Any, images: list[Path], inbox: Path, *, m
         with engine.connect() as conn:
             held = set(conn.execute(text("SELECT i.uri FROM image i JOIN batch b ON b.id = i.batch_id WHERE "
                                          "b.external_id LIKE 'inbox-%' AND b.status = 'stored'")).scalars())
-        return set(dropped) <= held
+        if not set(dropped) <= held:
+            return False
+        if not until_audited:
+            return True
+        with engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT count(*) FROM audit a WHERE a.status = 'done' AND a.started_at > :t AND EXISTS ("
+                "SELECT 1 FROM batch b WHERE b.external_id LIKE 'inbox-%' AND a.batch_ids @> to_jsonb(b.id))"),
+                {"t": serve_started}).scalar_one() > 0
 
     try:
         while True:
