@@ -203,13 +203,6 @@ class AuditSummary:
         return out
 
 
-def window_embeddings(conn: Any, batch_ids: list[int], dim: int) -> np.ndarray:
-    """The aligned vectors ``(n, dim)`` of the batches' ok images that still have one (retention may have
-    dropped some or all: ``n`` may be below the images' count, or 0)."""
-    kept = [m for m in (audit_store.batch_embeddings(conn, b) for b in batch_ids) if m.size]
-    return np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)
-
-
 def detector_for(audit: AuditConfig) -> KSDriftDetector:
     """The drift detector of a monitor's ``audit`` settings."""
     return KSDriftDetector(alpha=audit.alpha, correction=audit.correction, min_ks=audit.min_ks,
@@ -314,7 +307,7 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")
-        embeddings = window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
+        embeddings = audit_store.window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
     scores = np.concatenate([batch_scores(db, record, b) for b, _ in chosen])
     reference = SortedReference.from_sorted(baseline.sorted_scores)
     result = detector.detect(reference, scores, record.concept_names)
@@ -470,7 +463,7 @@ def load_audit(db: Database, monitor: str, audit_id: int) -> AuditOutcome:
     with db.engine.connect() as conn:
         stored = audit_store.stored_audit(conn, record.id, audit_id)
         baseline = audit_store.baseline_by_id(conn, stored.baseline_id)
-        embeddings = window_embeddings(conn, stored.batch_ids, baseline.mean_vector.shape[0])
+        embeddings = audit_store.window_embeddings(conn, stored.batch_ids, baseline.mean_vector.shape[0])
     if baseline.bank_id != record.bank_id or len(stored.results) != len(record.concept_names):
         raise ConfigError(f"Audit {audit_id} of {monitor} was made with another concept bank than the monitor "
                           "uses now: its report stays as it was written.")

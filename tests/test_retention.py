@@ -63,6 +63,10 @@ def test_old_vectors_go_scores_and_audits_stay(monitored, tmp_path):
     ingest(db, "tiny", write_images(tmp_path / "fresh", 30, seed=7)[0].parent, batch_id="fresh")
     mixed = run_audit(db, "tiny", batches=["dark", "fresh"])  # part of the window still has vectors
     assert mixed.n_current == 90 and mixed.explanation is not None
+    from t2c_monitor.reports.dataset import dataset_report
+
+    with pytest.raises(ConfigError, match="Retention dropped the vectors of 60 images"):
+        dataset_report(db, "tiny", batches=["dark", "fresh"])  # one batch without vectors, one with
 
     from t2c_monitor.store.vectors import nearest_images
 

@@ -97,7 +97,7 @@ def dataset_report(db: Database, monitor: str, *, batches: list[str] | None = No
             raise ConfigError(f"No stored batches of {monitor} match: `t2c batches list --monitor {monitor}`.")
         baseline = audit_store.active_baseline(conn, record.id, monitor)
         ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
-        vectors = np.concatenate([audit_store.batch_embeddings(conn, b) for b, _ in chosen])
+        vectors = audit_store.window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
         if vectors.shape[0] != len(ids):
             raise ConfigError(f"Retention dropped the vectors of {len(ids) - vectors.shape[0]} images of these "
                               f"batches of {monitor}; a dataset report needs every image's vector. Choose batches "

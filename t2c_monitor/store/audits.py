@@ -232,6 +232,13 @@ def baseline_by_id(conn: Connection, baseline_id: int) -> StoredBaseline:
                           created_at=row.created_at, vectors=vectors)
 
 
+def window_embeddings(conn: Connection, batch_ids: Sequence[int], dim: int) -> np.ndarray:
+    """The aligned vectors ``(n, dim)`` of the batches' ok images that still have one (retention may have
+    dropped some or all: ``n`` may be below the images' count, or 0)."""
+    kept = [m for m in (batch_embeddings(conn, b) for b in batch_ids) if m.size]
+    return np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)
+
+
 def sample_embeddings(conn: Connection, batch_ids: list[int], limit: int) -> np.ndarray:
     """Up to ``limit`` aligned vectors of the batches' ok images, a fixed pseudo-random choice (the same
     rows every time: ordered by a hash of the image id)."""

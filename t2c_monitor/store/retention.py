@@ -1,7 +1,8 @@
 """Retention: dropping the aligned vectors of old images while their rows, scores and audits stay.
 
-A 512-d vector is about 2 kB of the roughly 2.4 kB an image row takes, so the vectors are what grows
-a monitor's database; the concept scores (what audits test and dashboards plot) are a tenth of that.
+A 512-d vector is 2,056 B of the 2,949 B an image takes with its indexes (``bench/scale.py``), so the
+vectors are what grows a monitor's database; 100 concept scores (what audits test and dashboards plot)
+take 424 B.
 An image loses its vector (``embedding`` NULL, ``embedding_dropped_at`` set) when it was stored
 (``created_at``) before the cutoff, unless its batch is in the monitor's active baseline. Each chunk
 of images is one short transaction (no long lock on a busy table; a run stopped half-way is finished by
@@ -44,12 +45,6 @@ def drop_vectors(conn: Connection, monitor_id: int, cutoff: datetime, *, limit: 
         "UPDATE image SET embedding = NULL, embedding_dropped_at = now() WHERE id IN ("
         f"SELECT i.id FROM image i WHERE {_OLD} ORDER BY i.id LIMIT :limit FOR UPDATE SKIP LOCKED)"),
         {"monitor_id": monitor_id, "cutoff": cutoff, "limit": limit}).rowcount
-
-
-def dropped_vectors(conn: Connection, monitor_id: int) -> int:
-    """Images of the monitor whose vector retention has dropped, ever."""
-    return int(conn.execute(text("SELECT count(*) FROM image WHERE monitor_id = :m AND embedding_dropped_at "
-                                 "IS NOT NULL"), {"m": monitor_id}).scalar_one())
 
 
 def vacuum_images(engine: Engine) -> None:
