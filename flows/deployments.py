@@ -19,10 +19,12 @@ from typing import Any
 
 from t2c_monitor.monitors import MonitorConfig, format_duration
 
-AUDIT_ENTRYPOINT = "flows/audit.py:audit_flow"
-INBOX_ENTRYPOINT = "flows/ingest.py:ingest_inbox_flow"
-REPORT_ENTRYPOINT = "flows/report.py:decode_report_flow"
-RETENTION_ENTRYPOINT = "flows/retention.py:retention_flow"
+# Module paths, not file paths: a flow run imports its flow from the installed package, so a worker needs
+# t2c-monitor installed (a wheel is enough), not a checkout of this repository.
+AUDIT_ENTRYPOINT = "flows.audit.audit_flow"
+INBOX_ENTRYPOINT = "flows.ingest.ingest_inbox_flow"
+REPORT_ENTRYPOINT = "flows.report.decode_report_flow"
+RETENTION_ENTRYPOINT = "flows.retention.retention_flow"
 DEFAULT_WORK_POOL = "t2c-pool"
 
 
@@ -198,7 +200,7 @@ def prefect_yaml(configs: list[MonitorConfig], *, work_pool: str = DEFAULT_WORK_
         "prefect-version": _prefect_version(),
         "build": None,
         "push": None,
-        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $T2C_PROJECT_DIR }}"}}],
+        "pull": None,  # nothing to fetch: the entrypoints are module paths of the installed package
         "deployments": deployments,
     }
 
