@@ -98,7 +98,7 @@ def test_torch_sums_used_on_gpus_equal_the_cpu_blas_sums(precision):
         moments = _Moments(X.shape[1], Y.shape[1], torch.device("cpu"), precision, blas=use_blas)
         for x, y in iter_chunks(X, Y, 200):
             moments.add(x, y)
-        sums[use_blas] = moments.centred()
+        sums[use_blas] = moments.stats().blocks()
     tol = 1e-10 if precision == "float64" else 1e-5
     for blas_part, torch_part in zip(sums[True], sums[False], strict=True):
         torch.testing.assert_close(blas_part, torch_part, atol=tol, rtol=tol)
@@ -204,6 +204,47 @@ def test_ridge_shrinks_weights_but_not_the_bias():
     torch.testing.assert_close(huge.b, Y.mean(dim=0), atol=1e-3, rtol=1e-4)  # bias unpenalised: the mean
     with pytest.raises(ValueError, match="ridge"):
         fit_exact([(X, Y)], ridge=-1.0)
+
+
+def test_auto_ridge_rescues_a_fit_with_more_features_than_pairs():
+    """Few pairs, many features (a user's few hundred images through a 768-d encoder): unpenalised least
+    squares interpolates the training pairs and generalises badly; "auto" finds a penalty that does not."""
+    g = torch.Generator().manual_seed(3)
+    d_in, d_out = 200, 16
+    latent = torch.randn(400, 12, generator=g)  # features that live near a 12-d subspace, plus noise
+    X = latent @ torch.randn(12, d_in, generator=g) + 0.5 * torch.randn(400, d_in, generator=g)
+    Y = latent @ torch.randn(12, d_out, generator=g) + torch.randn(400, d_out, generator=g)
+    train, test = slice(0, 150), slice(150, None)  # 150 pairs of 200 features
+    with pytest.warns(RuntimeWarning, match="singular"):
+        plain = fit_exact([(X[train], Y[train])], device="cpu")
+    auto = fit_exact(iter_chunks(X[train], Y[train], 64), ridge="auto", device="cpu")
+    assert plain.fit_info["r2_train"] > 0.999  # interpolated
+    r2_plain, r2_auto = evaluate(plain, X[test], Y[test]).r2, evaluate(auto, X[test], Y[test]).r2
+    assert r2_auto > r2_plain + 0.1, (r2_plain, r2_auto)
+    search = auto.fit_info["ridge_search"]
+    assert auto.fit_info["ridge"] > 0 and auto.fit_info["ridge_chosen"] == "auto"
+    best = max(search, key=lambda s: s["validation_r2"])
+    assert auto.fit_info["ridge"] == best["ridge"] and auto.n_train == 150  # refitted on every row
+
+
+def test_auto_ridge_scores_each_penalty_as_predicting_the_rows_set_aside_would():
+    """The validation R² of each penalty, computed from sums, equals fitting on four fifths of the rows
+    and predicting the fifth; with plenty of pairs the penalty chosen barely changes the fit."""
+    from t2c_monitor.aligner.exact import RIDGE_GRID
+
+    X, Y, _, _ = planted(1000, noise=0.5)
+    auto = fit_exact(iter_chunks(X, Y, 128), ridge="auto", device="cpu")
+    aside = torch.arange(len(X)) % 5 == 4
+    for tried in auto.fit_info["ridge_search"]:
+        part = fit_exact([(X[~aside], Y[~aside])], ridge=tried["ridge"], device="cpu")
+        assert tried["validation_r2"] == pytest.approx(evaluate(part, X[aside], Y[aside]).r2, abs=1e-5)
+    assert len(auto.fit_info["ridge_search"]) == len(RIDGE_GRID)
+    assert evaluate(auto, X, Y).r2 == pytest.approx(evaluate(fit_exact([(X, Y)], device="cpu"), X, Y).r2, abs=2e-3)
+    with pytest.warns(RuntimeWarning, match="singular"):  # 10 rows of 24 features, too few to score a penalty
+        few = fit_exact([(X[:10], Y[:10])], ridge="auto", device="cpu")
+    assert few.fit_info["ridge"] == 0.0 and "fewer than" in few.fit_info["ridge_search"]
+    with pytest.raises(ValueError, match="auto"):
+        fit_exact([(X, Y)], ridge="sometimes")
 
 
 def test_singular_features_fall_back_to_minimum_norm_solution():

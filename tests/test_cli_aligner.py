@@ -96,6 +96,10 @@ def test_bad_arguments_are_named(cli, tmp_path):
     write_pairs(features, n=50)
     result = CliRunner().invoke(cli, ["aligner", "fit", "--features", str(features), "--method", "lbfgs", "--out", "x"])
     assert result.exit_code == 2 and "--method" in result.output
+    for ridge in ("often", "-1", "nan"):
+        args = ["aligner", "fit", "--features", str(features), "--ridge", ridge, "--out", "x"]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and "--ridge" in result.output and "auto" in result.output, result.output
 
 
 def tiny_clip_config(tmp_path):

@@ -5,6 +5,15 @@ rows, in float64, or ``precision="mixed"``: float32 chunk products added to floa
 chunk by chunk, so the pairs never need to fit in memory, then solves the normal equations by
 Cholesky (the minimum-norm pseudo-inverse when the feature covariance is singular).
 ``iter_chunks`` cuts in-memory pairs into its chunks.
+
+``ridge="auto"`` chooses the penalty from the data, for the case users meet first: a few hundred of
+their own images and an encoder with more features than that (768 for convnext_tiny, 2048 for a
+ResNet-50). Unpenalised least squares then interpolates the training pairs (in-sample R² 1.0) and
+generalises poorly: on 450 shapes-world pairs of 512 features, held-out R² 0.61 unpenalised
+against 0.93 at a ridge of 1e-3. Every fifth training row is set aside while the sums are
+accumulated (their own sums, so nothing is kept in memory), each penalty of ``RIDGE_GRID`` (times the
+feature variance) is fitted on the rest and scored on them, and the best penalty is fitted on all
+rows. One eigendecomposition serves the whole grid.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -107,9 +117,9 @@ class _Moments:
             self._S_np += self._S32
         self.s += torch.from_numpy(z.sum(axis=0).astype(np.float64))
 
-    def centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Covariance-scale sums around the data means, and the means: ``(C_xx, C_xy, C_yy, mean_x, mean_y)``."""
-        n, d = self.n, self.d_in
+    def stats(self) -> _Stats:
+        """The covariance of the stacked rows around their mean, the mean and the row count."""
+        n = self.n
         if self._cpu_blas:  # the upper triangle of a Fortran array is the lower one of its C-ordered transpose
             lower = torch.from_numpy(self._S_np.T)
             C = torch.tril(lower)
@@ -117,8 +127,74 @@ class _Moments:
         else:
             C = self.S.clone()
         C.sub_(torch.outer(self.s, self.s), alpha=1.0 / n).div_(n)  # in place: the sums are (2560, 2560)
-        mean = self.shift + self.s / n
-        return C[:d, :d], C[:d, d:], C[d:, d:], mean[:d], mean[d:]
+        return _Stats(n=n, C=C, mean=self.shift + self.s / n, d_in=self.d_in)
+
+
+@dataclass
+class _Stats:
+    """Covariance (population scale) and mean of stacked rows ``[x, y]``, of ``n`` rows."""
+
+    n: int
+    C: Tensor
+    mean: Tensor
+    d_in: int
+
+    def blocks(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(C_xx, C_xy, C_yy, mean_x, mean_y)``."""
+        d = self.d_in
+        return self.C[:d, :d], self.C[:d, d:], self.C[d:, d:], self.mean[:d], self.mean[d:]
+
+    def merged(self, other: _Stats) -> _Stats:
+        """The statistics of both sets of rows together (the parallel-variance formula)."""
+        n = self.n + other.n
+        mean = (self.n * self.mean + other.n * other.mean) / n
+        C = torch.zeros_like(self.C)
+        for part in (self, other):
+            offset = part.mean - mean
+            C += (part.n / n) * (part.C + torch.outer(offset, offset))
+        return _Stats(n=n, C=C, mean=mean, d_in=self.d_in)
+
+
+# Penalties ``ridge="auto"`` tries, as multiples of the feature variance (0: none).
+RIDGE_GRID = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+AUTO_VALIDATION_EVERY = 5  # every fifth training row scores the penalties
+AUTO_MIN_ROWS = 20  # below this, "auto" fits without a penalty (too few rows to score one)
+
+
+def _feature_variance(C_xx: Tensor, mean_x: Tensor) -> float:
+    """Pooled element variance: average per-dimension variance plus the spread of the per-dimension means."""
+    d_in = mean_x.shape[0]
+    return float((torch.diagonal(C_xx).sum() + ((mean_x - mean_x.mean()) ** 2).sum()) / d_in)
+
+
+def _choose_ridge(fit: _Stats, validation: _Stats) -> tuple[float, list[dict[str, float]]]:
+    """The penalty of ``RIDGE_GRID`` whose fit on ``fit`` rows predicts the ``validation`` rows best.
+
+    The validation residual comes from the sums alone: for ``W``, ``b = m_y - m_x W`` fitted on one
+    part and a part with covariance ``C`` and means ``v_x``, ``v_y``, the mean squared residual is
+    ``tr(W^T C_xx W) - 2 tr(W^T C_xy) + tr(C_yy) + |(v_x - m_x) W + m_y - v_y|^2``.
+    """
+    C_xx, C_xy, _, m_x, m_y = fit.blocks()
+    V_xx, V_xy, V_yy, v_x, v_y = validation.blocks()
+    scale = _feature_variance(C_xx, m_x)
+    eigenvalues, eigenvectors = torch.linalg.eigh(C_xx)
+    projected = eigenvectors.T @ C_xy
+    tiny = C_xx.shape[0] * torch.finfo(torch.float64).eps * max(float(eigenvalues.max()), 0.0)
+    total = float(torch.trace(V_yy))  # pooled over the output dimensions, each around its mean, as `evaluate`
+    search, best = [], (math.inf, 0.0)
+    for factor in RIDGE_GRID:
+        ridge = factor * scale
+        shifted = eigenvalues + ridge
+        keep = shifted > tiny  # the minimum-norm solution where the penalty leaves the covariance singular
+        inverse = torch.where(keep, 1.0 / torch.where(keep, shifted, torch.ones_like(shifted)), 0.0)
+        W = eigenvectors @ (inverse[:, None] * projected)
+        offset = (v_x - m_x) @ W + m_y - v_y
+        residual = (float((W * (V_xx @ W)).sum()) - 2.0 * float((W * V_xy).sum()) + float(torch.trace(V_yy))
+                    + float(offset @ offset))
+        search.append({"ridge": ridge, "validation_r2": round(1.0 - residual / total, 6) if total > 0 else math.nan})
+        if residual < best[0]:
+            best = (residual, ridge)
+    return best[1], search
 
 
 def _solve_normal_equations(C_xx: Tensor, C_xy: Tensor, ridge: float) -> tuple[Tensor, str]:
@@ -133,7 +209,8 @@ def _solve_normal_equations(C_xx: Tensor, C_xy: Tensor, ridge: float) -> tuple[T
             return torch.cholesky_solve(C_xy, L), "cholesky"
     warnings.warn(
         f"the feature covariance is singular or nearly so (ridge={ridge}): using the minimum-norm "
-        "least-squares solution; pass a ridge > 0 (e.g. 1e-4 times the feature variance) for a stable fit",
+        "least-squares solution; pass a ridge > 0 (e.g. 1e-4 times the feature variance), or 'auto' to choose one "
+        "on the data, for a stable fit",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -146,7 +223,7 @@ def _solve_normal_equations(C_xx: Tensor, C_xy: Tensor, ridge: float) -> tuple[T
 def fit_exact(
     chunks: Iterable[tuple[Tensor, Tensor]],
     *,
-    ridge: float = 0.0,
+    ridge: float | str = 0.0,
     progress: bool = False,
     device: str | torch.device | None = None,
     total_rows: int | None = None,
@@ -155,19 +232,24 @@ def fit_exact(
     """Least-squares aligner from ``(X_chunk, Y_chunk)`` pairs, streamed; solved once in float64.
 
     Minimises ``mean_i ||x_i W + b - y_i||^2 + ridge * ||W||_F^2`` (the bias is not penalised), so
-    ``ridge`` is on the scale of the feature variance and independent of the number of rows.
-    Chunks can come from a generator reading a file, so the pairs never need to fit in memory.
+    ``ridge`` is on the scale of the feature variance and independent of the number of rows;
+    ``"auto"`` chooses it on every fifth row (see the module's docstring; ``fit_info`` records the
+    penalties tried and their validation R²). Chunks can come from a generator reading a file, so
+    the pairs never need to fit in memory.
     ``total_rows`` only sizes the progress bar. ``precision="mixed"`` computes each chunk's products
     in float32 (on shifted rows) before adding them to the float64 totals: about twice as fast on
     CPU, at a relative error near 1e-6 in the sums.
     """
-    if ridge < 0 or not math.isfinite(ridge):
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
+    auto = ridge == "auto"
+    if not auto and (isinstance(ridge, str) or ridge < 0 or not math.isfinite(ridge)):
+        raise ValueError(f"ridge must be 'auto' or a finite number >= 0, got {ridge!r}")
     if precision not in ("float64", "mixed"):
         raise ValueError(f"precision must be 'float64' or 'mixed', got {precision!r}")
     dev = resolve_device(device)
     started = time.perf_counter()
     moments: _Moments | None = None
+    held: _Moments | None = None  # with "auto": every fifth row, to score the penalties
+    rows = 0
     with progress_bar("accumulating X^T X, X^T Y", total_rows, progress) as advance:
         for X, Y in chunks:
             X, Y = torch.as_tensor(X), torch.as_tensor(Y)
@@ -176,16 +258,34 @@ def fit_exact(
                 continue
             if moments is None:
                 moments = _Moments(X.shape[1], Y.shape[1], dev, precision)
+                held = _Moments(X.shape[1], Y.shape[1], dev, precision) if auto else None
             elif (X.shape[1], Y.shape[1]) != (moments.d_in, moments.d_out):
                 raise ValueError(
                     f"chunk widths changed from {(moments.d_in, moments.d_out)} to {(X.shape[1], Y.shape[1])}: "
                     "every chunk must hold features of the same two models"
                 )
-            moments.add(X, Y)
+            if held is not None:
+                aside = torch.arange(rows, rows + X.shape[0]) % AUTO_VALIDATION_EVERY == AUTO_VALIDATION_EVERY - 1
+                if bool(aside.any()):
+                    held.add(X[aside], Y[aside])
+                if not bool(aside.all()):
+                    moments.add(X[~aside], Y[~aside])
+            else:
+                moments.add(X, Y)
+            rows += X.shape[0]
             advance(X.shape[0])
-    if moments is None or moments.n < 2:
-        raise ValueError(f"chunks held {0 if moments is None else moments.n} pairs: fitting needs at least 2")
-    C_xx, C_xy, C_yy, mean_x, mean_y = moments.centred()
+    if rows < 2:
+        raise ValueError(f"chunks held {rows} pairs: fitting needs at least 2")
+    search: list[dict[str, float]] | None = None
+    if held is None:
+        stats = moments.stats()
+    elif rows < AUTO_MIN_ROWS:
+        stats, ridge = (moments.stats().merged(held.stats()) if held.n else moments.stats()), 0.0
+    else:
+        fit_part, validation = moments.stats(), held.stats()
+        ridge, search = _choose_ridge(fit_part, validation)
+        stats = fit_part.merged(validation)
+    C_xx, C_xy, C_yy, mean_x, mean_y = stats.blocks()
     W, solver = _solve_normal_equations(C_xx, C_xy, ridge)
     b = mean_y - mean_x @ W
     # In-sample R², pooled as in `evaluate`, from the sums: the residual covariance's trace is
@@ -193,9 +293,12 @@ def fit_exact(
     total = float(torch.trace(C_yy))
     residual = total - 2.0 * float((W * C_xy).sum()) + float((W * (C_xx @ W)).sum())
     r2_train = 1.0 - residual / total if total > 0 else float("nan")
-    n, d_in = moments.n, mean_x.shape[0]
-    # Pooled element variance: average per-dimension variance plus the spread of the per-dimension means.
-    feature_variance = float((torch.diagonal(C_xx).sum() + ((mean_x - mean_x.mean()) ** 2).sum()) / d_in)
+    n = stats.n
+    feature_variance = _feature_variance(C_xx, mean_x)
+    fit_info = {"ridge": ridge}
+    if auto:
+        fit_info.update(ridge_chosen="auto", ridge_search=search if search is not None else
+                        f"fewer than {AUTO_MIN_ROWS} rows: no penalty")
     return Aligner(
         W=W,
         b=b,
@@ -204,7 +307,7 @@ def fit_exact(
         n_train=n,
         method="exact",
         fit_info={
-            "ridge": ridge,
+            **fit_info,
             "precision": precision,
             "solver": solver,
             "r2_train": round(r2_train, 6),

@@ -11,6 +11,7 @@ return; a ``SettingError`` names the setting that cannot work, which the CLI sho
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ def fit_aligner(
     templates: list[str] | None = None,
     save_features: str | Path | None = None,
     method: FitMethod = "exact",
-    ridge: float = 0.0,
+    ridge: float | str = "auto",
     holdout: float = 0.1,
     seed: int = 0,
     chunk_rows: int = 8192,
@@ -92,8 +93,9 @@ def fit_aligner(
     scratch file; class subfolders ``images/<class_name>/`` give labels, and class vectors of the
     names in ``templates``. ``holdout`` of the pairs (drawn with ``seed``) are kept out of the fit
     and scored; the rest are fitted by ``method`` ``exact`` (streamed in ``chunk_rows``, with
-    ``ridge`` and ``precision``, see ``fit_exact``) or ``sgd`` (the paper's recipe, seeded). The
-    aligner records both models' identities and its metrics, and is saved to ``out`` if given.
+    ``ridge``, chosen on the training pairs when ``"auto"``, and ``precision``, see ``fit_exact``)
+    or ``sgd`` (the paper's recipe, seeded). The aligner records both models' identities and its
+    metrics, and is saved to ``out`` if given.
     ``status`` shows what is loading (a rich status spinner in the CLI).
     """
     started = time.perf_counter()
@@ -101,7 +103,8 @@ def fit_aligner(
         raise SettingError("method", f"use 'exact' or 'sgd', got {method!r}")
     if not 0.0 <= holdout < 1.0:
         raise SettingError("holdout", f"must be in [0, 1), got {holdout}")
-    if method == "sgd" and ridge != 0.0:
+    ridge = parse_ridge(ridge)
+    if method == "sgd" and ridge not in (0.0, "auto"):
         raise SettingError("ridge", "the SGD recipe has its own weight decay; --ridge is for --method exact")
     _check_chunk_rows(chunk_rows)
     if precision not in ("float64", "mixed"):
@@ -158,6 +161,19 @@ def evaluate_aligner(
             total_rows=paired.n,
         )
     return EvalResult(loaded, metrics, paired.path, failed, warnings)
+
+
+def parse_ridge(ridge: float | str) -> float | str:
+    """``"auto"`` or a finite penalty >= 0 (a number or its text, as typed after ``--ridge``)."""
+    if isinstance(ridge, str) and ridge.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(ridge)
+    except ValueError:
+        raise SettingError("ridge", f"use 'auto' or a number >= 0, got {ridge!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingError("ridge", f"use 'auto' or a number >= 0, got {ridge!r}")
+    return value
 
 
 def _check_chunk_rows(chunk_rows: int) -> None:
@@ -222,7 +238,7 @@ def _class_vectors(paired: PairedFeatures) -> Tensor | None:
 def _fit_and_score(
     paired: PairedFeatures,
     method: FitMethod,
-    ridge: float,
+    ridge: float | str,
     holdout: float,
     seed: int,
     chunk_rows: int,

@@ -39,7 +39,10 @@ def fit(
     encoder: str | None = EncoderOption,
     clip: str | None = ClipOption,
     method: str = typer.Option("exact", "--method", help="exact (streamed least squares) or sgd (the paper's recipe)."),
-    ridge: float = typer.Option(0.0, "--ridge", help="Ridge penalty on W (exact only), on the feature-variance scale."),
+    ridge: str = typer.Option(
+        "auto", "--ridge", help="Ridge penalty on W (exact only), on the feature-variance scale; auto: chosen on a "
+        "fifth of the training pairs (what few images and many features need)."
+    ),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of pairs held out for R², cosine, accuracy."),
     seed: int = typer.Option(0, "--seed", help="Seed of the holdout split and of SGD."),
     chunk_rows: int = typer.Option(8192, "--chunk-rows", help="Rows per chunk when streaming a feature file."),
@@ -97,6 +100,12 @@ def fit(
     _print_metrics(aligner.metrics, "held-out" if n_holdout else "training (no holdout)")
     if n_holdout and "r2_train" in aligner.fit_info:  # far above the held-out R²: the aligner overfits
         console.print(f"in-sample R² {aligner.fit_info['r2_train']:.4f} on {aligner.n_train} training pairs")
+    search = aligner.fit_info.get("ridge_search")
+    if isinstance(search, list):
+        console.print(f"ridge {aligner.fit_info['ridge']:.3g} (auto: the best of {len(search)} penalties on a "
+                      "fifth of the training pairs; --ridge sets one)")
+    elif search:
+        console.print(f"ridge 0 (auto: {search})")
     _print_problems(result.failed, result.warnings)
 
 
