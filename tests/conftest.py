@@ -338,8 +338,8 @@ def drop_database(pg_server_url: str, url: str) -> None:
 # files go first, so the two workers finish together instead of one running a long file alone at the
 # end. The first needs no quick world and the second builds it, so neither waits for the other.
 SLOW_FILES_FIRST = ("test_schedules.py", "test_faults_processes.py", "test_faults.py", "test_work_pool.py",
-                    "test_world_drift.py", "test_alerts.py", "test_faults_serve.py", "test_reports.py",
-                    "test_audit_flow.py", "test_audit.py", "test_prefect_server.py",
+                    "test_world_drift.py", "test_readme_walkthrough.py", "test_alerts.py", "test_faults_serve.py",
+                    "test_reports.py", "test_audit_flow.py", "test_audit.py", "test_prefect_server.py",
                     "test_cli_ingest.py", "test_ingest_flow.py", "test_world_search.py", "test_dashboards.py",
                     "test_retention.py", "test_decode_world.py", "test_world.py")
 
