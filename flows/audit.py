@@ -1,8 +1,9 @@
 """The ``baseline`` and ``audit`` flows: thin compositions of ``t2c_monitor.audit`` and ``t2c_monitor.alerts``.
 
     audit: send again the monitor's failed alerts -> audit the window (stored in one transaction;
-           a failure is stored as a failed audit) -> write its report -> alert the monitor's
-           channels (quiet period, retries; failures recorded, never raised)
+           a failure is stored as a failed audit; a window with nothing new ends the run here,
+           completed, saying why) -> write its report -> alert the monitor's channels (quiet
+           period, retries; failures recorded, never raised)
 
 The audit is stored before any alert is attempted, so a channel that is down never loses it, and
 the report is its own task, so retrying a failed report write never stores the audit twice. A
@@ -38,6 +39,8 @@ class AuditParams(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     alerts: bool = Field(True, description="alert the monitor's channels when concepts are flagged")
+    skip_unchanged: bool = Field(False, description="end without an audit when the monitor's window holds the very "
+                                 "batches the last audit tested (what the scheduled deployments pass)")
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
@@ -65,11 +68,16 @@ def resend_failed(monitor: str) -> list[Any]:
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io_error)
 def audit_window(params: AuditParams) -> Any:
-    """Compare and store, in one transaction: a retry after an I/O error stores the audit once."""
+    """Compare and store, in one transaction: a retry after an I/O error stores the audit once. A window
+    with nothing new returns NothingToAudit's message (a completed task, not a failed one)."""
     from t2c_monitor.audit import audit_window as run
+    from t2c_monitor.errors import NothingToAudit
 
-    return run(database(), params.monitor, last=params.last, batches=params.batches, since=params.since,
-               until=params.until)
+    try:
+        return run(database(), params.monitor, last=params.last, batches=params.batches, since=params.since,
+                   until=params.until, skip_unchanged=params.skip_unchanged)
+    except NothingToAudit as nothing:
+        return str(nothing)
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
@@ -93,6 +101,9 @@ def audit_flow(params: AuditParams) -> dict[str, Any]:
     logger = get_run_logger()
     resent = resend_failed(params.monitor) if params.alerts else []
     outcome = audit_window(params)
+    if isinstance(outcome, str):  # nothing new in the window: no audit, no alert, and not a failure
+        logger.info(outcome)
+        return AuditRun(summary=None, resent=resent, skipped=outcome).to_dict()
     written = report(outcome, return_state=True)
     if written.is_completed():
         summary = written.result()

@@ -35,9 +35,10 @@ def deployment_specs(config: MonitorConfig) -> list[dict[str, Any]]:
     if schedules.audit_cron:
         specs.append({
             "entrypoint": AUDIT_ENTRYPOINT, "name": f"audit-{config.name}",
-            "description": f"Drift audit of monitor {config.name} against its baseline; alerts its channels.",
+            "description": f"Drift audit of monitor {config.name} against its baseline; alerts its channels. "
+                           "Ends without an audit when no batch arrived since the last one.",
             "schedule": {"cron": schedules.audit_cron, "timezone": schedules.timezone},
-            "parameters": {"params": {"monitor": config.name}},
+            "parameters": {"params": {"monitor": config.name, "skip_unchanged": True}},
         })
     if schedules.report_cron:
         specs.append({

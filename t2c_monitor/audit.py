@@ -33,8 +33,8 @@ from t2c_monitor.drift import (
     drift_direction,
 )
 from t2c_monitor.drift.roots import ShiftExplanation, explain_shift
-from t2c_monitor.errors import ConfigError
-from t2c_monitor.monitors import AuditConfig
+from t2c_monitor.errors import ConfigError, NothingToAudit
+from t2c_monitor.monitors import AuditConfig, format_duration
 from t2c_monitor.store import Database
 from t2c_monitor.store import alerts as alert_store
 from t2c_monitor.store import audits as audit_store
@@ -250,19 +250,23 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
 
 def audit_window(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
                  since: datetime | None = None, until: datetime | None = None,
-                 detector: KSDriftDetector | None = None) -> AuditOutcome:
+                 detector: KSDriftDetector | None = None, skip_unchanged: bool = False) -> AuditOutcome:
     """Compare the window with the baseline and store the audit in one transaction (stored whole or
     not at all, so a retry stores it once). An audit that fails on what it was given (no baseline,
     no batch in the window, a stale baseline, a bad score) is stored as ``failed`` with its error,
     and the error is raised. An I/O failure (disk, database connection) is only raised: the flow
-    retries it, and the attempt that succeeds is the audit."""
+    retries it, and the attempt that succeeds is the audit. The monitor's own window (no window
+    given) with nothing new in it raises ``NothingToAudit`` and stores nothing: no batch beyond the
+    baseline's, or with ``skip_unchanged`` (what scheduled runs pass) the very batches the last
+    audit tested."""
     from sqlalchemy.exc import DBAPIError
 
     with db.session() as session:
         record = get_monitor(session, monitor)
     try:
-        return _audit(db, record, last=last, batches=batches, since=since, until=until, detector=detector)
-    except (OSError, DBAPIError):
+        return _audit(db, record, last=last, batches=batches, since=since, until=until, detector=detector,
+                      skip_unchanged=skip_unchanged)
+    except (OSError, DBAPIError, NothingToAudit):
         raise
     except Exception as exc:
         _record_failure(db, record, exc)
@@ -281,13 +285,36 @@ def _record_failure(db: Database, record: MonitorRecord, error: Exception) -> No
         pass
 
 
+def _check_something_new(conn: Any, record: MonitorRecord, baseline_id: int, chosen: list[tuple[int, str]], *,
+                         skip_unchanged: bool) -> None:
+    """Raise ``NothingToAudit`` when the monitor's own window holds no batch beyond the baseline's, or, with
+    ``skip_unchanged`` (scheduled runs), exactly the batches the last audit against this baseline tested."""
+    config = record.config.audit
+    if not chosen:
+        newest = audit_store.newest_batch(conn, record.id)
+        span = (f"no batch received in the last {format_duration(config.window)}" if config.window is not None
+                else "no batch stored but the baseline's")
+        seen = f"; the newest, {newest[0]}, was received {newest[1]:%Y-%m-%d %H:%M:%S %Z}" if newest else ""
+        raise NothingToAudit(f"Nothing to audit for {record.name}: {span}{seen}. Ingest new images "
+                             "(`t2c ingest SOURCE --monitor NAME`); the next audit tests them.")
+    if skip_unchanged:
+        previous = audit_store.last_audited_window(conn, record.id, baseline_id)
+        if previous is not None and previous.batch_ids == sorted(b for b, _ in chosen):
+            names = ", ".join(e for _, e in chosen)
+            raise NothingToAudit(f"Nothing new to audit for {record.name}: its window ({names}) is what audit "
+                                 f"{previous.audit_id} tested at {previous.finished_at:%Y-%m-%d %H:%M:%S %Z}; "
+                                 "the next batch stored starts a new audit.")
+
+
 def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: list[str] | None,
-           since: datetime | None, until: datetime | None, detector: KSDriftDetector | None) -> AuditOutcome:
+           since: datetime | None, until: datetime | None, detector: KSDriftDetector | None,
+           skip_unchanged: bool = False) -> AuditOutcome:
     monitor = record.name
     config = record.config.audit
     detector = detector or detector_for(config)
+    own_window = batches is None and since is None and until is None and last is None
     scheduled = False
-    if batches is None and since is None and until is None and last is None:
+    if own_window:
         if config.window is not None:
             since = datetime.now(UTC) - config.window
         else:
@@ -304,6 +331,8 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
             chosen = [(b, e) for b, e in audit_store.stored_batches(
                 conn, record.id, external_ids=batches, last=window_last, since=since, until=until)
                 if b not in in_baseline]
+        if own_window:
+            _check_something_new(conn, record, baseline.id, chosen, skip_unchanged=skip_unchanged)
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")
@@ -517,25 +546,34 @@ def refresh_report(db: Database, monitor: str, audit_id: int, report_dir: Path) 
 
 @dataclass(frozen=True)
 class AuditRun:
-    """What one scheduled audit did: the audit, its alerts, and the earlier failed alerts sent again."""
+    """What one audit run did: the audit (or why there was nothing to audit), its alerts, and the earlier
+    failed alerts sent again."""
 
-    summary: AuditSummary
+    summary: AuditSummary | None
     alerts: list[Any] = field(default_factory=list)  # alerts.AlertOutcome
     resent: list[Any] = field(default_factory=list)
+    skipped: str | None = None  # NothingToAudit's message when the window held nothing new
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.summary.to_dict(), "alerts": [o.to_dict() for o in self.alerts],
-                "resent": [o.to_dict() for o in self.resent]}
+        audit = self.summary.to_dict() if self.summary is not None else {"skipped": self.skipped}
+        return {**audit, "alerts": [o.to_dict() for o in self.alerts], "resent": [o.to_dict() for o in self.resent]}
 
 
 def audit_and_alert(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
                     since: datetime | None = None, until: datetime | None = None, report_dir: Path | None = None,
-                    alerts: bool = True, log: Any = lambda _: None) -> AuditRun:
+                    alerts: bool = True, skip_unchanged: bool = False, log: Any = lambda _: None) -> AuditRun:
     """The audit use case, in this process: send again the monitor's failed alerts, audit the
     window (stored first, so a channel that is down never loses it), write the report, alert the
-    channels. The audit flow runs the same steps as tasks, with retries on I/O."""
+    channels; a window with nothing new is a run with ``skipped`` saying why (see ``audit_window``).
+    The audit flow runs the same steps as tasks, with retries on I/O."""
     from t2c_monitor.alerts import alert_audit, resend_failed_alerts
 
     resent = resend_failed_alerts(db, monitor, log=log) if alerts else []
-    summary = run_audit(db, monitor, last=last, batches=batches, since=since, until=until, report_dir=report_dir)
+    try:
+        outcome = audit_window(db, monitor, last=last, batches=batches, since=since, until=until,
+                               skip_unchanged=skip_unchanged)
+    except NothingToAudit as nothing:
+        log(str(nothing))
+        return AuditRun(summary=None, resent=resent, skipped=str(nothing))
+    summary = write_report(db, outcome, report_dir) if report_dir is not None else outcome.summary
     return AuditRun(summary=summary, alerts=alert_audit(db, summary, log=log) if alerts else [], resent=resent)

@@ -15,6 +15,11 @@ class ConfigError(T2CError):
     """A setting, monitor file or spec is invalid."""
 
 
+class NothingToAudit(T2CError):
+    """The monitor's own audit window holds nothing to test: no batch since the baseline's, or (for a
+    scheduled audit) exactly the batches the last audit tested. Not a failure: nothing is stored."""
+
+
 class DatabaseUnavailableError(T2CError):
     """The configured PostgreSQL server cannot be reached."""
 

@@ -64,6 +64,43 @@ def test_audit_flow_on_a_time_window_and_its_refusals(prefect_harness, monitored
         audit_flow(AuditParams(monitor="tiny"))
 
 
+def test_a_scheduled_audit_with_nothing_new_ends_completed_and_stores_nothing(prefect_harness, monitored,
+                                                                              tiny_monitor_dir, tmp_path):
+    """What an hourly audit of a daily feed meets 23 times a day: the window it would test is the one the
+    last audit tested. And a monitor with nothing ingested beyond its baseline. Neither is a failure: the
+    run completes saying why, no audit row (failed or not) is stored, no alert is sent."""
+    from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
+
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", audit={"last": 1},
+               alerts={"channels": ["log"]}, channels={"log": {"type": "file", "path": "alerts.jsonl"}})
+    baseline_flow(BaselineParams(monitor="tiny", batches=["ref-1", "ref-2", "clean", "dark"]))
+    state = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True), return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    assert result["skipped"].startswith("Nothing to audit for tiny: no batch stored but the baseline's; the newest, "
+                                        "dark, was received") and "t2c ingest" in result["skipped"]
+
+    baseline_flow(BaselineParams(monitor="tiny", batches=["ref-1", "ref-2"]))
+    first = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True))
+    assert first["batches"] == ["dark"] and first["flagged"] and [a["status"] for a in first["alerts"]] == ["sent"]
+    again = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True))
+    assert again["skipped"].startswith(f"Nothing new to audit for tiny: its window (dark) is what audit {first['id']} "
+                                       "tested at ") and again["alerts"] == []
+    by_hand = audit_flow(AuditParams(monitor="tiny", alerts=False))  # `t2c audit` without the flag: audits again
+    assert by_hand["batches"] == ["dark"] and by_hand["id"] != first["id"]
+
+    write_images(tmp_path / "evening", 30, seed=7)
+    from t2c_monitor.ingest import ingest
+
+    ingest(monitored, "tiny", tmp_path / "evening", batch_id="evening")
+    fresh = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True, alerts=False))
+    assert fresh["batches"] == ["evening"], "a new batch starts a new audit"
+    with monitored.engine.connect() as conn:
+        rows = conn.execute(text("SELECT status, count(*) FROM audit GROUP BY status")).all()
+    assert dict(rows) == {"done": 3}, "nothing stored for the two runs with nothing new, no failed audit either"
+    assert len((tmp_path / "config" / "alerts.jsonl").read_text().splitlines()) == 1
+
+
 def test_inbox_flow_ingests_only_new_files(prefect_harness, applied_monitor, tmp_path):
     from flows.ingest import InboxParams, ingest_inbox_flow
 
@@ -144,7 +181,7 @@ def test_deployments_carry_the_configured_cron_and_interval(prefect_harness, tmp
     stored = asyncio.run(read())
     cron = stored["audit-shapes"].schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("15 6 * * 1-5", "Europe/Berlin")
-    assert stored["audit-shapes"].parameters == {"params": {"monitor": "shapes"}}
+    assert stored["audit-shapes"].parameters == {"params": {"monitor": "shapes", "skip_unchanged": True}}
     report_cron = stored["report-shapes"].schedules[0].schedule
     assert (report_cron.cron, stored["report-shapes"].parameters) == ("0 7 * * *", {"params": {"monitor": "shapes"}})
     interval = stored["ingest-shapes"].schedules[0].schedule

@@ -93,6 +93,10 @@ def audit(
     if as_json:
         emit_json(result)
         return
+    if result.get("skipped"):  # the monitor's window holds nothing new: not an error, nothing stored
+        console.print(f"[yellow]nothing to audit[/]: {result['skipped']}")
+        _print_alerts(result["resent"])
+        return
     console.print(f"audit {result['id']} of {monitor}: {result['n_current']} images in {', '.join(result['batches'])} "
                   f"against {result['n_baseline']} baseline scores per concept")
     _print_findings(result)

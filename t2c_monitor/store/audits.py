@@ -66,6 +66,31 @@ def latest_batches(conn: Connection, monitor_id: int, *, last: int, min_images: 
     return [(int(r.id), str(r.external_id)) for r in rows]
 
 
+@dataclass(frozen=True)
+class AuditedWindow:
+    """The window a completed audit tested."""
+
+    audit_id: int
+    batch_ids: list[int]  # sorted
+    finished_at: datetime
+
+
+def last_audited_window(conn: Connection, monitor_id: int, baseline_id: int) -> AuditedWindow | None:
+    """The window of the newest completed audit of the monitor against this baseline."""
+    row = conn.execute(text(
+        "SELECT id, batch_ids, finished_at FROM audit WHERE monitor_id = :m AND baseline_id = :b AND status = 'done' "
+        "ORDER BY id DESC LIMIT 1"), {"m": monitor_id, "b": baseline_id}).first()
+    return None if row is None else AuditedWindow(int(row.id), sorted(int(b) for b in row.batch_ids), row.finished_at)
+
+
+def newest_batch(conn: Connection, monitor_id: int) -> tuple[str, datetime] | None:
+    """(external id, received at) of the monitor's newest stored batch."""
+    row = conn.execute(select(Batch.external_id, Batch.received_at)
+                       .where(Batch.monitor_id == monitor_id, Batch.status == "stored")
+                       .order_by(Batch.received_at.desc(), Batch.id.desc()).limit(1)).first()
+    return None if row is None else (str(row.external_id), row.received_at)
+
+
 def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
     """Concept scores ``(n, k)`` of a batch's ok images against one bank: those it was ingested with
     are in the image rows, those against another bank in ``image_score``; by image id."""
