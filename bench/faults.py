@@ -359,7 +359,7 @@ class SoakReport:
     missed: int  # dropped files never stored
     duplicates: int
     audits: int  # audits done while serving
-    audits_failed: int  # audits stored as failed while serving (a window with nothing new is not one: it stores nothing)
+    audits_failed: int  # audits stored as failed while serving (a window with nothing new stores nothing)
     outage_survived: bool | None  # serve still up after the database outage, and both its inbox runs and its
     # scheduled audits stored results after it
     rss_mb: list[float]  # the serve process's resident memory, sampled
