@@ -201,7 +201,9 @@ def prefect_yaml(configs: list[MonitorConfig], *, work_pool: str = DEFAULT_WORK_
         "prefect-version": _prefect_version(),
         "build": None,
         "push": None,
-        "pull": None,  # nothing to fetch: the entrypoints are module paths of the installed package
+        # no pull step: the entrypoints are module paths of the installed package. An empty list, not null:
+        # for null, `prefect deploy` writes one that changes to the deploying machine's working directory
+        "pull": [],
         "deployments": deployments,
     }
 

@@ -286,9 +286,10 @@ def _record_failure(db: Database, record: MonitorRecord, error: Exception) -> No
 
 
 def _check_something_new(conn: Any, record: MonitorRecord, baseline_id: int, chosen: list[tuple[int, str]], *,
-                         skip_unchanged: bool) -> None:
+                         detector: KSDriftDetector, skip_unchanged: bool) -> None:
     """Raise ``NothingToAudit`` when the monitor's own window holds no batch beyond the baseline's, or, with
-    ``skip_unchanged`` (scheduled runs), exactly the batches the last audit against this baseline tested."""
+    ``skip_unchanged`` (scheduled runs), the very window an audit against this baseline already tested: the
+    same batches, none grown since, under the same detector settings."""
     config = record.config.audit
     if not chosen:
         newest = audit_store.newest_batch(conn, record.id)
@@ -298,8 +299,8 @@ def _check_something_new(conn: Any, record: MonitorRecord, baseline_id: int, cho
         raise NothingToAudit(f"Nothing to audit for {record.name}: {span}{seen}. Ingest new images "
                              "(`t2c ingest SOURCE --monitor NAME`); the next audit tests them.")
     if skip_unchanged:
-        previous = audit_store.last_audited_window(conn, record.id, baseline_id)
-        if previous is not None and previous.batch_ids == sorted(b for b, _ in chosen):
+        previous = audit_store.audited_window(conn, record.id, baseline_id, [b for b, _ in chosen], detector.params())
+        if previous is not None:
             names = ", ".join(e for _, e in chosen)
             raise NothingToAudit(f"Nothing new to audit for {record.name}: its window ({names}) is what audit "
                                  f"{previous.audit_id} tested at {previous.finished_at:%Y-%m-%d %H:%M:%S %Z}; "
@@ -332,7 +333,7 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
                 conn, record.id, external_ids=batches, last=window_last, since=since, until=until)
                 if b not in in_baseline]
         if own_window:
-            _check_something_new(conn, record, baseline.id, chosen, skip_unchanged=skip_unchanged)
+            _check_something_new(conn, record, baseline.id, chosen, detector=detector, skip_unchanged=skip_unchanged)
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")

@@ -9,7 +9,7 @@ from html import escape, unescape
 
 import pytest
 import yaml
-from conftest import apply_tiny, write_images
+from conftest import apply_tiny, write_images, write_png
 from sqlalchemy import text
 
 from t2c_monitor.errors import ConfigError
@@ -86,18 +86,23 @@ def test_a_scheduled_audit_with_nothing_new_ends_completed_and_stores_nothing(pr
     again = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True))
     assert again["skipped"].startswith(f"Nothing new to audit for tiny: its window (dark) is what audit {first['id']} "
                                        "tested at ") and again["alerts"] == []
-    by_hand = audit_flow(AuditParams(monitor="tiny", alerts=False))  # `t2c audit` without the flag: audits again
-    assert by_hand["batches"] == ["dark"] and by_hand["id"] != first["id"]
-
-    write_images(tmp_path / "evening", 30, seed=7)
     from t2c_monitor.ingest import ingest
 
+    for i in range(5):  # late files of the same batch: a rerun of its ingest adds them, and the window changed
+        write_png(tmp_path / "dark" / f"late-{i}.png", (5, 5, 5), seed=950 + i)
+    ingest(monitored, "tiny", tmp_path / "dark", batch_id="dark")
+    grown = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True, alerts=False))
+    assert (grown["batches"], grown["n_current"]) == (["dark"], 65), "a batch that grew is a new window"
+    by_hand = audit_flow(AuditParams(monitor="tiny", alerts=False))  # `t2c audit` without the flag: audits again
+    assert by_hand["batches"] == ["dark"] and by_hand["id"] != grown["id"]
+
+    write_images(tmp_path / "evening", 30, seed=7)
     ingest(monitored, "tiny", tmp_path / "evening", batch_id="evening")
     fresh = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True, alerts=False))
     assert fresh["batches"] == ["evening"], "a new batch starts a new audit"
     with monitored.engine.connect() as conn:
         rows = conn.execute(text("SELECT status, count(*) FROM audit GROUP BY status")).all()
-    assert dict(rows) == {"done": 3}, "nothing stored for the two runs with nothing new, no failed audit either"
+    assert dict(rows) == {"done": 4}, "nothing stored for the two runs with nothing new, no failed audit either"
     assert len((tmp_path / "config" / "alerts.jsonl").read_text().splitlines()) == 1
 
 
@@ -198,7 +203,7 @@ def test_prefect_yaml_declares_the_same_deployments_for_a_work_pool(tmp_path):
     assert names == [("audit-shapes", "flows.audit.audit_flow", "gpu-pool"),
                      ("report-shapes", "flows.report.decode_report_flow", "gpu-pool"),
                      ("ingest-shapes", "flows.ingest.ingest_inbox_flow", "gpu-pool")]
-    assert document["pull"] is None, "module-path entrypoints: a worker needs the package, not a checkout"
+    assert document["pull"] == [], "module-path entrypoints: a worker needs the package, not a checkout"
     assert document["deployments"][0]["schedules"] == [{"cron": "15 6 * * 1-5", "timezone": "Europe/Berlin"}]
 
 

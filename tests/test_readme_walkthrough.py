@@ -65,7 +65,7 @@ def test_the_readme_quick_path_runs_as_written(repo_root, quick_world, tmp_path)
     (project / "concepts.txt").write_text(concepts_text())
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "T2C_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", T2C_DEVICE="cpu", COLUMNS="160",
+    env.update(PATH=f"{BIN}:{env['PATH']}", T2C_DEVICE="cpu", COLUMNS="400",
                T2C_MODELS=os.environ["T2C_MODELS"])  # the session's cache of the vocabulary's embeddings
     done = subprocess.run(["bash", "-euo", "pipefail", "-x", "-c", script], cwd=project, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)  # in order, `-x` lines too

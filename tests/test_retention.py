@@ -101,7 +101,7 @@ def test_retention_config_command_and_scheduled_deployment(monitored, tiny_monit
         config = get_monitor(session, "tiny").config
     (spec,) = [s for s in deployment_specs(config) if s["name"] == "retention-tiny"]
     assert spec["schedule"] == {"cron": "0 4 * * *", "timezone": "UTC"}
-    assert spec["entrypoint"] == "flows/retention.py:retention_flow"
+    assert spec["entrypoint"] == "flows.retention.retention_flow"
 
     _age(monitored, ["dark"], 45)
     run = CliRunner().invoke(app, ["retention", "apply", "--dry-run", "--json"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +58,17 @@ def wheel_env(repo_root, tmp_path) -> Path:
     return venv
 
 
-def test_a_worker_with_only_the_wheel_runs_the_deployed_ingest_and_audit(wheel_env, tiny_monitor_dir, pg_server_url,
+@pytest.fixture
+def empty_database(pg_server_url):
+    """A database with nothing in it (the wheel's migrations build the schema), dropped afterwards."""
+    url = make_database(pg_server_url)
+    engine = create_engine(url)
+    yield url, engine
+    engine.dispose()
+    drop_database(pg_server_url, url)
+
+
+def test_a_worker_with_only_the_wheel_runs_the_deployed_ingest_and_audit(wheel_env, tiny_monitor_dir, empty_database,
                                                                          tmp_path):
     python, t2c = wheel_env / "bin" / "python", wheel_env / "bin" / "t2c"
     workdir = tmp_path / "worker"  # no checkout here: everything below comes from the wheel
@@ -74,7 +85,7 @@ def test_a_worker_with_only_the_wheel_runs_the_deployed_ingest_and_audit(wheel_e
     config.mkdir()
     (config / "monitors.yaml").write_text(yaml.safe_dump(document))
 
-    database_url = make_database(pg_server_url)  # empty: the wheel's migrations build the schema
+    database_url, engine = empty_database
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "T2C_", "PYTHONPATH"))}
     env.update(T2C_HOME=str(tmp_path / "home"), T2C_DATABASE_URL=database_url, T2C_DEVICE="cpu",
                T2C_MODELS=os.environ["T2C_MODELS"], PREFECT_WORKER_QUERY_SECONDS="2",
@@ -89,7 +100,6 @@ def test_a_worker_with_only_the_wheel_runs_the_deployed_ingest_and_audit(wheel_e
     assert all(line.startswith(str(wheel_env)) for line in where.stdout.split()), where.stdout  # not the checkout
 
     worker = None
-    engine = create_engine(database_url)
     try:
         run(t2c, "db", "upgrade")
         assert json.loads(run(t2c, "db", "status", "--json").stdout)["at_head"] is True
@@ -97,11 +107,16 @@ def test_a_worker_with_only_the_wheel_runs_the_deployed_ingest_and_audit(wheel_e
         server = json.loads(run(t2c, "server", "up", "--json").stdout)
         env["PREFECT_API_URL"] = api = server["api_url"]
 
-        run(t2c, "deployments", "prefect-yaml", config / "monitors.yaml", "--out", "prefect.yaml",
+        deployer = tmp_path / "deployer"  # another machine's folder: gone before the worker starts
+        deployer.mkdir()
+        run(t2c, "deployments", "prefect-yaml", config / "monitors.yaml", "--out", deployer / "prefect.yaml",
             "--work-pool", POOL)
         run(python, "-m", "prefect", "work-pool", "create", POOL, "--type", "process")
-        deployed = run(python, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml")
-        assert "ingest-tiny" in deployed.stdout and "audit-tiny" in deployed.stdout, deployed.stdout[-2000:]
+        deployed = _run(python, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml",
+                        env=env, cwd=deployer, timeout=300)
+        assert deployed.returncode == 0 and "ingest-tiny" in deployed.stdout and "audit-tiny" in deployed.stdout, \
+            deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        shutil.rmtree(deployer)
         worker_log = (tmp_path / "worker.log").open("w")
         worker = subprocess.Popen([python, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process"],
                                   env=env, cwd=workdir, stdout=worker_log, stderr=subprocess.STDOUT,
@@ -143,8 +158,6 @@ def test_a_worker_with_only_the_wheel_runs_the_deployed_ingest_and_audit(wheel_e
     with engine.connect() as conn:
         audits = conn.execute(text("SELECT a.id, a.status, a.n_flagged, a.error, array_agg(b.external_id) AS batches "
                                    "FROM audit a JOIN batch b ON a.batch_ids @> to_jsonb(b.id) GROUP BY a.id")).all()
-    engine.dispose()
-    drop_database(pg_server_url, database_url)
     assert [(a.status, a.batches) for a in audits] == [("done", ["dark"])], audits
     assert audits[0].n_flagged > 0, "the night shift is flagged"
     report = tmp_path / "home" / "reports" / "tiny" / f"audit-{audits[0].id}" / "index.html"

@@ -191,7 +191,7 @@ def _choose_ridge(fit: _Stats, validation: _Stats) -> tuple[float, list[dict[str
         offset = (v_x - m_x) @ W + m_y - v_y
         residual = (float((W * (V_xx @ W)).sum()) - 2.0 * float((W * V_xy).sum()) + float(torch.trace(V_yy))
                     + float(offset @ offset))
-        search.append({"ridge": ridge, "validation_r2": round(1.0 - residual / total, 6) if total > 0 else math.nan})
+        search.append({"ridge": ridge, "validation_r2": round(1.0 - residual / total, 6) if total > 0 else None})
         if residual < best[0]:
             best = (residual, ridge)
     return best[1], search

@@ -169,7 +169,7 @@ def parse_ridge(ridge: float | str) -> float | str:
         return "auto"
     try:
         value = float(ridge)
-    except ValueError:
+    except (TypeError, ValueError):
         raise SettingError("ridge", f"use 'auto' or a number >= 0, got {ridge!r}") from None
     if not math.isfinite(value) or value < 0:
         raise SettingError("ridge", f"use 'auto' or a number >= 0, got {ridge!r}")

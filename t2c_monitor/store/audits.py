@@ -6,6 +6,7 @@ sorting is most of a KS audit's work and a baseline serves many audits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,19 +69,25 @@ def latest_batches(conn: Connection, monitor_id: int, *, last: int, min_images: 
 
 @dataclass(frozen=True)
 class AuditedWindow:
-    """The window a completed audit tested."""
+    """A completed audit that tested a given window."""
 
     audit_id: int
-    batch_ids: list[int]  # sorted
     finished_at: datetime
 
 
-def last_audited_window(conn: Connection, monitor_id: int, baseline_id: int) -> AuditedWindow | None:
-    """The window of the newest completed audit of the monitor against this baseline."""
+def audited_window(conn: Connection, monitor_id: int, baseline_id: int, batch_ids: Sequence[int],
+                   params: dict[str, Any]) -> AuditedWindow | None:
+    """The newest completed audit against this baseline of exactly these batches as they are now (the same
+    set of ids and as many ok images: a batch that grew since is a new window) with these detector settings."""
     row = conn.execute(text(
-        "SELECT id, batch_ids, finished_at FROM audit WHERE monitor_id = :m AND baseline_id = :b AND status = 'done' "
-        "ORDER BY id DESC LIMIT 1"), {"m": monitor_id, "b": baseline_id}).first()
-    return None if row is None else AuditedWindow(int(row.id), sorted(int(b) for b in row.batch_ids), row.finished_at)
+        "SELECT a.id, a.finished_at FROM audit a WHERE a.monitor_id = :m AND a.baseline_id = :b AND a.status = 'done' "
+        "AND a.batch_ids @> CAST(:ids AS jsonb) AND CAST(:ids AS jsonb) @> a.batch_ids "
+        "AND a.params = CAST(:p AS jsonb) "
+        "AND a.n_current = (SELECT coalesce(sum(n_ok), 0) FROM batch WHERE id = ANY(:id_list)) "
+        "ORDER BY a.id DESC LIMIT 1"),
+        {"m": monitor_id, "b": baseline_id, "ids": json.dumps([int(b) for b in batch_ids]),
+         "id_list": [int(b) for b in batch_ids], "p": json.dumps(params)}).first()
+    return None if row is None else AuditedWindow(int(row.id), row.finished_at)
 
 
 def newest_batch(conn: Connection, monitor_id: int) -> tuple[str, datetime] | None:
