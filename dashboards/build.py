@@ -10,7 +10,7 @@ serves each panel is named in its description:
 * ``ix_batch_monitor_id_received_at``: batches by monitor and time (batch tables, stage timings);
 * ``ix_audit_monitor_id_started_at``: audits by monitor and time, then ``audit_result``'s primary key
   (audit_id, concept_id) for their results;
-* ``ix_alert_created_at``: alerts by time, then ``audit``'s primary key for the monitor.
+* ``ix_alert_created_at``: alerts by time (each row names its monitor).
 """
 
 from __future__ import annotations
@@ -207,31 +207,33 @@ ORDER BY b.received_at DESC LIMIT 100""",
 
 ALERTS = Dashboard(
     uid="t2c-alerts", title="t2c-monitor: alerts",
-    description="Alerts sent, held back (the same drift already alerted) and failed (kept, sent again later).",
+    description="Alerts sent, held back (the same drift already alerted) and failed (kept, sent again later); "
+                "drift alerts of audits and no-data alerts of monitors that stored nothing for too long.",
     panels=(
         Panel("Alerts by outcome", "timeseries", f"""\
 SELECT $__timeGroupAlias(al.created_at, $__interval), al.status AS metric, count(*) AS value
-FROM alert al JOIN audit a ON a.id = al.audit_id
-WHERE $__timeFilter(al.created_at) AND a.monitor_id IN ({MONITORS})
+FROM alert al
+WHERE $__timeFilter(al.created_at) AND al.monitor_id IN ({MONITORS})
 GROUP BY 1, 2 ORDER BY 1""", ("time", "metric", "value"),
               "sent; suppressed: held back, the same drift was alerted in the quiet period; failed: every "
               "attempt failed, `t2c alerts retry` or the next audit sends it again; pending: being sent. "
               "Index: ix_alert_created_at.", width=16, bars=True),
         Panel("Outcomes in the range", "stat", f"""\
 SELECT al.status AS metric, count(*) AS value
-FROM alert al JOIN audit a ON a.id = al.audit_id
-WHERE $__timeFilter(al.created_at) AND a.monitor_id IN ({MONITORS})
+FROM alert al
+WHERE $__timeFilter(al.created_at) AND al.monitor_id IN ({MONITORS})
 GROUP BY 1 ORDER BY 1""", ("metric", "value"),
               "Alerts per outcome in the range. Index: ix_alert_created_at.", width=8,
               options={"reduceOptions": {"values": True, "calcs": ["lastNotNull"], "fields": "/^value$/"},
                        "textMode": "value_and_name"}),
         Panel("Alerts", "table", f"""\
-SELECT al.created_at AS "time", m.name AS monitor, al.audit_id AS audit, al.channel, al.status, al.attempts,
-       al.sent_at, al.payload->>'subject' AS subject, al.last_error
-FROM alert al JOIN audit a ON a.id = al.audit_id JOIN monitor m ON m.id = a.monitor_id
-WHERE $__timeFilter(al.created_at) AND a.monitor_id IN ({MONITORS})
+SELECT al.created_at AS "time", m.name AS monitor, al.kind, al.audit_id AS audit, al.channel, al.status,
+       al.attempts, al.sent_at, al.payload->>'subject' AS subject, al.last_error
+FROM alert al JOIN monitor m ON m.id = al.monitor_id
+WHERE $__timeFilter(al.created_at) AND al.monitor_id IN ({MONITORS})
 ORDER BY al.created_at DESC LIMIT 100""",
-              ("time", "monitor", "audit", "channel", "status", "attempts", "sent_at", "subject", "last_error"),
+              ("time", "monitor", "kind", "audit", "channel", "status", "attempts", "sent_at", "subject",
+               "last_error"),
               "Every alert, newest first: its channel (never the secret), attempts, and the last error of a "
               "failed one. Index: ix_alert_created_at.", width=24),
     ),

@@ -2,7 +2,8 @@
 
     audit: send again the monitor's failed alerts -> audit the window (stored in one transaction;
            a failure is stored as a failed audit; a window with nothing new ends the run here,
-           completed, saying why) -> write its report -> alert the monitor's channels (quiet
+           completed, saying why, after alerting a monitor that stored nothing for longer than its
+           ``alerts.no_data_after``) -> write its report -> alert the monitor's channels (quiet
            period, retries; failures recorded, never raised)
 
 The audit is stored before any alert is attempted, so a channel that is down never loses it, and
@@ -96,14 +97,23 @@ def alert(summary: Any) -> list[Any]:
     return alert_audit(database(), summary, log=get_run_logger().info)
 
 
+@task
+def no_data(monitor: str) -> list[Any]:
+    """Alert the monitor's channels when it has stored no batch for longer than its ``alerts.no_data_after``."""
+    from t2c_monitor.alerts import alert_no_data
+
+    return alert_no_data(database(), monitor, log=get_run_logger().info)
+
+
 @flow(name="audit", log_prints=True)
 def audit_flow(params: AuditParams) -> dict[str, Any]:
     logger = get_run_logger()
     resent = resend_failed(params.monitor) if params.alerts else []
     outcome = audit_window(params)
-    if isinstance(outcome, str):  # nothing new in the window: no audit, no alert, and not a failure
+    if isinstance(outcome, str):  # nothing new in the window: no audit, and not a failure
         logger.info(outcome)
-        return AuditRun(summary=None, resent=resent, skipped=outcome).to_dict()
+        silent = no_data(params.monitor) if params.alerts else []  # a feed that stopped is said, not only logged
+        return AuditRun(summary=None, alerts=silent, resent=resent, skipped=outcome).to_dict()
     written = report(outcome, return_state=True)
     if written.is_completed():
         summary = written.result()

@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,11 +43,13 @@ from t2c_monitor.monitors import (
     EmailChannel,
     FileChannel,
     WebhookChannel,
+    format_duration,
 )
 from t2c_monitor.store import Database
 from t2c_monitor.store import alerts as alert_store
-from t2c_monitor.store.models import AlertStatus
-from t2c_monitor.wording import change_word, concept_change
+from t2c_monitor.store.alerts import AlertRow
+from t2c_monitor.store.models import AlertKind, AlertStatus
+from t2c_monitor.wording import change_word, concept_change, elapsed
 
 MAX_RETRY_DELAY_S = 300.0
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
@@ -371,28 +373,88 @@ def deliver_alerts(db: Database, summary: Any, config: AlertsConfig, *, monitor_
                    sleep: Callable[[float], None] = time.sleep,
                    log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
     """Alert every channel of ``config`` about an audit that found a shift (flagged concepts or drift
-    no concept names; nothing otherwise)."""
+    no concept names; nothing otherwise); the same drift alerted within the quiet period is held back."""
     if not summary.found_shift or not config.channels:
         return []
     message = build_message(summary, report=report)
     key = drift_key(message.payload, top=HEADLINE_CONCEPTS)
+
+    def same_drift(earlier: AlertRow) -> str | None:
+        if earlier.audit_id != summary.id and key <= drift_key(earlier.payload):
+            return f"the same drift was alerted in audit {earlier.audit_id}"
+        return None
+
+    return _deliver(db, message, config, monitor_id=monitor_id, audit_id=summary.id, kind="drift",
+                    repeat_of=same_drift, sleep=sleep, log=log)
+
+
+def _deliver(db: Database, message: AlertMessage, config: AlertsConfig, *, monitor_id: int, audit_id: int | None,
+             kind: AlertKind, repeat_of: Callable[[AlertRow], str | None], sleep: Callable[[float], None],
+             log: Callable[[str], None]) -> list[AlertOutcome]:
+    """Send ``message`` to every channel of ``config``: a row per channel first, held back (``suppressed``)
+    where ``repeat_of`` says why an alert of the quiet period already told that channel."""
     outcomes = []
     for channel in config.resolved_channels():
         sender = create_sender(channel)
         with db.engine.begin() as conn:
-            earlier = [a for a in alert_store.recent_alerts(conn, monitor_id, sender.name, config.quiet_period)
-                       if a.audit_id != summary.id and key <= drift_key(a.payload)]
-            status = "suppressed" if earlier else "pending"
-            alert_id = alert_store.insert_alert(conn, audit_id=summary.id, channel=sender.name,
-                                                payload=message.payload, status=status)
-        if earlier:
-            log(f"alert {alert_id} to {sender.name} suppressed: the same drift was alerted in audit "
-                f"{earlier[0].audit_id} within the quiet period ({config.quiet_period})")
+            recent = alert_store.recent_alerts(conn, monitor_id, sender.name, config.quiet_period, kind=kind)
+            why = next((reason for reason in map(repeat_of, recent) if reason), None)
+            alert_id = alert_store.insert_alert(conn, monitor_id=monitor_id, audit_id=audit_id, kind=kind,
+                                                channel=sender.name, payload=message.payload,
+                                                status="suppressed" if why else "pending")
+        if why:
+            log(f"alert {alert_id} to {sender.name} suppressed: {why} within the quiet period ({config.quiet_period})")
             outcomes.append(AlertOutcome(alert_id, sender.name, "suppressed", 0))
             continue
         outcomes.append(_send_with_retries(db, alert_id, sender, message, retries=config.retries,
                                            delay=config.retry_delay, sleep=sleep, log=log))
     return outcomes
+
+
+def no_data_message(monitor: str, newest: tuple[str, datetime], age: timedelta, limit: timedelta,
+                    inbox: str | None) -> AlertMessage:
+    """The alert of a monitor that has stored no batch for ``age`` (more than its ``limit``)."""
+    batch, received = newest
+    where = f" Check the feed{f' (inbox {inbox})' if inbox else ''} and `t2c batches list --monitor {monitor}`."
+    lines = [f"No data on monitor {monitor}: no batch stored for {elapsed(age)} "
+             f"(alerts.no_data_after is {format_duration(limit)}).",
+             f"Newest batch: {batch}, received {received:%Y-%m-%d %H:%M:%S %Z}." + where]
+    payload = {
+        "subject": f"[t2c] {monitor}: no images stored for {elapsed(age)}", "text": "\n".join(lines),
+        "monitor": monitor, "kind": "no_data", "newest_batch": batch, "newest_received_at": received.isoformat(),
+        "age_seconds": round(age.total_seconds()), "markdown": f"**{monitor}**: " + " ".join(lines),
+    }
+    return AlertMessage(subject=payload["subject"], text=payload["text"], payload=payload)
+
+
+def alert_no_data(db: Database, monitor: str, *, now: datetime | None = None,
+                  sleep: Callable[[float], None] = time.sleep,
+                  log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
+    """Alert the monitor's channels when it has stored no batch for longer than ``alerts.no_data_after``
+    (once per quiet period while that lasts); nothing when that is unset, or no batch was ever stored."""
+    from t2c_monitor.store import audits as audit_store
+    from t2c_monitor.store.monitors import get_monitor
+
+    with db.session() as session:
+        record = get_monitor(session, monitor)
+    config = record.config.alerts
+    if config.no_data_after is None or not config.channels:
+        return []
+    with db.engine.connect() as conn:
+        newest = audit_store.newest_batch(conn, record.id)
+    if newest is None:
+        log(f"{monitor} has stored no batch yet: no data alert until it has")
+        return []
+    age = (now or datetime.now(UTC)) - newest[1]
+    if age <= config.no_data_after:
+        return []
+    message = no_data_message(monitor, newest, age, config.no_data_after, record.config.schedules.inbox)
+
+    def still_silent(earlier: AlertRow) -> str:
+        return f"no data was alerted at {earlier.created_at:%Y-%m-%d %H:%M:%S %Z}"
+
+    return _deliver(db, message, config, monitor_id=record.id, audit_id=None, kind="no_data",
+                    repeat_of=still_silent, sleep=sleep, log=log)
 
 
 def retry_failed_alerts(db: Database, channels: dict[str, Any], *, monitor_id: int | None = None,

@@ -567,7 +567,7 @@ def audit_and_alert(db: Database, monitor: str, *, last: int | None = None, batc
     window (stored first, so a channel that is down never loses it), write the report, alert the
     channels; a window with nothing new is a run with ``skipped`` saying why (see ``audit_window``).
     The audit flow runs the same steps as tasks, with retries on I/O."""
-    from t2c_monitor.alerts import alert_audit, resend_failed_alerts
+    from t2c_monitor.alerts import alert_audit, alert_no_data, resend_failed_alerts
 
     resent = resend_failed_alerts(db, monitor, log=log) if alerts else []
     try:
@@ -575,6 +575,7 @@ def audit_and_alert(db: Database, monitor: str, *, last: int | None = None, batc
                                skip_unchanged=skip_unchanged)
     except NothingToAudit as nothing:
         log(str(nothing))
-        return AuditRun(summary=None, resent=resent, skipped=str(nothing))
+        silent = alert_no_data(db, monitor, log=log) if alerts else []
+        return AuditRun(summary=None, alerts=silent, resent=resent, skipped=str(nothing))
     summary = write_report(db, outcome, report_dir) if report_dir is not None else outcome.summary
     return AuditRun(summary=summary, alerts=alert_audit(db, summary, log=log) if alerts else [], resent=resent)

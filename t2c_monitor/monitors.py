@@ -222,6 +222,9 @@ class AlertsConfig(_Strict):
     report_url: str | None = Field(None, description="where readers open a report; {audit_id} and {monitor} "
                                                      "are filled in (default: the report file's path)")
     digest: bool = Field(False, description="send the report job's digest of the period to these channels too")
+    no_data_after: Duration | None = Field(None, description="alert when the monitor has stored no batch for this "
+                                           "long, e.g. 1d (checked when a scheduled audit finds nothing new; "
+                                           "repeated once per quiet period while it lasts)")
 
     def resolved_channels(self) -> list[WebhookChannel | BlockChannel | EmailChannel | FileChannel]:
         return [c for c in self.channels if not isinstance(c, str)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 
 def change_word(direction: float, *, countable: bool = False) -> str:
     """"more" for a concept that grew (``direction`` > 0), "less" (or "fewer" for countable things,
@@ -15,3 +17,11 @@ def concept_change(name: str, direction: float, *, countable: bool = False, quot
     """'more night', or "fewer 'grass'" with ``quoted`` and ``countable``."""
     shown = f"'{name}'" if quoted else name
     return f"{change_word(direction, countable=countable)} {shown}"
+
+
+def elapsed(span: timedelta) -> str:
+    """A time span as people say it, to the minute, its two largest parts: ``1d 3h``, ``5h 20m``, ``12m``."""
+    minutes = max(int(span.total_seconds() // 60), 0)
+    parts = [(minutes // 1440, "d"), (minutes % 1440 // 60, "h"), (minutes % 60, "m")]
+    said = [f"{n}{unit}" for n, unit in parts if n][:2]
+    return " ".join(said) if said else "under a minute"

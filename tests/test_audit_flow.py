@@ -106,6 +106,45 @@ def test_a_scheduled_audit_with_nothing_new_ends_completed_and_stores_nothing(pr
     assert len((tmp_path / "config" / "alerts.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_monitor_that_stored_nothing_for_too_long_is_alerted_once_per_quiet_period(prefect_harness, monitored,
+                                                                                     tiny_monitor_dir, tmp_path):
+    """A feed that stopped: the scheduled audit finds nothing new, and the monitor's newest batch is older
+    than alerts.no_data_after, so its channels hear of it (with the newest batch and how long ago), once per
+    quiet period; a fresh feed says nothing."""
+    from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
+    from t2c_monitor.alerts import alert_no_data
+    from t2c_monitor.store.alerts import list_alerts
+
+    apply_tiny(monitored, tiny_monitor_dir, tmp_path / "config", audit={"last": 1},
+               alerts={"channels": ["log"], "no_data_after": "1d", "quiet_period": "6h"},
+               channels={"log": {"type": "file", "path": "alerts.jsonl"}})
+    baseline_flow(BaselineParams(monitor="tiny", batches=["ref-1", "ref-2"]))
+    audited = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True))
+    assert audited["batches"] == ["dark"] and [a["status"] for a in audited["alerts"]] == ["sent"]
+    assert alert_no_data(monitored, "tiny") == [], "the feed is fresh: nothing to say"
+
+    with monitored.engine.begin() as conn:  # two days later, nothing has arrived
+        conn.execute(text("UPDATE batch SET received_at = received_at - interval '50 hours'"))
+    silent = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True))
+    assert silent["skipped"] and [a["status"] for a in silent["alerts"]] == ["sent"]
+    line = json.loads((tmp_path / "config" / "alerts.jsonl").read_text().splitlines()[-1])
+    assert line["kind"] == "no_data" and line["newest_batch"] == "dark", line
+    assert line["subject"] == "[t2c] tiny: no images stored for 2d 2h", line["subject"]
+    assert "alerts.no_data_after is 1d" in line["text"] and "t2c batches list --monitor tiny" in line["text"]
+
+    again = audit_flow(AuditParams(monitor="tiny", skip_unchanged=True))
+    assert [a["status"] for a in again["alerts"]] == ["suppressed"], "once per quiet period while it lasts"
+    with monitored.engine.connect() as conn:
+        rows = list_alerts(conn, monitored_id(monitored))
+    assert [(r.kind, r.audit_id is None, r.status) for r in rows] == [
+        ("no_data", True, "suppressed"), ("no_data", True, "sent"), ("drift", False, "sent")]
+
+
+def monitored_id(db) -> int:
+    with db.engine.connect() as conn:
+        return conn.execute(text("SELECT id FROM monitor WHERE name = 'tiny'")).scalar_one()
+
+
 def test_inbox_flow_ingests_only_new_files(prefect_harness, applied_monitor, tmp_path):
     from flows.ingest import InboxParams, ingest_inbox_flow
 

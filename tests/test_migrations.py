@@ -67,7 +67,10 @@ def _fill_every_table(session: Session, dim: int = 8) -> None:
     session.add_all([
         m.AuditResult(audit_id=audit.id, concept_id=concept.id, ks_stat=0.4, p_value=1e-9, q_value=1e-8,
                       effect=0.05, direction=1, flagged=True, rank=1),
-        m.Alert(audit_id=audit.id, channel="oncall", payload={"flagged": ["night"]}, status="sent"),
+        m.Alert(monitor_id=monitor.id, audit_id=audit.id, channel="oncall", payload={"flagged": ["night"]},
+                status="sent"),
+        m.Alert(monitor_id=monitor.id, audit_id=None, kind="no_data", channel="oncall",
+                payload={"subject": "no images stored for 1d 2h"}, status="sent"),
         m.Report(audit_id=audit.id, path="/reports/1.html", decoded=["a photo at night"]),
     ])
 
@@ -174,3 +177,20 @@ def test_0003_moves_scores_against_the_batch_bank_between_the_image_row_and_imag
         assert conn.execute(text(scores)).all() == [(2, [0.5])]
     with pytest.raises(IntegrityError, match="ck_image_failed_has_no_scores"), engine.begin() as conn:
         conn.execute(text("UPDATE image SET scores = ARRAY[0.1]::real[] WHERE status = 'failed'"))
+
+
+def test_0009_gives_every_alert_its_monitor_and_lets_only_no_data_alerts_lack_an_audit(engine):
+    """Upgrading fills each existing alert's monitor from its audit; a drift alert still needs its audit;
+    downgrading drops the no-data alerts, which had no place before."""
+    with Session(engine) as session, session.begin():
+        _fill_every_table(session)
+    migrate.downgrade(engine, "0008")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alert")).scalar_one() == 1, "the no-data alert went"
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT al.kind, al.monitor_id = a.monitor_id FROM alert al "
+                                 "JOIN audit a ON a.id = al.audit_id")).all() == [("drift", True)]
+    with pytest.raises(IntegrityError, match="ck_alert_drift_has_audit"), engine.begin() as conn:
+        conn.execute(text("INSERT INTO alert (monitor_id, channel, payload, status) "
+                          "SELECT id, 'oncall', '{}'::jsonb, 'sent' FROM monitor"))

@@ -32,9 +32,10 @@ def list_(
     if as_json:
         emit_json({"monitor": monitor, "alerts": [r.to_dict() for r in rows]})
         return
-    table = Table("alert", "audit", "channel", "status", "attempts", "flagged", "created", "error")
+    table = Table("alert", "about", "channel", "status", "attempts", "flagged", "created", "error")
     for r in rows:
-        table.add_row(str(r.id), str(r.audit_id), r.channel, r.status, str(r.attempts), str(r.n_flagged),
+        about = f"audit {r.audit_id}" if r.audit_id is not None else r.kind.replace("_", " ")
+        table.add_row(str(r.id), about, r.channel, r.status, str(r.attempts), str(r.n_flagged),
                       f"{r.created_at:%Y-%m-%d %H:%M:%S}", r.last_error or "")
     console.print(table)
 

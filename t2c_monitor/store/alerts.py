@@ -1,4 +1,5 @@
-"""Alerts and reports of audits: one alert row per audit and channel, its attempts and outcome.
+"""Alerts and reports of audits: one alert row per audit (or, for ``no_data`` alerts, per monitor check) and
+channel, its attempts and outcome.
 
 Rows name the channel, never its secret; ``payload`` is the message exactly as sent, so a failed
 alert is retried with the same content. Queries are SQLAlchemy expressions on the typed models
@@ -13,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from t2c_monitor.store.models import Alert, AlertStatus, Audit, Image, Monitor, Report
+from t2c_monitor.store.models import Alert, AlertKind, AlertStatus, Audit, Image, Monitor, Report
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class AlertRow:
     """One alert as the store keeps it."""
 
     id: int
-    audit_id: int
+    audit_id: int | None  # None for a no_data alert
+    kind: str  # drift or no_data
     channel: str
     status: AlertStatus
     attempts: int
@@ -41,21 +43,21 @@ class AlertRow:
         return {**out, "n_flagged": self.n_flagged}
 
 
-_ALERT_COLUMNS = (Alert.id, Alert.audit_id, Alert.channel, Alert.status, Alert.attempts, Alert.payload,
+_ALERT_COLUMNS = (Alert.id, Alert.audit_id, Alert.kind, Alert.channel, Alert.status, Alert.attempts, Alert.payload,
                   Alert.last_error, Alert.created_at, Alert.sent_at, Monitor.name.label("monitor"))
 
 
 def _alerts(conn: Connection, *where: Any, newest_first: bool = False, limit: int | None = None) -> list[AlertRow]:
-    query = (select(*_ALERT_COLUMNS).join(Audit, Audit.id == Alert.audit_id)
-             .join(Monitor, Monitor.id == Audit.monitor_id)
+    query = (select(*_ALERT_COLUMNS).join(Monitor, Monitor.id == Alert.monitor_id)
              .where(*where).order_by(Alert.id.desc() if newest_first else Alert.id).limit(limit))
     return [AlertRow(**row._mapping) for row in conn.execute(query)]
 
 
-def insert_alert(conn: Connection, *, audit_id: int, channel: str, payload: dict[str, Any], status: AlertStatus,
-                 last_error: str | None = None) -> int:
-    return int(conn.execute(insert(Alert).values(audit_id=audit_id, channel=channel, payload=payload, status=status,
-                                                 last_error=last_error).returning(Alert.id)).scalar_one())
+def insert_alert(conn: Connection, *, monitor_id: int, audit_id: int | None, channel: str, payload: dict[str, Any],
+                 status: AlertStatus, kind: AlertKind = "drift", last_error: str | None = None) -> int:
+    return int(conn.execute(insert(Alert).values(
+        monitor_id=monitor_id, audit_id=audit_id, kind=kind, channel=channel, payload=payload, status=status,
+        last_error=last_error).returning(Alert.id)).scalar_one())
 
 
 def record_attempt(conn: Connection, alert_id: int, *, sent: bool, error: str | None) -> None:
@@ -69,23 +71,24 @@ def record_attempt(conn: Connection, alert_id: int, *, sent: bool, error: str | 
     conn.execute(update(Alert).where(Alert.id == alert_id).values(**values))
 
 
-def recent_alerts(conn: Connection, monitor_id: int, channel: str, since: timedelta) -> list[AlertRow]:
-    """Alerts of the monitor on ``channel`` that were sent, or are still being delivered, within ``since``;
-    newest first."""
-    return _alerts(conn, Audit.monitor_id == monitor_id, Alert.channel == channel,
+def recent_alerts(conn: Connection, monitor_id: int, channel: str, since: timedelta, *,
+                  kind: AlertKind = "drift") -> list[AlertRow]:
+    """Alerts of the monitor of ``kind`` on ``channel`` that were sent, or are still being delivered, within
+    ``since``; newest first."""
+    return _alerts(conn, Alert.monitor_id == monitor_id, Alert.channel == channel, Alert.kind == kind,
                    Alert.status.in_(("sent", "pending", "failed")), Alert.created_at >= func.now() - since,
                    newest_first=True)
 
 
 def failed_alerts(conn: Connection, monitor_id: int | None = None) -> list[AlertRow]:
     """Alerts whose delivery failed (oldest first), of one monitor or all."""
-    where = [Alert.status == "failed"] + ([Audit.monitor_id == monitor_id] if monitor_id is not None else [])
+    where = [Alert.status == "failed"] + ([Alert.monitor_id == monitor_id] if monitor_id is not None else [])
     return _alerts(conn, *where)
 
 
 def list_alerts(conn: Connection, monitor_id: int, *, limit: int = 50) -> list[AlertRow]:
     """The monitor's latest alerts, newest first."""
-    return _alerts(conn, Audit.monitor_id == monitor_id, newest_first=True, limit=limit)
+    return _alerts(conn, Alert.monitor_id == monitor_id, newest_first=True, limit=limit)
 
 
 def insert_report(conn: Connection, *, audit_id: int, path: str) -> int:

@@ -54,8 +54,10 @@ BatchStatus = Literal["pending", "embedding", "stored", "failed"]
 ImageStatus = Literal["ok", "failed"]
 AuditStatus = Literal["running", "done", "failed"]
 AlertStatus = Literal["pending", "sent", "failed", "suppressed"]
+AlertKind = Literal["drift", "no_data"]
 BATCH_STATUSES = get_args(BatchStatus)
 IMAGE_STATUSES = get_args(ImageStatus)
+ALERT_KINDS = get_args(AlertKind)
 AUDIT_STATUSES = get_args(AuditStatus)
 ALERT_STATUSES = get_args(AlertStatus)
 IMAGE_TOAST_TUPLE_TARGET = 8160  # PostgreSQL's maximum: move a vector out of line only when the row needs it
@@ -371,16 +373,22 @@ class AuditResult(Base):
 
 
 class Alert(Base):
-    """A notification about an audit on one channel; failures are kept and retried."""
+    """A notification on one channel: of an audit's drift, or of a monitor that stored no batch for too
+    long (``no_data``, with no audit); failures are kept and retried."""
 
     __tablename__ = "alert"
     __table_args__ = (
         CheckConstraint(_one_of("status", ALERT_STATUSES), name="status"),
+        CheckConstraint(_one_of("kind", ALERT_KINDS), name="kind"),
+        CheckConstraint("kind = 'no_data' OR audit_id IS NOT NULL", name="drift_has_audit"),
         Index("ix_alert_created_at", "created_at"),  # the alerts dashboard's time range
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    audit_id: Mapped[int] = mapped_column(ForeignKey("audit.id", ondelete="CASCADE"), index=True)
+    monitor_id: Mapped[int] = mapped_column(ForeignKey("monitor.id", ondelete="CASCADE"), index=True)
+    audit_id: Mapped[int | None] = mapped_column(ForeignKey("audit.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20), server_default="drift",
+                                      comment="drift (of an audit) or no_data (a monitor that stored nothing)")
     channel: Mapped[str] = mapped_column(String(200), comment="channel name; never the secret")
     payload: Mapped[dict[str, Any]] = mapped_column()
     status: Mapped[str] = mapped_column(String(20), server_default="pending")
