@@ -53,6 +53,7 @@ from t2c_monitor.wording import change_word, concept_change, elapsed
 
 MAX_RETRY_DELAY_S = 300.0
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
+_USERINFO = re.compile(r"(://)[^/@\s]+@")
 
 
 class AlertSendError(T2CError):
@@ -415,6 +416,7 @@ def no_data_message(monitor: str, newest: tuple[str, datetime], age: timedelta, 
                     inbox: str | None) -> AlertMessage:
     """The alert of a monitor that has stored no batch for ``age`` (more than its ``limit``)."""
     batch, received = newest
+    inbox = _USERINFO.sub(r"\1", inbox) if inbox else None  # a URI's user:password@ never goes out
     where = f" Check the feed{f' (inbox {inbox})' if inbox else ''} and `t2c batches list --monitor {monitor}`."
     lines = [f"No data on monitor {monitor}: no batch stored for {elapsed(age)} "
              f"(alerts.no_data_after is {format_duration(limit)}).",

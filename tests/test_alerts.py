@@ -295,3 +295,16 @@ def test_file_channel_appends_one_json_line_per_alert(drifted, tiny_monitor_dir,
         alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))
     lines = (tmp_path / "config" / "alerts" / "alerts.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line)["monitor"] == "tiny" for line in lines)
+
+
+def test_a_no_data_alert_names_the_newest_batch_and_never_an_inbox_password():
+    from datetime import UTC, datetime, timedelta
+
+    from t2c_monitor.alerts import no_data_message
+
+    message = no_data_message("cam", ("day-3", datetime(2026, 12, 1, tzinfo=UTC)), timedelta(hours=27, minutes=4),
+                              timedelta(days=1), "https://bob:hunter2@files.example/inbox/")
+    assert message.subject == "[t2c] cam: no images stored for 1d 3h"
+    assert "Newest batch: day-3, received 2026-12-01 00:00:00 UTC" in message.text
+    assert "inbox https://files.example/inbox/" in message.text
+    assert "hunter2" not in json.dumps(message.payload) and "bob" not in json.dumps(message.payload)
