@@ -97,28 +97,33 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
                               "images first (for example a sample of the training set).")
     reservoir = Reservoir(reservoir_size, seed=seed)
     vector_sample = Reservoir(record.config.audit.vectors, seed=seed + 1)
-    vector_sum, n_images = None, 0
+    vector_sum, n_images, n_vectors = None, 0, 0
     for batch_id, _ in chosen:
         scores = batch_scores(db, record, batch_id)
         if scores.size:
             reservoir.add(scores)
+            n_images += scores.shape[0]
         with db.engine.connect() as conn:
             embeddings = audit_store.batch_embeddings(conn, batch_id)
-        if embeddings.size:
+        if embeddings.size:  # none for images whose vectors retention dropped (their scores still count)
             vector_sample.add(embeddings)
             total = embeddings.astype(np.float64).sum(axis=0)
             vector_sum = total if vector_sum is None else vector_sum + total
-            n_images += embeddings.shape[0]
+            n_vectors += embeddings.shape[0]
     if n_images < 20:
         raise ConfigError(f"The reference batches of {monitor} hold {n_images} stored images; a baseline needs at "
                           "least 20 (a few thousand give stable audits).")
+    if n_vectors == 0:
+        raise ConfigError(f"Retention dropped every aligned vector of the reference batches of {monitor} "
+                          f"({', '.join(e for _, e in chosen)}): a baseline needs their mean vector for root causes "
+                          "and words. Choose batches stored within the retention period (`t2c batches list`).")
     sample = reservoir.sample()
     sorted_scores = np.sort(np.ascontiguousarray(sample.T), axis=1)  # one contiguous row per concept
     with db.engine.begin() as conn:
         baseline_id = audit_store.insert_baseline(
             conn, monitor_id=record.id, aligner_id=record.aligner_id, bank_id=record.bank_id,
             batch_ids=[b for b, _ in chosen], n_images=n_images, reservoir_size=reservoir_size,
-            mean_vector=(vector_sum / n_images).astype(np.float32), sorted_scores=sorted_scores,
+            mean_vector=(vector_sum / n_vectors).astype(np.float32), sorted_scores=sorted_scores,
             vectors=vector_sample.sample(),
         )
     return BaselineSummary(id=baseline_id, monitor=monitor, batches=[e for _, e in chosen], n_images=n_images,

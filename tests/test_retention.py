@@ -76,6 +76,11 @@ def test_old_vectors_go_scores_and_audits_stay(monitored, tmp_path):
                       .scalars())
     assert found and not (found & dropped), "a search never returns an image without its vector"
 
+    rebuilt = build_baseline(db, "tiny", batches=["clean", "fresh"], reservoir_size=100)  # half without vectors
+    assert rebuilt.n_images == 90, "every scored image counts, with or without its vector"
+    with pytest.raises(ConfigError, match="Retention dropped every aligned vector .* \\(clean, dark\\)"):
+        build_baseline(db, "tiny", batches=["clean", "dark"])
+
 
 def test_a_monitor_without_retention_keeps_its_vectors_and_short_ages_are_refused(monitored):
     _age(monitored, ["clean"], 400)
