@@ -36,13 +36,36 @@ VOCABULARY_FORMAT = ArtifactFormat(
 )
 
 
+# Words that say nothing about what is in a picture, left out of the BPE words (never out of a caller's own
+# terms): English function words (a drift "in words" of "more in, the" names nothing), and the words for a
+# picture itself, which every caption a CLIP learned from is about, so that what centring leaves of the
+# modality gap points at them ("more picture").
+FUNCTION_WORDS = frozenset({
+    "a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be",
+    "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does",
+    "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he",
+    "her", "here", "hers", "herself", "him", "himself", "his", "how", "if", "in", "into", "is", "it", "its",
+    "itself", "just", "me", "more", "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once",
+    "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so",
+    "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these",
+    "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what",
+    "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours",
+    "yourself", "yourselves"
+})
+PICTURE_WORDS = frozenset({
+    "image", "images", "photo", "photos", "photograph", "photographs", "picture", "pictures", "pic", "pics"
+})
+
+
 @lru_cache(maxsize=1)
 def bpe_words(min_length: int = 2) -> tuple[str, ...]:
-    """The whole lower-case alphabetic words of open_clip's BPE vocabulary (tokens ending a word)."""
+    """The whole lower-case alphabetic words of open_clip's BPE vocabulary (tokens ending a word), less
+    ``FUNCTION_WORDS`` and ``PICTURE_WORDS``."""
     from open_clip.tokenizer import SimpleTokenizer
 
     words = {token[:-4] for token in SimpleTokenizer().encoder if token.endswith("</w>")}
-    return tuple(sorted(w for w in words if len(w) >= min_length and w.isascii() and w.isalpha() and w.islower()))
+    return tuple(sorted(w for w in words if len(w) >= min_length and w.isascii() and w.isalpha() and w.islower()
+                        and w not in FUNCTION_WORDS and w not in PICTURE_WORDS))
 
 
 @dataclass(frozen=True)
