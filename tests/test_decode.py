@@ -29,6 +29,7 @@ def test_open_clip_bpe_words_are_a_large_offline_vocabulary():
     words = bpe_words()
     assert len(words) > 30_000 and {"night", "grass", "fog", "small"} <= set(words)
     assert all(w.isalpha() and w.islower() and len(w) >= 2 for w in words[:1000])
+    assert not {"in", "the", "with", "picture", "photo", "image"} & set(words), "words that name nothing in a picture"
 
 
 def test_nearest_terms_put_a_terms_own_embedding_first(vocabulary, tiny_clip):
