@@ -227,6 +227,22 @@ def test_auto_ridge_rescues_a_fit_with_more_features_than_pairs():
     assert auto.fit_info["ridge"] == best["ridge"] and auto.n_train == 150  # refitted on every row
 
 
+def test_mixed_precision_sums_of_fewer_pairs_than_features_are_solved_as_singular():
+    """Float32 rounding makes the covariance of 150 pairs of 200 features look invertible; solving it as such
+    amplified the rounding into the weights (held-out R² of -5,700 in bench/aligner.py at 1,000 x 2,048)."""
+    g = torch.Generator().manual_seed(5)
+    latent = torch.randn(400, 12, generator=g)
+    X = latent @ torch.randn(12, 200, generator=g) + 0.5 * torch.randn(400, 200, generator=g) + 3.0
+    Y = latent @ torch.randn(12, 16, generator=g) + torch.randn(400, 16, generator=g)
+    fits = {}
+    for precision in ("float64", "mixed"):
+        with pytest.warns(RuntimeWarning, match="singular"):
+            fits[precision] = fit_exact([(X[:150], Y[:150])], device="cpu", precision=precision)
+    assert "pseudo-inverse" in fits["mixed"].fit_info["solver"]
+    r2 = {k: evaluate(a, X[150:], Y[150:]).r2 for k, a in fits.items()}
+    assert r2["mixed"] == pytest.approx(r2["float64"], abs=0.02), r2
+
+
 def test_auto_ridge_scores_each_penalty_as_predicting_the_rows_set_aside_would():
     """The validation R² of each penalty, computed from sums, equals fitting on four fifths of the rows
     and predicting the fifth; with plenty of pairs the penalty chosen barely changes the fit."""

@@ -167,7 +167,7 @@ def _feature_variance(C_xx: Tensor, mean_x: Tensor) -> float:
     return float((torch.diagonal(C_xx).sum() + ((mean_x - mean_x.mean()) ** 2).sum()) / d_in)
 
 
-def _choose_ridge(fit: _Stats, validation: _Stats) -> tuple[float, list[dict[str, float]]]:
+def _choose_ridge(fit: _Stats, validation: _Stats, *, eps: float) -> tuple[float, list[dict[str, float]]]:
     """The penalty of ``RIDGE_GRID`` whose fit on ``fit`` rows predicts the ``validation`` rows best.
 
     The validation residual comes from the sums alone: for ``W``, ``b = m_y - m_x W`` fitted on one
@@ -179,7 +179,7 @@ def _choose_ridge(fit: _Stats, validation: _Stats) -> tuple[float, list[dict[str
     scale = _feature_variance(C_xx, m_x)
     eigenvalues, eigenvectors = torch.linalg.eigh(C_xx)
     projected = eigenvectors.T @ C_xy
-    tiny = C_xx.shape[0] * torch.finfo(torch.float64).eps * max(float(eigenvalues.max()), 0.0)
+    tiny = C_xx.shape[0] * eps * max(float(eigenvalues.max()), 0.0)  # eps: the sums' precision
     total = float(torch.trace(V_yy))  # pooled over the output dimensions, each around its mean, as `evaluate`
     search, best = [], (math.inf, 0.0)
     for factor in RIDGE_GRID:
@@ -197,15 +197,21 @@ def _choose_ridge(fit: _Stats, validation: _Stats) -> tuple[float, list[dict[str
     return best[1], search
 
 
-def _solve_normal_equations(C_xx: Tensor, C_xy: Tensor, ridge: float) -> tuple[Tensor, str]:
-    """Solve ``(C_xx + ridge I) W = C_xy`` by Cholesky; minimum-norm pseudo-inverse if singular."""
+def _solve_normal_equations(C_xx: Tensor, C_xy: Tensor, ridge: float, *,
+                            eps: float = torch.finfo(torch.float64).eps) -> tuple[Tensor, str]:
+    """Solve ``(C_xx + ridge I) W = C_xy`` by Cholesky; minimum-norm pseudo-inverse if singular.
+
+    ``eps`` is the relative precision of the sums: float64's, or float32's for sums of float32 chunk
+    products, whose rounding makes a singular covariance (fewer pairs than features) look invertible,
+    and solving it then amplifies that rounding into the weights (held-out R² of -5,700 on 1,000 pairs
+    of 2,048 features in ``bench/aligner.py``)."""
     d = C_xx.shape[0]
     A = C_xx + ridge * torch.eye(d, dtype=C_xx.dtype, device=C_xx.device)
     L, info = torch.linalg.cholesky_ex(A)
     scale = float(torch.diagonal(A).abs().max())
     if int(info) == 0 and scale > 0:
         pivots = torch.diagonal(L) ** 2
-        if float(pivots.min()) > d * torch.finfo(torch.float64).eps * scale:
+        if float(pivots.min()) > d * eps * scale:
             return torch.cholesky_solve(C_xy, L), "cholesky"
     warnings.warn(
         f"the feature covariance is singular or nearly so (ridge={ridge}): using the minimum-norm "
@@ -215,7 +221,7 @@ def _solve_normal_equations(C_xx: Tensor, C_xy: Tensor, ridge: float) -> tuple[T
         stacklevel=3,
     )
     eigvals, eigvecs = torch.linalg.eigh(A)
-    keep = eigvals > d * torch.finfo(torch.float64).eps * max(float(eigvals.max()), 0.0)
+    keep = eigvals > d * eps * max(float(eigvals.max()), 0.0)
     inv = torch.where(keep, 1.0 / torch.where(keep, eigvals, torch.ones_like(eigvals)), torch.zeros_like(eigvals))
     return eigvecs @ (inv[:, None] * (eigvecs.T @ C_xy)), "min-norm pseudo-inverse (singular covariance)"
 
@@ -277,16 +283,17 @@ def fit_exact(
     if rows < 2:
         raise ValueError(f"chunks held {rows} pairs: fitting needs at least 2")
     search: list[dict[str, float]] | None = None
+    sums_eps = torch.finfo(torch.float64 if precision == "float64" else torch.float32).eps  # see _solve_normal_...
     if held is None:
         stats = moments.stats()
     elif rows < AUTO_MIN_ROWS:
         stats, ridge = (moments.stats().merged(held.stats()) if held.n else moments.stats()), 0.0
     else:
         fit_part, validation = moments.stats(), held.stats()
-        ridge, search = _choose_ridge(fit_part, validation)
+        ridge, search = _choose_ridge(fit_part, validation, eps=sums_eps)
         stats = fit_part.merged(validation)
     C_xx, C_xy, C_yy, mean_x, mean_y = stats.blocks()
-    W, solver = _solve_normal_equations(C_xx, C_xy, ridge)
+    W, solver = _solve_normal_equations(C_xx, C_xy, ridge, eps=sums_eps)
     b = mean_y - mean_x @ W
     # In-sample R², pooled as in `evaluate`, from the sums: the residual covariance's trace is
     # tr(C_yy) - 2 tr(W^T C_xy) + tr(W^T C_xx W) (the bias makes the residuals' mean zero).
