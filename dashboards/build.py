@@ -166,6 +166,16 @@ INGEST = Dashboard(
     uid="t2c-ingest", title="t2c-monitor: ingest health",
     description="Batches, images per minute, why images failed and where the time goes.",
     panels=(
+        Panel("Time since each monitor's newest batch", "stat", f"""\
+SELECT m.name AS metric, extract(epoch FROM now() - max(b.received_at)) AS value
+FROM monitor m JOIN batch b ON b.monitor_id = m.id AND b.status = 'stored'
+WHERE m.id IN ({MONITORS})
+GROUP BY m.name ORDER BY 2 DESC""", ("metric", "value"),
+              "How long ago each monitor last stored a batch, whatever the time range: a feed that stopped shows "
+              "here first (and `alerts: {no_data_after: 1d}` alerts on it). Index: ix_batch_monitor_id_received_at.",
+              width=24, height=4, unit="s",
+              options={"reduceOptions": {"values": True, "calcs": ["lastNotNull"], "fields": "/^value$/"},
+                       "textMode": "value_and_name"}),
         Panel("Images per minute (ok / failed)", "timeseries", f"""\
 SELECT $__timeGroupAlias(created_at, $__interval), status AS metric,
        count(*) * 60000.0 / $__interval_ms AS value
