@@ -412,19 +412,21 @@ def _deliver(db: Database, message: AlertMessage, config: AlertsConfig, *, monit
     return outcomes
 
 
-def no_data_message(monitor: str, newest: tuple[str, datetime], age: timedelta, limit: timedelta,
-                    inbox: str | None) -> AlertMessage:
-    """The alert of a monitor that has stored no batch for ``age`` (more than its ``limit``)."""
-    batch, received = newest
+def no_data_message(monitor: str, newest: tuple[str, datetime] | None, since: datetime, age: timedelta,
+                    limit: timedelta, inbox: str | None) -> AlertMessage:
+    """The alert of a monitor that has stored no batch for ``age`` (more than its ``limit``): since its
+    ``newest`` batch, or, when it never stored one, since it was recorded (``since``)."""
     inbox = _USERINFO.sub(r"\1", inbox) if inbox else None  # a URI's user:password@ never goes out
     where = f" Check the feed{f' (inbox {inbox})' if inbox else ''} and `t2c batches list --monitor {monitor}`."
+    last = (f"Newest batch: {newest[0]}, received {since:%Y-%m-%d %H:%M:%S %Z}." if newest
+            else f"No batch was ever stored; the monitor was recorded {since:%Y-%m-%d %H:%M:%S %Z}.")
     lines = [f"No data on monitor {monitor}: no batch stored for {elapsed(age)} "
-             f"(alerts.no_data_after is {format_duration(limit)}).",
-             f"Newest batch: {batch}, received {received:%Y-%m-%d %H:%M:%S %Z}." + where]
+             f"(alerts.no_data_after is {format_duration(limit)}).", last + where]
     payload = {
         "subject": f"[t2c] {monitor}: no images stored for {elapsed(age)}", "text": "\n".join(lines),
-        "monitor": monitor, "kind": "no_data", "newest_batch": batch, "newest_received_at": received.isoformat(),
-        "age_seconds": round(age.total_seconds()), "markdown": f"**{monitor}**: " + " ".join(lines),
+        "monitor": monitor, "kind": "no_data", "newest_batch": newest[0] if newest else None,
+        "since": since.isoformat(), "age_seconds": round(age.total_seconds()),
+        "markdown": f"**{monitor}**: " + " ".join(lines),
     }
     return AlertMessage(subject=payload["subject"], text=payload["text"], payload=payload)
 
@@ -433,7 +435,8 @@ def alert_no_data(db: Database, monitor: str, *, now: datetime | None = None,
                   sleep: Callable[[float], None] = time.sleep,
                   log: Callable[[str], None] = lambda _: None) -> list[AlertOutcome]:
     """Alert the monitor's channels when it has stored no batch for longer than ``alerts.no_data_after``
-    (once per quiet period while that lasts); nothing when that is unset, or no batch was ever stored."""
+    (counted from its newest batch, or from when it was recorded if it never stored one), once per quiet
+    period while that lasts; nothing when the setting is unset."""
     from t2c_monitor.store import audits as audit_store
     from t2c_monitor.store.monitors import get_monitor
 
@@ -444,13 +447,11 @@ def alert_no_data(db: Database, monitor: str, *, now: datetime | None = None,
         return []
     with db.engine.connect() as conn:
         newest = audit_store.newest_batch(conn, record.id)
-    if newest is None:
-        log(f"{monitor} has stored no batch yet: no data alert until it has")
-        return []
-    age = (now or datetime.now(UTC)) - newest[1]
+        since = newest[1] if newest else audit_store.monitor_recorded_at(conn, record.id)
+    age = (now or datetime.now(UTC)) - since
     if age <= config.no_data_after:
         return []
-    message = no_data_message(monitor, newest, age, config.no_data_after, record.config.schedules.inbox)
+    message = no_data_message(monitor, newest, since, age, config.no_data_after, record.config.schedules.inbox)
 
     def still_silent(earlier: AlertRow) -> str:
         return f"no data was alerted at {earlier.created_at:%Y-%m-%d %H:%M:%S %Z}"

@@ -302,9 +302,28 @@ def test_a_no_data_alert_names_the_newest_batch_and_never_an_inbox_password():
 
     from t2c_monitor.alerts import no_data_message
 
-    message = no_data_message("cam", ("day-3", datetime(2026, 12, 1, tzinfo=UTC)), timedelta(hours=27, minutes=4),
+    received = datetime(2026, 12, 1, tzinfo=UTC)
+    message = no_data_message("cam", ("day-3", received), received, timedelta(hours=27, minutes=4),
                               timedelta(days=1), "https://bob:hunter2@files.example/inbox/")
     assert message.subject == "[t2c] cam: no images stored for 1d 3h"
     assert "Newest batch: day-3, received 2026-12-01 00:00:00 UTC" in message.text
     assert "inbox https://files.example/inbox/" in message.text
     assert "hunter2" not in json.dumps(message.payload) and "bob" not in json.dumps(message.payload)
+
+
+
+def test_a_monitor_that_never_stored_a_batch_counts_its_silence_from_when_it_was_recorded(applied_monitor,
+                                                                                        tiny_monitor_dir, tmp_path):
+    from t2c_monitor.alerts import alert_no_data
+
+    db = applied_monitor
+    apply_tiny(db, tiny_monitor_dir, tmp_path / "config", alerts={"channels": ["log"], "no_data_after": "1d"},
+               channels={"log": {"type": "file", "path": "alerts.jsonl"}})
+    assert alert_no_data(db, "tiny") == [], "recorded just now: not silent for a day yet"
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE monitor SET created_at = created_at - interval '30 hours'"))
+    (sent,) = alert_no_data(db, "tiny")
+    assert sent.status == "sent"
+    line = json.loads((tmp_path / "config" / "alerts.jsonl").read_text().splitlines()[-1])
+    assert line["newest_batch"] is None and "No batch was ever stored; the monitor was recorded" in line["text"]
+    assert line["subject"] == "[t2c] tiny: no images stored for 1d 6h"

@@ -27,6 +27,7 @@ from t2c_monitor.store.models import (
     Concept,
     Image,
     ImageScore,
+    Monitor,
     Report,
 )
 
@@ -96,6 +97,11 @@ def newest_batch(conn: Connection, monitor_id: int) -> tuple[str, datetime] | No
                        .where(Batch.monitor_id == monitor_id, Batch.status == "stored")
                        .order_by(Batch.received_at.desc(), Batch.id.desc()).limit(1)).first()
     return None if row is None else (str(row.external_id), row.received_at)
+
+
+def monitor_recorded_at(conn: Connection, monitor_id: int) -> datetime:
+    """When the monitor was first recorded (`t2c monitor apply`; applying it again keeps this)."""
+    return conn.execute(select(Monitor.created_at).where(Monitor.id == monitor_id)).scalar_one()
 
 
 def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
