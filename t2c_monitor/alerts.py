@@ -412,19 +412,19 @@ def _deliver(db: Database, message: AlertMessage, config: AlertsConfig, *, monit
     return outcomes
 
 
-def no_data_message(monitor: str, newest: tuple[str, datetime] | None, since: datetime, age: timedelta,
-                    limit: timedelta, inbox: str | None) -> AlertMessage:
+def no_data_message(monitor: str, newest: str | None, since: datetime, age: timedelta, limit: timedelta,
+                    inbox: str | None) -> AlertMessage:
     """The alert of a monitor that has stored no batch for ``age`` (more than its ``limit``): since its
-    ``newest`` batch, or, when it never stored one, since it was recorded (``since``)."""
+    ``newest`` batch was received (``since``), or, when it never stored one, since it was recorded."""
     inbox = _USERINFO.sub(r"\1", inbox) if inbox else None  # a URI's user:password@ never goes out
     where = f" Check the feed{f' (inbox {inbox})' if inbox else ''} and `t2c batches list --monitor {monitor}`."
-    last = (f"Newest batch: {newest[0]}, received {since:%Y-%m-%d %H:%M:%S %Z}." if newest
+    last = (f"Newest batch: {newest}, received {since:%Y-%m-%d %H:%M:%S %Z}." if newest
             else f"No batch was ever stored; the monitor was recorded {since:%Y-%m-%d %H:%M:%S %Z}.")
     lines = [f"No data on monitor {monitor}: no batch stored for {elapsed(age)} "
              f"(alerts.no_data_after is {format_duration(limit)}).", last + where]
     payload = {
         "subject": f"[t2c] {monitor}: no images stored for {elapsed(age)}", "text": "\n".join(lines),
-        "monitor": monitor, "kind": "no_data", "newest_batch": newest[0] if newest else None,
+        "monitor": monitor, "kind": "no_data", "newest_batch": newest,
         "since": since.isoformat(), "age_seconds": round(age.total_seconds()),
         "markdown": f"**{monitor}**: " + " ".join(lines),
     }
@@ -451,7 +451,8 @@ def alert_no_data(db: Database, monitor: str, *, now: datetime | None = None,
     age = (now or datetime.now(UTC)) - since
     if age <= config.no_data_after:
         return []
-    message = no_data_message(monitor, newest, since, age, config.no_data_after, record.config.schedules.inbox)
+    message = no_data_message(monitor, newest[0] if newest else None, since, age, config.no_data_after,
+                              record.config.schedules.inbox)
 
     def still_silent(earlier: AlertRow) -> str:
         return f"no data was alerted at {earlier.created_at:%Y-%m-%d %H:%M:%S %Z}"

@@ -241,7 +241,8 @@ class AuditOutcome:
 
 def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: list[str] | None = None,
               since: datetime | None = None, until: datetime | None = None,
-              detector: KSDriftDetector | None = None, report_dir: Path | None = None) -> AuditSummary:
+              detector: KSDriftDetector | None = None, report_dir: Path | None = None,
+              skip_unchanged: bool = False) -> AuditSummary:
     """Audit a window of stored batches against the monitor's active baseline; store and return the result.
 
     The window is the named ``batches``, or those received in [``since``, ``until``), or the
@@ -249,7 +250,8 @@ def run_audit(db: Database, monitor: str, *, last: int | None = None, batches: l
     ``last``). The detector defaults to the monitor's settings too. With ``report_dir`` an HTML
     report with plots and example images is written there and recorded.
     """
-    outcome = audit_window(db, monitor, last=last, batches=batches, since=since, until=until, detector=detector)
+    outcome = audit_window(db, monitor, last=last, batches=batches, since=since, until=until, detector=detector,
+                           skip_unchanged=skip_unchanged)
     return write_report(db, outcome, report_dir) if report_dir is not None else outcome.summary
 
 
@@ -576,11 +578,10 @@ def audit_and_alert(db: Database, monitor: str, *, last: int | None = None, batc
 
     resent = resend_failed_alerts(db, monitor, log=log) if alerts else []
     try:
-        outcome = audit_window(db, monitor, last=last, batches=batches, since=since, until=until,
-                               skip_unchanged=skip_unchanged)
+        summary = run_audit(db, monitor, last=last, batches=batches, since=since, until=until, report_dir=report_dir,
+                            skip_unchanged=skip_unchanged)
     except NothingToAudit as nothing:
         log(str(nothing))
         silent = alert_no_data(db, monitor, log=log) if alerts else []
         return AuditRun(summary=None, alerts=silent, resent=resent, skipped=str(nothing))
-    summary = write_report(db, outcome, report_dir) if report_dir is not None else outcome.summary
     return AuditRun(summary=summary, alerts=alert_audit(db, summary, log=log) if alerts else [], resent=resent)

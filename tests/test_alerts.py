@@ -303,7 +303,7 @@ def test_a_no_data_alert_names_the_newest_batch_and_never_an_inbox_password():
     from t2c_monitor.alerts import no_data_message
 
     received = datetime(2026, 12, 1, tzinfo=UTC)
-    message = no_data_message("cam", ("day-3", received), received, timedelta(hours=27, minutes=4),
+    message = no_data_message("cam", "day-3", received, timedelta(hours=27, minutes=4),
                               timedelta(days=1), "https://bob:hunter2@files.example/inbox/")
     assert message.subject == "[t2c] cam: no images stored for 1d 3h"
     assert "Newest batch: day-3, received 2026-12-01 00:00:00 UTC" in message.text
