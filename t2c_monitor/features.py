@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from t2c_monitor.errors import T2CError
 from t2c_monitor.identity import ModelIdentity, as_dict
+from t2c_monitor.textfiles import clip, open_regular
 
 
 def check_pairs(X: Tensor, Y: Tensor) -> None:
@@ -85,8 +87,11 @@ class PairedFeatures:
 def open_feature_file(path: str | Path) -> PairedFeatures:
     """Open a paired feature file, checking that it holds ``X`` (n, d_in) and ``Y`` (n, d_out)."""
     path = Path(path)
-    if not path.is_file():
-        raise T2CError(f"feature file {path} does not exist: pass a .safetensors or .npz file holding X and Y")
+    try:
+        os.close(open_regular(path))  # a FIFO or a device would never end; a directory is not a file
+    except OSError as exc:
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc.strerror or exc})"
+        raise T2CError(f"feature file {path} {reason}: pass a .safetensors or .npz file holding X and Y") from None
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -103,8 +108,8 @@ def open_feature_file(path: str | Path) -> PairedFeatures:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except (ValueError, OSError) as exc:
-            raise T2CError(f"feature file {path} is not a readable .npz file ({exc}): rewrite it") from exc
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise T2CError(f"feature file {path} is not a readable .npz file ({clip(str(exc))}): rewrite it") from None
         keys = set(arrays)
         shapes = {k: list(v.shape) for k, v in arrays.items()}
         identities = {
@@ -257,7 +262,7 @@ def _parse_identity(raw: str | None, path: Path, key: str) -> ModelIdentity | No
         return None
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise T2CError(f"feature file {path}: '{key}' identity is not valid JSON ({exc}): rewrite the file") from exc
     if not isinstance(value, dict):
         raise T2CError(f"feature file {path}: '{key}' identity must be a JSON object, got {type(value).__name__}")

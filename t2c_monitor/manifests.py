@@ -20,9 +20,12 @@ from typing import Any
 import fsspec
 
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.textfiles import decode_text, read_bytes_bounded
 from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of
 
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".jsonl", ".ndjson", ".csv"})
+MAX_MANIFEST_BYTES = 256 << 20
+"""A larger manifest is refused (about two million rows): split the batch."""
 URI_COLUMNS: tuple[str, ...] = ("uri", "path", "file")
 """Manifest columns that may hold the image URI, in order of preference."""
 CAPTURED_AT_KEYS: tuple[str, ...] = ("captured_at", "capture_time")
@@ -79,11 +82,12 @@ def _manifest_rows(text: str, name: str, suffix: str) -> Iterator[tuple[int, dic
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer of 5,000 digits, 10,000 [[[
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply or a number too long"
             raise ConfigError(
-                f"manifest {name} line {number}: not valid JSON ({exc.msg}); "
+                f"manifest {name} line {number}: not valid JSON ({reason}); "
                 "write one JSON object per line"
-            ) from exc
+            ) from None
         if isinstance(row, str):
             row = {"uri": row}
         if not isinstance(row, dict):
@@ -118,15 +122,18 @@ def _holds_nul(value: Any) -> bool:
 
 def items_from_manifest(manifest_uri: str) -> list[SourceItem]:
     suffix = PurePosixPath(manifest_uri).suffix.lower()
-    try:
-        with fsspec.open(manifest_uri, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"manifest {manifest_uri} cannot be read: {exc}") from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"manifest {manifest_uri} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    local = local_path(manifest_uri)
+    if local is not None:
+        raw = read_bytes_bounded(local, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
+    else:
+        try:
+            with fsspec.open(manifest_uri, "rb") as fh:
+                raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"manifest {manifest_uri} cannot be read: {exc}") from exc
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ConfigError(f"manifest {manifest_uri} is larger than {MAX_MANIFEST_BYTES:,} bytes: split the batch.")
+    text = decode_text(raw, where=f"manifest {manifest_uri}", allow_nul=True)  # a row with a NUL fails alone
     items = []
     remote = local_path(manifest_uri) is None
     for number, row in _manifest_rows(text, manifest_uri, suffix):

@@ -34,8 +34,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -46,6 +46,8 @@ from pydantic import (
 )
 
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.redaction import carries_credentials
+from t2c_monitor.textfiles import MAX_SHOWN, clip, read_yaml
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -78,6 +80,7 @@ class IngestConfig(_Strict):
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION_S = 100 * 365.25 * 86400
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -87,15 +90,27 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 30s, 10m, 6h or 2d")  # noqa: TRY004 - pydantic wants ValueError
     if isinstance(value, (int, float)):
-        return timedelta(seconds=float(value))
+        return _bounded(float(value), value)
     match = _DURATION.match(str(value))
     if not match and str(value).startswith("P"):  # ISO 8601, as stored configs hold them
         from pydantic import TypeAdapter
 
         return TypeAdapter(timedelta).validate_python(value)
     if not match:
-        raise ValueError(f"{value!r} is not a duration: use a number with s, m, h, d or w, such as 10m or 6h")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"])
+        raise ValueError(f"{clip(value)} is not a duration: use a number with s, m, h, d or w, such as 10m or 6h")
+    return _bounded(float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"], value)
+
+
+def _bounded(seconds: float, value: Any) -> timedelta:
+    if not (0 <= seconds <= MAX_DURATION_S):  # also NaN
+        raise ValueError(f"{clip(value)} is not a duration between 0s and 100 years")
+    return timedelta(seconds=seconds)
+
+
+def _at_least_a_second(value: timedelta) -> timedelta:
+    if value < timedelta(seconds=1):
+        raise ValueError(f"must be at least 1s, got {format_duration(value)}")
+    return value
 
 
 def format_duration(value: timedelta | float) -> str:
@@ -109,6 +124,8 @@ def format_duration(value: timedelta | float) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_at_least_a_second)]
+"""A span that must be there: an interval of 0s would never fire, a window of 0s holds nothing."""
 
 
 def check_cron(value: str) -> str:
@@ -130,7 +147,8 @@ class AuditConfig(_Strict):
     min_images: int = Field(20, ge=20, le=1_000_000,  # 20: the KS detector's minimum (drift.validation)
                             description="with `last`: reach back over earlier batches until the window holds this "
                             "many images (small inbox batches still get tested)")
-    window: Duration | None = Field(None, description="audit the batches stored in this span before now, e.g. 24h")
+    window: PositiveDuration | None = Field(None, description="audit the batches stored in this span before now, "
+                                            "e.g. 24h")
     alpha: float = Field(0.005, gt=0, lt=1, description="corrected p-value at or below which a concept may flag")
     correction: Literal["bh", "bonferroni"] = Field("bh", description="multiple-testing correction across concepts: "
                                                     "Benjamini-Hochberg (false discovery rate) or Bonferroni")
@@ -222,9 +240,9 @@ class AlertsConfig(_Strict):
     report_url: str | None = Field(None, description="where readers open a report; {audit_id} and {monitor} "
                                                      "are filled in (default: the report file's path)")
     digest: bool = Field(False, description="send the report job's digest of the period to these channels too")
-    no_data_after: Duration | None = Field(None, description="alert when the monitor has stored no batch for this "
-                                           "long, e.g. 1d (checked when a scheduled audit finds nothing new; "
-                                           "repeated once per quiet period while it lasts)")
+    no_data_after: PositiveDuration | None = Field(
+        None, description="alert when the monitor has stored no batch for this long, e.g. 1d (checked when a "
+        "scheduled audit finds nothing new; repeated once per quiet period while it lasts)")
 
     def resolved_channels(self) -> list[WebhookChannel | BlockChannel | EmailChannel | FileChannel]:
         return [c for c in self.channels if not isinstance(c, str)]
@@ -238,7 +256,7 @@ class SchedulesConfig(_Strict):
                                     "lack them, a digest of the period), e.g. '0 7 * * *'")
     timezone: str = Field("UTC", description="IANA time zone of the crons, e.g. Europe/Berlin")
     inbox: str | None = Field(None, description="source ingested on an interval (new files only)")
-    ingest_interval: Duration | None = Field(None, description="how often the inbox is ingested, e.g. 10m")
+    ingest_interval: PositiveDuration | None = Field(None, description="how often the inbox is ingested, e.g. 10m")
 
     @field_validator("audit_cron", "report_cron")
     @classmethod
@@ -256,6 +274,15 @@ class SchedulesConfig(_Strict):
             raise ValueError(f"{value!r} is not an IANA time zone such as UTC or Europe/Berlin") from None
         return value
 
+    @field_validator("inbox")
+    @classmethod
+    def _inbox_without_credentials(cls, value: str | None) -> str | None:
+        if value is not None and carries_credentials(value):
+            raise ValueError("the inbox URI carries a credential, which would be stored with the monitor and in "
+                             "every run's parameters: give it to the filesystem through its environment (e.g. "
+                             "AWS_SECRET_ACCESS_KEY) instead")
+        return value
+
     @model_validator(mode="after")
     def _inbox_needs_interval(self) -> SchedulesConfig:
         if (self.inbox is None) != (self.ingest_interval is None):
@@ -269,7 +296,7 @@ class RetentionConfig(_Strict):
     window still tests every concept; only its root causes and words, which need vectors, are left out.
     Batches of the active baseline keep their vectors."""
 
-    vectors: Duration | None = Field(None, description="drop the aligned vectors of images older than this, "
+    vectors: PositiveDuration | None = Field(None, description="drop the aligned vectors of images older than this, "
                                      "e.g. 90d (none: keep them all)")
     cron: str = Field("30 3 * * *", description="when `t2c serve` applies it (the monitor's schedules.timezone)")
 
@@ -430,11 +457,15 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
     return list(current.model_fields)
 
 
-def _describe_errors(exc: ValidationError, where: str) -> str:
+def _describe_errors(exc: ValidationError, where: str, *, limit: int = 20) -> str:
+    """One line per wrong key (at most ``limit``), each quoting what the file held cut short: a file from
+    outside decides how long its keys and values are."""
     lines = []
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors[:limit]:
         loc = error["loc"]
         path = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
+        path = clip(path)[1:-1] if len(path) > MAX_SHOWN else path
         if error["type"] == "extra_forbidden":
             allowed = _allowed_keys(MonitorFile, loc)
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
@@ -442,9 +473,11 @@ def _describe_errors(exc: ValidationError, where: str) -> str:
         elif error["type"] == "missing":
             lines.append(f"  {path}: required key is missing")
         elif not loc or isinstance(error.get("input"), dict):
-            lines.append(f"  {path or '(file)'}: {error['msg']}")
+            lines.append(f"  {path or '(file)'}: {error['msg'][:MAX_SHOWN]}")
         else:
-            lines.append(f"  {path}: {error['msg']} (got {error.get('input')!r})")
+            lines.append(f"  {path}: {error['msg'][:MAX_SHOWN]} (got {clip(error.get('input'))})")
+    if len(errors) > limit:
+        lines.append(f"  ... and {len(errors) - limit} more")
     return f"{where} is not a valid monitor file:\n" + "\n".join(lines)
 
 
@@ -464,12 +497,7 @@ def parse_monitors(data: Any, *, where: str = "monitor config", base: Path | Non
 def load_monitor_file(path: str | Path) -> list[MonitorConfig]:
     """Read and validate a monitors YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"Monitor file {path} does not exist.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Monitor file {path} is not valid YAML: {exc}") from None
+    data = read_yaml(path, what="monitor file")
     return parse_monitors(data, where=str(path), base=path.resolve().parent)
 
 

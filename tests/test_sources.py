@@ -184,9 +184,12 @@ def test_malformed_manifests_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nouri\.csv line 1: .*no uri column"):
         resolve_source(no_uri)
     binary = tmp_path / "bin.csv"
-    binary.write_bytes(b"\xff\xfe\x00garbage")
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage\xff")
     with pytest.raises(ConfigError, match=r"bin\.csv is not UTF-8"):
         resolve_source(binary)
+    excel = tmp_path / "excel.csv"  # what spreadsheet programs write as "Unicode text": UTF-16 with its BOM
+    excel.write_bytes("uri,label\na.png,chat\u00e9\n".encode("utf-16"))
+    assert [i.meta for i in resolve_source(excel)] == [{"label": "chat\u00e9"}]
 
 
 # ----------------------------------------------------------------------------- errors

@@ -36,6 +36,7 @@ and line or concept (``bank.yaml:3``, ``bank.yaml: concepts[2]``) and saying how
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Any
 from t2c_monitor.concepts.schema import string_list, validate_bank_file
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.templates import resolve_templates
+from t2c_monitor.textfiles import clip, load_yaml, read_text
 
 MAX_NAME = 500  # concept.name's width
 
@@ -94,10 +96,7 @@ def _without_comment(line: str) -> str:
 def read_class_names(path: str | Path) -> tuple[str, ...]:
     """Class names from a text file: one per line; blank lines and comments (``# ...``) are skipped."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"Cannot read class names file {str(path)!r}: {exc}.") from exc
+    text = read_text(path, what="class names file")
     names = tuple(s for s in (_without_comment(line) for line in text.splitlines()) if s)
     if not names:
         raise ConfigError(f"Class names file {str(path)!r} lists no classes: write one class name per line.")
@@ -113,16 +112,19 @@ def _make_concept(name: str | None, phrasings: Sequence[str], raw: Any, where: s
         phrasings = [name] if name else []
     cleaned = [_collapse(p) for p in phrasings]
     if not cleaned or any(not p for p in cleaned):
-        raise ConfigError(f"{where}: empty concept text in {raw!r}; write a phrase on each side of every '|'.")
+        raise ConfigError(f"{where}: empty concept text in {clip(raw)}; write a phrase on each side of every '|'.")
     keys = [normalise_key(p) for p in cleaned]
     if len(set(keys)) != len(keys):
-        raise ConfigError(f"{where}: concept {raw!r} repeats a phrasing; list each phrasing once.")
+        raise ConfigError(f"{where}: concept {clip(raw)} repeats a phrasing; list each phrasing once.")
     name = _collapse(name) if name is not None else cleaned[0]
     if not name:
-        raise ConfigError(f"{where}: concept {raw!r} has an empty name.")
+        raise ConfigError(f"{where}: concept {clip(raw)} has an empty name.")
     if any("\x00" in t for t in (name, *cleaned)):
         raise ConfigError(f"{where}: concept {str(raw)[:60]!r} holds a NUL byte, which no database or prompt "
                           "can carry: remove it.")
+    control = next((ch for t in (name, *cleaned) for ch in t if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:  # an escape code in a name would drive the terminal of whoever reads an audit
+        raise ConfigError(f"{where}: concept {clip(raw)} holds the control character {control!r}: remove it.")
     if len(name) > MAX_NAME:
         raise ConfigError(f"{where}: concept name {name[:40]!r}... has {len(name)} characters; names are kept to "
                           f"{MAX_NAME} characters: give it a shorter name (`name: ...`, with the long text as a "
@@ -180,12 +182,7 @@ def parse_bank_yaml(
 
     The whole file is checked against ``BankFile``, the keys that arguments override included.
     """
-    import yaml
-
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
+    doc = load_yaml(text, where=source)
     bank = validate_bank_file(doc, source)
     wheres = [f"{source}: concepts[{i}]" for i in range(len(bank.concepts))]
     concepts = [
@@ -245,10 +242,7 @@ def load_bank_definition(
     ``name``, ``version``, ``templates`` and ``classes``, when given, override what the file says.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"Cannot read concept bank file {str(path)!r}: {exc}.") from exc
+    text = read_text(path, what="concept bank file")
     if path.suffix.lower() in {".yaml", ".yml"}:
         return parse_bank_yaml(text, name=name, version=version, templates=templates, classes=classes, source=str(path))
     return parse_bank_text(

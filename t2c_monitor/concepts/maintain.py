@@ -22,6 +22,7 @@ from t2c_monitor.concepts.definition import load_bank_definition, normalise_key
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.store import Database
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
+from t2c_monitor.textfiles import load_yaml, read_text
 
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".txt")
 
@@ -102,12 +103,12 @@ def _concept_key(entry: Any) -> str:
 def _edited_text(path: Path, add: list[tuple[str, ...]], remove: list[str]) -> str:
     """The bank file's new text: concepts appended (each as its phrasings, the first naming it) and
     removed by name; a YAML file keeps its leading comment lines."""
-    text = path.read_text()
+    text = read_text(path, what="concept bank file")
     drop = {normalise_key(n) for n in remove}
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        doc = yaml.safe_load(text) or {}
+        doc = load_yaml(text, where=str(path)) or {}
         if not isinstance(doc, dict) or not isinstance(doc.get("concepts"), list):
             raise ConfigError(f"{path} has no 'concepts' list to edit.")
         doc["concepts"] = [c for c in doc["concepts"] if _concept_key(c) not in drop]
@@ -143,7 +144,7 @@ def change_bank(db: Database, monitor: str, *, add: list[str] | None = None, rem
     if not additions and not removals:
         raise ConfigError("Nothing to change: name concepts to add or to remove.")
     _check_editable(record, path, additions, removals)
-    original = path.read_text()
+    original = read_text(path, what="concept bank file")
     new_text = _edited_text(path, additions, removals)
     _check_definition(path, new_text)
     _write_atomically(path, new_text)

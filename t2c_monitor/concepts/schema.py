@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.templates import resolve_templates
+from t2c_monitor.textfiles import MAX_SHOWN, clip
 
 
 def string_list(value: Any, what: str, *, split: bool = False) -> tuple[str, ...]:
@@ -34,7 +35,7 @@ def string_list(value: Any, what: str, *, split: bool = False) -> tuple[str, ...
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ConfigError(
-        f"{what} must be a string or a list of strings, got {value!r}; quote names that YAML reads as "
+        f"{what} must be a string or a list of strings, got {clip(value)}; quote names that YAML reads as "
         "numbers or booleans, e.g. ['42', 'yes']."
     )
 
@@ -62,7 +63,7 @@ def _name(value: Any) -> str | None:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"'name' must be a string, got {value!r}.")
+    raise ConfigError(f"'name' must be a string, got {clip(value)}.")
 
 
 def _version(value: Any, parse: Callable[[Any], int]) -> int:
@@ -72,7 +73,7 @@ def _version(value: Any, parse: Callable[[Any], int]) -> int:
             raise ValueError(value)
         return parse(value)
     except (ValueError, ValidationError):
-        raise _refuse(f"bank version must be an integer, got {value!r}.") from None
+        raise _refuse(f"bank version must be an integer, got {clip(value)}.") from None
 
 
 def _templates(value: Any) -> tuple[str, ...] | None:
@@ -105,7 +106,7 @@ class ConceptEntry(_Strict):
             return {"phrasings": raw}
         if isinstance(raw, dict):
             return raw
-        raise _refuse(f"a concept must be a string or a mapping with 'name' and 'phrasings', got {raw!r}.")
+        raise _refuse(f"a concept must be a string or a mapping with 'name' and 'phrasings', got {clip(raw)}.")
 
 
 class BankFile(_Strict):
@@ -147,9 +148,10 @@ def _error_lines(exc: ValidationError, source: str) -> str:
         where = f"{source}: concepts[{loc[1]}]" if in_concept else source
         if error["type"] in _UNKNOWN:
             hint = " in concept; use 'name' and 'phrasings'" if in_concept else f"; use {', '.join(BANK_KEYS)}"
-            lines[f"{where}: unknown keys {sorted(unknown[loc[:-1]], key=str)}{hint}."] = None
+            lines[f"{where}: unknown keys {clip(sorted(unknown[loc[:-1]], key=str))}{hint}."] = None
         elif loc in ((), ("concepts",)):
             lines[f"{source}: {_SHAPE}"] = None
         else:
-            lines[f"{where}: {error['msg']}"] = None
-    return "\n".join(lines)
+            lines[f"{where}: {error['msg'][:MAX_SHOWN]}"] = None
+    shown = list(lines)[:20]  # a file from outside decides how many mistakes it holds
+    return "\n".join(shown + ([f"... and {len(lines) - 20} more"] if len(lines) > 20 else []))
