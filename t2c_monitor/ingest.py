@@ -17,9 +17,10 @@ is stored as a failed row with its reason.
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,9 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from t2c_monitor.daemon_pool import DaemonPool
 from t2c_monitor.errors import ConfigError, SpaceMismatchError
 from t2c_monitor.images import DecodedImage, FailedImage, load_image
 from t2c_monitor.progress import progress_bar
+from t2c_monitor.redaction import carries_credentials, mask_url
 from t2c_monitor.sources import SourceItem, content_batch_id, resolve_source
 from t2c_monitor.store import Database
 from t2c_monitor.store import batches as batch_store
@@ -142,10 +145,24 @@ def check_batch_id(batch_id: str | None) -> str | None:
         raise ConfigError("The batch id is empty: give a name such as day-1, or none to derive one from the content.")
     if "\x00" in batch_id:
         raise ConfigError(f"The batch id {batch_id[:40]!r} holds a NUL byte, which PostgreSQL cannot store: remove it.")
+    control = next((ch for ch in batch_id if unicodedata.category(ch) == "Cc"), None)
+    if control is not None:  # a newline or an escape code in an id could forge a line of output or drive a terminal
+        raise ConfigError(f"The batch id {batch_id[:40]!r} holds the control character {control!r}: "
+                          "use letters, digits and punctuation.")
     if len(batch_id) > MAX_BATCH_ID:
         raise ConfigError(f"The batch id {batch_id[:40]!r}... has {len(batch_id)} characters; at most {MAX_BATCH_ID} "
                           "characters are kept: give a shorter one.")
     return batch_id
+
+
+def check_source(source: str) -> str:
+    """``source`` if it carries no credential (``ConfigError`` otherwise: it would be stored as the batch's
+    source and as a flow run's parameter)."""
+    if carries_credentials(source):
+        raise ConfigError(f"The source {mask_url(source)} carries a credential, which would be stored with the batch "
+                          "and in the run's parameters: give it to the filesystem through its environment "
+                          "(e.g. AWS_SECRET_ACCESS_KEY) or its fsspec configuration instead.")
+    return source
 
 
 def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem], *, source_uri: str,
@@ -154,6 +171,7 @@ def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem],
     outside the monitor's ``ingest.allowed_roots`` marked refused: they are recorded, never read)."""
     from t2c_monitor.sources import check_allowed_roots
 
+    check_source(source_uri)
     items = check_allowed_roots(items, record.config.ingest.allowed_roots)
     unique: dict[str, SourceItem] = {}
     for item in items:
@@ -243,7 +261,7 @@ class _Chunk:
         )
 
 
-def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, depth: int, *,
+def _prefetch(pool: DaemonPool, fn: Callable, items: Sequence, depth: int, *,
               timeout: float | None = None, on_timeout: Callable[[Any], Any] | None = None) -> Iterator:
     """``map(fn, items)`` on ``pool`` in order, with at most ``depth`` calls in flight. A call whose result
     is not there ``timeout`` seconds after it is awaited gives ``on_timeout(item)`` instead (its thread
@@ -307,8 +325,8 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
                   "(ingest.decode_timeout_s); the batch went on without it")
         return FailedImage(uri=item.uri, reason=reason, sha256=None, n_bytes=None), None, options.decode_timeout_s
 
-    # not `with`: leaving it would wait for a decode that overran its deadline
-    readers = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="t2c-decode")
+    # daemon threads: a decode that overran its deadline must not keep the process from exiting
+    readers = DaemonPool(options.decode_threads, name="t2c-decode")
     try:
         with writer, progress as advance:
             depth = max(2 * options.batch_size, 4 * options.decode_threads)
@@ -334,7 +352,7 @@ def ingest_items(db: Database, runtime: MonitorRuntime, batch_id: int, items: Se
             if len(chunk):
                 writer.submit(chunk.freeze(dim, k))
     finally:
-        readers.shutdown(wait=False, cancel_futures=True)
+        readers.shutdown()
     timings["store"] = writer.seconds
     return timings
 

@@ -34,6 +34,7 @@ import fsspec
 
 from t2c_monitor.errors import ConfigError, ImageDecodeError
 from t2c_monitor.manifests import MANIFEST_SUFFIXES, items_from_manifest
+from t2c_monitor.textfiles import NotARegularFile, open_regular
 from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of, unknown_protocol_reason
 
 __all__ = ["IMAGE_EXTENSIONS", "SourceItem", "canonical_uri", "content_batch_id", "expand_source", "read_bytes",
@@ -204,6 +205,8 @@ def _size_reason(size: int, max_bytes: int) -> str:
 
 
 def _io_reason(exc: OSError, uri: str) -> str:
+    if isinstance(exc, NotARegularFile):
+        return f"refused: {exc}: {uri}"
     if isinstance(exc, FileNotFoundError):
         return f"unreadable: no such file: {uri}"
     if isinstance(exc, PermissionError):
@@ -226,7 +229,7 @@ def read_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
     local = local_path(uri)
     try:
         if local is not None:
-            with open(local, "rb") as fh:
+            with os.fdopen(open_regular(local), "rb") as fh:  # a FIFO or device is refused unopened
                 size = os.fstat(fh.fileno()).st_size
                 if max_bytes is not None and size > max_bytes:
                     raise ImageDecodeError(_size_reason(size, max_bytes))
