@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from t2c_monitor.errors import DatabaseUnavailableError, T2CError
+from t2c_monitor.redaction import add_redacting_filter
 
 # a database that does not answer when a task opens it is DatabaseUnavailableError (a T2CError with
 # the URL and what to check): it may be back by the next attempt, so it is retried like the rest
@@ -55,6 +56,7 @@ def log_user_errors_without_traceback() -> None:
         for handler in logger.handlers:
             if not any(isinstance(f, UserErrorsWithoutTraceback) for f in handler.filters):
                 handler.addFilter(UserErrorsWithoutTraceback())
+            add_redacting_filter(handler)  # a credential in a message never reaches a log or Prefect's database
 
 
 log_user_errors_without_traceback()  # flows import this module after prefect has configured its logging

@@ -92,6 +92,8 @@ def configure_logging(settings: Settings | None = None) -> None:
     import logging
     import os
 
+    from t2c_monitor.redaction import add_redacting_filter
+
     settings = settings or get_settings()
     logger = logging.getLogger("t2c_monitor")
     logger.setLevel(settings.log_level)
@@ -99,6 +101,8 @@ def configure_logging(settings: Settings | None = None) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
+    for handler in logger.handlers:
+        add_redacting_filter(handler)
     if "log_level" in settings.model_fields_set:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", settings.log_level)
 

@@ -6,6 +6,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from t2c_monitor import redaction
 from t2c_monitor.errors import ConfigError, DatabaseUnavailableError, ExtensionMissingError
 
 DRIVER = "postgresql+psycopg2"
@@ -26,7 +27,8 @@ def normalise_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError with little context
-        raise ConfigError(f"T2C_DATABASE_URL is not a database URL: {mask_url(url)!r} ({exc}).") from exc
+        detail = redaction.redact(str(exc).replace(url, "<the URL>"))
+        raise ConfigError(f"T2C_DATABASE_URL is not a database URL: {mask_url(url)!r} ({detail}).") from None
     if parsed.get_backend_name() not in ("postgresql", "postgres"):
         raise ConfigError(
             f"T2C_DATABASE_URL must point at PostgreSQL, got {parsed.get_backend_name()!r} "
@@ -36,12 +38,13 @@ def normalise_url(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe for logs and messages."""
+    """The URL with its password replaced by ``***`` wherever it is (user info, ``?password=``,
+    ``sslpassword=``, any credential-like parameter), safe for logs and messages."""
     try:
-        parsed = make_url(url)
+        make_url(url)
     except Exception:
         return "<unparseable URL>"
-    return parsed.render_as_string(hide_password=bool(parsed.password))
+    return redaction.mask_url(url)
 
 
 def make_engine(url: str, *, connect_timeout_s: int = 5) -> Engine:
