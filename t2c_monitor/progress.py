@@ -19,7 +19,8 @@ def progress_bar(label: str, total: int | None, enabled: bool) -> Iterator[Calla
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    columns = (TextColumn("{task.description}", markup=False),  # a label may hold a name from outside
+               BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not enabled) as bar:
         task = bar.add_task(label, total=total)

@@ -47,7 +47,7 @@ for _module in COMMAND_MODULES:
 def main() -> None:
     import sys
 
-    from t2c_monitor.cli.common import console
+    from t2c_monitor.cli.common import print_error
     from t2c_monitor.errors import T2CError
     from t2c_monitor.settings import configure_logging
 
@@ -55,5 +55,5 @@ def main() -> None:
         configure_logging()
         app()
     except T2CError as exc:  # raised outside a command's own user_errors() block
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(exc)
         sys.exit(2)

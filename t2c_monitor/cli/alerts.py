@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, styled, user_errors
 
 alerts_app = typer.Typer(help="Alerts: notifications of flagged concepts on the monitors' channels.",
                          no_args_is_help=True)
@@ -45,17 +45,23 @@ def retry(
     monitor: str = typer.Option(None, "--monitor", "-m", help="default: every monitor"),
     as_json: bool = JsonOption,
 ) -> None:
-    """Send the failed alerts again (the audit flow also does this before each audit)."""
+    """Send the failed alerts again (the audit flow also does this before each audit). Exits 1 when any of them
+    failed again, so a script or a cron job sees it."""
     from t2c_monitor.alerts import resend_failed_alerts
     from t2c_monitor.store import open_database
 
     with user_errors():
         outcomes = [o.to_dict() for o in resend_failed_alerts(open_database(), monitor)]
+    still_failed = sum(o["status"] == "failed" for o in outcomes)
     if as_json:
         emit_json({"alerts": outcomes})
-        return
-    if not outcomes:
-        console.print("no failed alerts")
-    for o in outcomes:
-        console.print(f"alert {o['alert_id']} to {o['channel']}: {o['status']}"
-                      + (f" ({o['error']})" if o["error"] else ""))
+    else:
+        if not outcomes:
+            console.print("no failed alerts")
+        for o in outcomes:
+            console.print(f"alert {o['alert_id']} to {o['channel']}: {o['status']}"
+                          + (f" ({o['error']})" if o["error"] else ""))
+        if still_failed:
+            console.print(styled("[red]{} of {} alerts failed again[/]", still_failed, len(outcomes)))
+    if still_failed:
+        raise typer.Exit(code=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, TemplateOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, TemplateOption, console, emit_json, styled, user_errors
 from t2c_monitor.identity import as_dict
 
 aligner_app = typer.Typer(help="Fit and evaluate aligners (source features -> CLIP image space).", no_args_is_help=True)
@@ -96,7 +96,8 @@ def fit(
             "seconds": result.seconds,
         })
         return
-    console.print(f"[green]aligner written[/] to {out} ({aligner.method}, {aligner.d_in} -> {aligner.d_out})")
+    console.print(styled("[green]aligner written[/] to {} ({}, {} -> {})", out, aligner.method, aligner.d_in,
+                         aligner.d_out))
     _print_metrics(aligner.metrics, "held-out" if n_holdout else "training (no holdout)")
     if n_holdout and "r2_train" in aligner.fit_info:  # far above the held-out R²: the aligner overfits
         console.print(f"in-sample R² {aligner.fit_info['r2_train']:.4f} on {aligner.n_train} training pairs")
@@ -183,9 +184,9 @@ def _setting_errors() -> Iterator[None]:
 
 def _print_problems(failed: list[dict[str, str]], warnings: list[str]) -> None:
     for failure in failed:
-        console.print(f"[yellow]skipped[/] {failure['path']}: {failure['reason']}", highlight=False)
+        console.print(styled("[yellow]skipped[/] {}: {}", failure["path"], failure["reason"]))
     for warning in warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(styled("[yellow]warning:[/] {}", warning))
 
 
 def _print_metrics(metrics: dict, title: str) -> None:

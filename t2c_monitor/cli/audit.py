@@ -5,8 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import typer
+from rich.text import Text
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, time_window, use_prefect, user_errors
+from t2c_monitor.cli.common import (
+    JsonOption,
+    console,
+    emit_json,
+    open_monitor,
+    shown,
+    styled,
+    time_window,
+    use_prefect,
+    user_errors,
+)
 from t2c_monitor.wording import change_word
 
 baseline_app = typer.Typer(help="Baselines: the reference concept-score distributions of a monitor.",
@@ -44,16 +55,17 @@ def build(
     if as_json:
         emit_json(summary.to_dict())
         return
-    console.print(f"[green]baseline {summary.id}[/] of {monitor}: {summary.n_images} images from "
-                  f"{len(summary.batches)} batches, {summary.n_sampled} scores kept for each of "
-                  f"{summary.concepts} concepts")
+    console.print(styled("[green]baseline {}[/] of {}: {} images from {} batches, {} scores kept for each of {} "
+                         "concepts", summary.id, monitor, summary.n_images, len(summary.batches), summary.n_sampled,
+                         summary.concepts))
 
 
 def _print_alerts(outcomes: list[dict]) -> None:
     for o in outcomes:
         colour = {"sent": "green", "suppressed": "yellow"}.get(o["status"], "red")
         detail = f" after {o['attempts']} attempts: {o['error']}" if o["status"] == "failed" else ""
-        console.print(f"  alert {o['alert_id']} to {o['channel']}: [{colour}]{o['status']}[/]{detail}")
+        console.print(styled(f"  alert {{}} to {{}}: [{colour}]{{}}[/]{{}}", o["alert_id"], o["channel"], o["status"],
+                             detail))
 
 
 @audit_app.callback()
@@ -94,10 +106,11 @@ def audit(
         emit_json(result)
         return
     if result.get("skipped"):  # the monitor's window holds nothing new: not an error, nothing stored
-        console.print(f"[yellow]nothing to audit[/]: {result['skipped']}")
+        console.print(styled("[yellow]nothing to audit[/]: {}", result["skipped"]))
         _print_alerts(result["resent"])
         return
-    console.print(f"audit {result['id']} of {monitor}: {result['n_current']} images in {', '.join(result['batches'])} "
+    batches = shown(", ".join(result["batches"]))
+    console.print(f"audit {result['id']} of {monitor}: {result['n_current']} images in {batches} "
                   f"against {result['n_baseline']} baseline scores per concept")
     _print_findings(result)
     console.print(f"report: {result['report']}")
@@ -126,27 +139,28 @@ def _print_findings(result: dict) -> None:
         table = Table("rank", "concept", "change", "cause", "KS", "q", "effect (SD)")
         for f in flagged:
             size = f"{f['effect_size']:+.2f}" if f["effect_size"] is not None else "inf"
-            cause = "[bold]root[/]" if f["name"] in roots else (f"moves with {echoes[f['name']]}"
+            cause = Text("root", style="bold") if f["name"] in roots else (f"moves with {echoes[f['name']]}"
                                                                  if f["name"] in echoes else "")
-            table.add_row(str(f["rank"]), f["name"], change_word(f["direction"]), cause, f"{f['ks_stat']:.3f}",
+            table.add_row(str(f["rank"]), shown(f["name"]), change_word(f["direction"]), cause, f"{f['ks_stat']:.3f}",
                           f"{f['q_value']:.2g}", size)
         console.print(table)
     elif not result.get("unlisted"):
-        console.print("[green]no concept shifted[/]")
+        console.print(styled("[green]no concept shifted[/]"))
     from t2c_monitor.decode.drift import DriftWords
 
     words = result.get("words") or {}
     said = DriftWords.from_dict(words).text() if words else ""
     if said:
-        console.print(f"in words: [bold]{said}[/]")
+        console.print(styled("in words: [bold]{}[/]", said))
     if words.get("sentence"):
         console.print(f"in a sentence ({words.get('decoder')}): {words['sentence']}")
     _print_evidence(result.get("evidence"))
     if result.get("unlisted"):
         share = (result.get("explanation") or {}).get("residual_share", 1.0)
         unnamed = ", ".join(words.get("unlisted") or []) or "no words decoded"
-        console.print(f"[yellow]a shift no concept names[/]: {share:.0%} of it (in words: {unnamed}); "
-                      f"`t2c concepts suggest --audit {result['id']} --monitor {result['monitor']}` proposes concepts")
+        console.print(styled("[yellow]a shift no concept names[/]: {:.0%} of it (in words: {}); `t2c concepts "
+                             "suggest --audit {} --monitor {}` proposes concepts", share, unnamed, result["id"],
+                             result["monitor"]))
     if result.get("note"):
         console.print(f"note: {result['note']}")
 
@@ -206,6 +220,7 @@ def list_(
     table = Table("audit", "started", "status", "batches", "images", "flagged", Column("error", overflow="fold"))
     for r in rows:
         colour = {"done": "green", "failed": "red"}.get(r.status, "yellow")
-        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M:%S}", f"[{colour}]{r.status}[/]", ", ".join(r.batches),
+        table.add_row(str(r.id), f"{r.started_at:%Y-%m-%d %H:%M:%S}", Text(r.status, style=colour),
+                      shown(", ".join(r.batches)),
                       str(r.n_current), str(r.n_flagged), r.error or "")
     console.print(table)

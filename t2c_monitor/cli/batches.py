@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typer
+from rich.text import Text
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, shown, user_errors
 
 batches_app = typer.Typer(help="Batches: what was ingested, and what failed or is unfinished.", no_args_is_help=True)
 
@@ -62,6 +63,6 @@ def list_(
     for r in rows:
         colour = {"stored": "green", "failed": "red"}.get(r.status, "yellow")
         note = "; ".join(x for x in (r.error, rerun_note(r, monitor)) if x)
-        table.add_row(r.external_id, f"{r.received_at:%Y-%m-%d %H:%M:%S}", f"[{colour}]{r.status}[/]", str(r.n_ok),
-                      str(r.n_failed), note)
+        table.add_row(shown(r.external_id), f"{r.received_at:%Y-%m-%d %H:%M:%S}", Text(r.status, style=colour),
+                      str(r.n_ok), str(r.n_failed), shown(note))
     console.print(table)

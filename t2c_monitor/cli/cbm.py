@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, styled, user_errors
 
 cbm_app = typer.Typer(help="Concept bottleneck models: classify by concepts, explain by concepts.",
                       no_args_is_help=True)
@@ -25,9 +26,9 @@ def register(app: typer.Typer) -> None:
 
 def _skipped(skipped) -> None:
     for s in skipped[:20]:
-        console.print(f"[yellow]skipped[/] {s.uri}: {s.reason}", highlight=False)
+        console.print(styled("[yellow]skipped[/] {}: {}", s.uri, s.reason))
     if len(skipped) > 20:
-        console.print(f"[yellow]... and {len(skipped) - 20} more skipped[/]")
+        console.print(styled("[yellow]... and {} more skipped[/]", len(skipped) - 20))
 
 
 @cbm_app.command("fit")
@@ -53,8 +54,8 @@ def fit(
         return
     console.print(f"saved {report.path}: {len(report.classes)} classes, trained on {report.n_train} images "
                   f"({report.n_val} validation, {report.n_test} test)", highlight=False)
-    console.print(f"test accuracy: concept bottleneck [bold]{report.accuracy:.3f}[/], linear probe on raw features "
-                  f"{report.probe_accuracy:.3f} ({report.ratio:.2f}x)", highlight=False)
+    console.print(styled("test accuracy: concept bottleneck [bold]{:.3f}[/], linear probe on raw features {:.3f} "
+                         "({:.2f}x)", report.accuracy, report.probe_accuracy, report.ratio))
     for name, concepts in report.concepts_used.items():
         console.print(f"  {name}: {len(concepts)} concepts ({', '.join(concepts[:8])}"
                       f"{', ...' if len(concepts) > 8 else ''})", highlight=False)
@@ -88,11 +89,11 @@ def evaluate(
     for name, row in report.per_class.items():
         probe = row.get("probe_accuracy")
         table.add_row(name, str(row["n"]), f"{row['accuracy']:.3f}", "" if probe is None else f"{probe:.3f}")
-    table.add_row("[bold]all[/]", str(report.n_images), f"[bold]{report.accuracy:.3f}[/]",
+    table.add_row(Text("all", style="bold"), str(report.n_images), Text(f"{report.accuracy:.3f}", style="bold"),
                   "" if report.probe_accuracy is None else f"{report.probe_accuracy:.3f}")
     console.print(table)
     for label, n in report.unknown_labels.items():
-        console.print(f"[yellow]not a class of the model[/]: {label} ({n} images)", highlight=False)
+        console.print(styled("[yellow]not a class of the model[/]: {} ({} images)", label, n))
     _skipped(report.skipped)
 
 
@@ -122,8 +123,8 @@ def explain(
         return
     for e in explanations:
         truth = "" if e.label is None else (" (right)" if e.correct else f" (label: {e.label})")
-        console.print(f"[bold]{e.uri}[/]: {e.predicted} {e.probability:.0%}{truth}, runner-up {e.runner_up}",
-                      highlight=False)
+        console.print(styled("[bold]{}[/]: {} {:.0%}{}, runner-up {}", e.uri, e.predicted, e.probability, truth,
+                             e.runner_up))
         console.print("  because: " + ", ".join(f"{s.concept} {s.share:.0%} (z {s.z:+.1f})" for s in e.evidence),
                       highlight=False)
         console.print(f"  rather than {e.runner_up}: " + ", ".join(f"{s.concept} {s.share:.0%}" for s in e.separating),

@@ -11,8 +11,45 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
-console = Console(stderr=True, soft_wrap=True)
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\n", 0x09: "\t"}
+"""Control characters written out as escapes, newline and tab kept: what a message from our code may hold."""
+
+
+def shown(value: object) -> str:
+    """A name from outside (batch id, file name, concept, monitor) as it may be printed on one line: control
+    and invisible format characters (newline, ESC, carriage return, right-to-left override) as escapes, so
+    a stored name can neither forge an output line nor drive the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+class PlainConsole(Console):
+    """rich's console printing every ``str`` as plain text: no markup (``[/]`` in a batch id), no emoji codes
+    (``grass:+1``), no control characters but newline and tab (``\\x1b[2J``). Our own styling is built with
+    ``styled``."""
+
+    def render_str(self, text: str, **kwargs: object) -> Text:  # type: ignore[override]
+        return super().render_str(text.translate(_CONTROLS), **kwargs)  # type: ignore[arg-type]
+
+
+def styled(template: str, *values: object) -> Text:
+    """Our own markup ``template`` with ``{}`` fields filled by ``values``: strings from outside are shown
+    (``shown``) and escaped, so they are never read as markup; numbers keep their format specs."""
+    safe = [v if isinstance(v, (int, float)) and not isinstance(v, bool) else escape(shown(v)) for v in values]
+    return Text.from_markup(template.format(*safe), emoji=False)
+
+
+def message(exc: BaseException) -> str:
+    """An exception's message as printed: our messages may span lines; any other control character is escaped."""
+    return str(exc).translate(_CONTROLS)
+
+
+console = PlainConsole(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object on stdout.")
 TemplateOption = typer.Option(
@@ -38,11 +75,16 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except T2CError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(code=2) from None
     except OSError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print_error(exc)
         raise typer.Exit(code=1) from None
+
+
+def print_error(exc: BaseException) -> None:
+    """``error: <message>`` on stderr, the message as plain text."""
+    console.print(Text.assemble(("error:", "bold red"), " ", message(exc)))
 
 
 def open_monitor(name: str) -> tuple[Any, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, styled, user_errors
 
 concepts_app = typer.Typer(help="Concept banks: encode text concepts into a CLIP space.", no_args_is_help=True)
 
@@ -68,11 +68,9 @@ def encode(
     if as_json:
         emit_json(payload)
         return
-    console.print(
-        f"bank [bold]{bank.name}[/] v{bank.version}: {bank.k} concepts x {bank.dim} dims "
-        f"({len(bank.templates)} templates{f', {len(bank.classes)} classes' if bank.classes else ''}) "
-        f"encoded with {bank.clip}, saved to {out}"
-    )
+    classes = f", {len(bank.classes)} classes" if bank.classes else ""
+    console.print(styled("bank [bold]{}[/] v{}: {} concepts x {} dims ({} templates{}) encoded with {}, saved to {}",
+                         bank.name, bank.version, bank.k, bank.dim, len(bank.templates), classes, bank.clip, out))
 
 
 @concepts_app.command()
@@ -147,8 +145,8 @@ def _change(monitor: str, *, as_json: bool, add: list[str] | None = None, remove
 
 def _print_change(change) -> None:
     what = ", ".join([f"+{n}" for n in change.added] + [f"-{n}" for n in change.removed])
-    console.print(f"bank [bold]{change.bank}[/] v{change.bank_version} of {change.monitor}: {what} "
-                  f"({change.concepts} concepts), written to {change.bank_file}")
+    console.print(styled("bank [bold]{}[/] v{} of {}: {} ({} concepts), written to {}", change.bank,
+                         change.bank_version, change.monitor, what, change.concepts, change.bank_file))
     if change.baseline:
         console.print(f"baseline {change.baseline['id']} rebuilt from the stored vectors of "
                       f"{', '.join(change.baseline['batches'])} ({change.baseline['n_images']} images)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, styled, user_errors
 
 db_app = typer.Typer(help="The database: migrate, inspect, locate.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ def upgrade(revision: str = typer.Option("head", help="Target revision.")) -> No
     with user_errors():
         db = _engine()
         migrate.upgrade(db.engine, revision)
-        console.print(f"schema at [bold]{migrate.current(db.engine)}[/] on {db.url}")
+        console.print(styled("schema at [bold]{}[/] on {}", migrate.current(db.engine), db.url))
 
 
 @db_app.command()
@@ -38,7 +38,7 @@ def downgrade(revision: str = typer.Argument("-1", help="Target revision: -1 for
     with user_errors():
         db = _engine()
         migrate.downgrade(db.engine, revision)
-        console.print(f"schema at [bold]{migrate.current(db.engine) or 'base'}[/] on {db.url}")
+        console.print(styled("schema at [bold]{}[/] on {}", migrate.current(db.engine) or "base", db.url))
 
 
 @db_app.command()
@@ -76,7 +76,7 @@ def status(as_json: bool = JsonOption) -> None:
     for key, value in payload.items():
         console.print(f"{key:>15}: {value}")
     if not state.at_head:
-        console.print("[yellow]schema is not at head: run `t2c db upgrade`[/]")
+        console.print(styled("[yellow]schema is not at head: run `t2c db upgrade`[/]"))
 
 
 @db_app.command()
@@ -125,7 +125,7 @@ def up(as_json: bool = JsonOption) -> None:
         emit_json(payload)
         return
     where = f"embedded PostgreSQL in {settings.pgdata}" if db.embedded else "external PostgreSQL"
-    console.print(f"[green]database ready[/]: {where}")
+    console.print(styled("[green]database ready[/]: {}", where))
     console.print(f"  url:    {db.url}")
     console.print(f"  schema: {state.current} (head: {state.head})")
     console.print(f"  state:  {settings.home}")

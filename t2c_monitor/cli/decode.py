@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, styled, user_errors
 
 decoder_app = typer.Typer(help="Train concept-to-text decoders.", no_args_is_help=True)
 
@@ -86,7 +86,7 @@ def decode(
     for row in rows:
         console.print(f"{row.label[-width:]:>{width}}: {_line(row.decoded)}", highlight=False)
     for s in skipped:
-        console.print(f"[yellow]skipped[/] {s.uri}: {s.reason}", highlight=False)
+        console.print(styled("[yellow]skipped[/] {}: {}", s.uri, s.reason))
 
 
 @decoder_app.command("train")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typer
+from rich.text import Text
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, use_prefect, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, shown, styled, use_prefect, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -45,13 +46,14 @@ def demo(
         if day.roots and echoes > 0:
             causes += f" ({echoes} more flagged, moving with {'it' if len(day.roots) == 1 else 'them'})"
         if day.unlisted:
-            unnamed = f"[yellow]a shift no concept names[/]: {', '.join(day.unlisted)}"
-            causes = f"{causes}; {unnamed}" if causes else unnamed
-        table.add_row(day.batch, str(day.images), day.shift or "", causes or "[green]none[/]", day.words,
-                      ", ".join(day.alerts))
+            unnamed = styled("[yellow]a shift no concept names[/]: {}", ", ".join(day.unlisted))
+            causes = Text.assemble(causes, "; ", unnamed) if causes else unnamed
+        table.add_row(shown(day.batch), str(day.images), day.shift or "", causes or Text("none", style="green"),
+                      day.words, ", ".join(day.alerts))
     console.print(table)
     for body in result.received:
-        console.print(f"[bold]webhook received[/] (audit {body['audit_id']}):\n{body['text']}", highlight=False)
+        console.print(styled("[bold]webhook received[/] (audit {}):", body["audit_id"]))
+        console.print(body["text"])
     reports = [d.report for d in result.days if d.flagged]
     if reports:
         console.print(f"open the report of the flagged day: {reports[0]}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, use_prefect, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, styled, use_prefect, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +22,10 @@ def ingest(
 ) -> None:
     """Embed, align, score and store one batch of images; a rerun of the same batch stores nothing twice."""
     with user_errors():
+        from t2c_monitor.ingest import check_batch_id, check_source
+
+        check_batch_id(batch_id)  # refused here, before a flow run keeps them as its parameters
+        check_source(source)
         if flow:
             use_prefect()
             from flows.ingest import IngestParams, ingest_flow
@@ -37,8 +41,8 @@ def ingest(
         emit_json(summary)
         return
     colour = "green" if summary["status"] == "stored" else "red"
-    console.print(f"[{colour}]{summary['status']}[/] batch {summary['external_id'][:16]}: "
-                  f"{summary['n_ok']} ok, {summary['n_failed']} failed of {summary['n_images']}")
+    console.print(styled(f"[{colour}]{{}}[/] batch {{}}: {{}} ok, {{}} failed of {{}}", summary["status"],
+                         summary["external_id"][:16], summary["n_ok"], summary["n_failed"], summary["n_images"]))
     for category, n in summary["failures"].items():
         console.print(f"  {n:>6} {category}")
     if summary.get("error"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, shown, styled, user_errors
 
 monitor_app = typer.Typer(help="Monitors: what is watched (encoder, aligner, concept bank, schedules).",
                           no_args_is_help=True)
@@ -34,8 +34,9 @@ def apply(
         return
     for r in results:
         verb = "valid" if check else "recorded"
-        console.print(f"[green]{verb}[/] {r['name']}: {r['concepts']} concepts in {r['dim']}-d CLIP space"
-                      + (f" (bank {r['bank']} v{r['bank_version']})" if not check else ""))
+        bank = f" (bank {shown(r['bank'])} v{r['bank_version']})" if not check else ""
+        console.print(styled("[green]{}[/] {}: {} concepts in {}-d CLIP space{}", verb, r["name"], r["concepts"],
+                             r["dim"], bank))
 
 
 @monitor_app.command("list")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, time_window, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, shown, time_window, user_errors
 
 report_app = typer.Typer(help="Reports: an audit's (--audit), the digest of a period, a dataset's.",
                          invoke_without_command=True)
@@ -68,7 +68,7 @@ def dataset(
         emit_json({"monitor": monitor, "batches": report.batches, "n_images": report.n_images, **files.to_dict()})
         return
     most = ", ".join(f"{p.name} ({p.share:.0%})" for p in report.most[:5])
-    console.print(f"{report.n_images} images of {monitor} ({', '.join(report.batches)}); most present: {most}")
+    console.print(f"{report.n_images} images of {monitor} ({shown(', '.join(report.batches))}); most present: {most}")
     if report.words is not None and report.words.text():
         console.print(f"against the baseline, in words: {report.words.text()}")
     console.print(f"report: {files.html}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, time_window, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, shown, styled, time_window, user_errors
 
 INDEX_ACTIONS = ("show", "build", "rebuild", "drop")
 
@@ -95,18 +95,18 @@ def _print(result) -> None:
                                                                zip(result.constraints, result.counts[1:], strict=True)])
         console.print(f"{result.corpus.describe()}: {steps}", highlight=False)
         for note in result.notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
+            console.print(styled("[yellow]note:[/] {}", note))
         labels = [c.label for c in result.constraints]
     else:
         how = f"HNSW, ef_search {result.ef_search}" if result.method == "hnsw" else "exact"
         recall = f", recall against exact {result.recall:.2f}" if result.recall is not None else ""
         console.print(f"nearest to {result.text!r} ({how}, {result.seconds * 1000:.0f} ms{recall})", highlight=False)
         for note in result.notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
+            console.print(styled("[yellow]note:[/] {}", note))
         labels = ["similarity"]
     table = Table()
-    for column in ("uri", "batch", *labels):
+    for column in ("uri", "batch", *map(shown, labels)):
         table.add_column(column, justify="left" if column in ("uri", "batch") else "right", overflow="fold")
     for hit in result.hits:
-        table.add_row(hit.uri, hit.batch, *(f"{s:.3f}" for s in hit.similarities))
+        table.add_row(shown(hit.uri), shown(hit.batch), *(f"{s:.3f}" for s in hit.similarities))
     console.print(table)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, use_prefect, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, styled, use_prefect, user_errors
 
 deployments_app = typer.Typer(help="Deployments of the monitors' schedules (audit cron, inbox ingest).",
                               no_args_is_help=True)
@@ -28,7 +28,7 @@ def serve(monitor: list[str] = typer.Option(None, "--monitor", "-m", help="defau
 
         def ready(served) -> None:  # plain lines: a log or a narrow terminal keeps every name whole
             width = max(len(d.name) for d in served)
-            console.print("[bold]Serving[/] (deployment, schedule, next run):")
+            console.print(styled("[bold]Serving[/] (deployment, schedule, next run):"))
             for d in served:
                 when = f"{d.next_run:%Y-%m-%d %H:%M:%S %Z}" if d.next_run else "none"
                 console.print(f"  {d.name:<{width}}  {d.schedule}  next {when}", highlight=False)

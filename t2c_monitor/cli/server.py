@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, console, emit_json, styled, user_errors
 
 server_app = typer.Typer(help="The local Prefect server of this T2C_HOME: runs the schedules, shows the runs in "
                               "its UI.", no_args_is_help=True)
@@ -31,8 +31,8 @@ def up(as_json: bool = JsonOption) -> None:
         emit_json(endpoint.to_dict())
         return
     where = f"local, pid {endpoint.pid}" if endpoint.local else "PREFECT_API_URL"
-    console.print(f"[green]Prefect server up[/] ({where})\nUI:  {endpoint.ui_url}\nAPI: {endpoint.api_url}",
-                  highlight=False)
+    console.print(styled("[green]Prefect server up[/] ({})", where))
+    console.print(f"UI:  {endpoint.ui_url}\nAPI: {endpoint.api_url}")
 
 
 @server_app.command()
@@ -53,12 +53,13 @@ def status(as_json: bool = JsonOption) -> None:
         emit_json(info)
     elif info["running"]:
         where = f"pid {info['pid']}, since {info['started_at']}" if info["local"] else "PREFECT_API_URL"
-        console.print(f"[green]running[/]: {info['ui_url']} (API {info['api_url']}, {where})", highlight=False)
+        console.print(styled("[green]running[/]: {} (API {}, {})", info["ui_url"], info["api_url"], where))
     elif info.get("api_url"):
-        console.print(f"[red]not answering[/]: {info['api_url']}" + (f" (log {info['log']})" if info["local"] else ""),
-                      highlight=False)
+        console.print(styled("[red]not answering[/]: {}{}", info["api_url"],
+                             f" (log {info['log']})" if info["local"] else ""))
     else:
-        console.print("[yellow]not running[/]: `t2c server up` starts it (every command that runs flows does too)")
+        console.print(styled("[yellow]not running[/]: `t2c server up` starts it (every command that runs flows "
+                             "does too)"))
     raise typer.Exit(code=0 if info["running"] else 1)
 
 

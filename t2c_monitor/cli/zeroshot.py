@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
-from t2c_monitor.cli.common import JsonOption, TemplateOption, console, emit_json, user_errors
+from t2c_monitor.cli.common import JsonOption, TemplateOption, console, emit_json, styled, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -41,8 +42,8 @@ def zeroshot(
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, row in report.per_class.items():
         table.add_row(name, str(row["n"]), f"{row['accuracy']:.3f}", f"{row['clip_accuracy']:.3f}")
-    table.add_row("[bold]all[/]", str(report.n_images), f"[bold]{report.accuracy:.3f}[/]",
-                  f"[bold]{report.clip_accuracy:.3f}[/]")
+    table.add_row(Text("all", style="bold"), str(report.n_images), Text(f"{report.accuracy:.3f}", style="bold"),
+                  Text(f"{report.clip_accuracy:.3f}", style="bold"))
     console.print(table)
     for failure in report.failed:
-        console.print(f"[yellow]skipped[/] {failure['path']}: {failure['reason']}")
+        console.print(styled("[yellow]skipped[/] {}: {}", failure["path"], failure["reason"]))

@@ -48,10 +48,12 @@ def batch_starts(n: int, batch_size: int, description: str, progress: bool) -> I
     if not progress:
         yield from starts
         return
-    from rich.console import Console
-    from rich.progress import track
+    from t2c_monitor.progress import progress_bar
 
-    yield from track(starts, description=description, console=Console(stderr=True), total=len(starts))
+    with progress_bar(description, len(starts), True) as advance:
+        for start in starts:
+            yield start
+            advance(1)
 
 
 class _ImageTower:

@@ -229,7 +229,7 @@ def text_search(db: Database, monitor: str, text_query: str, *, top: int = 20, e
     with db.engine.connect() as conn:
         if not exact and not hnsw_index_exists(conn, corpus.dim):
             notes.append(f"no search index for width {corpus.dim}: answered exactly "
-                         f"(build one with `t2c search index --monitor {monitor}`)")
+                         f"(build one with `t2c search --monitor {monitor} --index build`)")
         started = time.perf_counter()
         found = nearest(conn, corpus, query, top, exact=exact)
         seconds = time.perf_counter() - started
