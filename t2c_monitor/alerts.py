@@ -257,7 +257,10 @@ class BlockSender(_ChannelSender):
         if not hasattr(block, "notify"):
             raise ConfigError(f"Alert channel {self.name}: block {self.channel.block} is not a notification block "
                               "(Slack webhook, Microsoft Teams webhook, custom webhook, ...).")
-        block.notify(body=message.payload.get("markdown") or message.text, subject=message.subject)
+        body = message.payload.get("markdown") or message.text
+        if block_type.startswith("slack"):  # Slack reads <!channel> and <url|text> in any text: names are data
+            body = body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        block.notify(body=body, subject=message.subject)
 
 
 @dataclass

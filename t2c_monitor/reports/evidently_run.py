@@ -61,6 +61,25 @@ def _columns(result: Any) -> list[Any]:
     return sorted(flagged + rest[: max(MAX_COLUMNS - len(flagged), 0)], key=lambda c: c.index)
 
 
+_DATA_BLOCK = "<script>\n    var "
+
+
+def script_safe(page: str) -> str:
+    """evidently's page with its data block safe for any concept or monitor name.
+
+    evidently writes the report's data as JSON inside a ``<script>`` without escaping: a concept named
+    ``</script><script>...`` would end the block and run. JSON holds no raw newline, so the block ends at
+    the first newline followed by ``</script>``; inside it every ``<`` is written ``\\u003c``, which JSON
+    and JavaScript read as ``<`` and HTML does not read at all.
+    """
+    start = page.find(_DATA_BLOCK)
+    if start < 0:
+        raise ValueError("evidently's page has no data block where it was expected: check the evidently version")
+    body = start + len("<script>")
+    end = page.index("\n</script>", body)
+    return page[:body] + page[body:end].replace("<", "\\u003c") + page[end:]
+
+
 def workspace_dir() -> Path:
     from t2c_monitor.settings import get_settings
 
@@ -93,7 +112,7 @@ def export_audit(out_dir: Path, summary: Any, result: Any, reference: np.ndarray
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / EVIDENTLY_HTML
-    snapshot.save_html(str(html))
+    html.write_text(script_safe(snapshot.get_html_str(as_iframe=False)), encoding="utf-8")
 
     root = Path(workspace or workspace_dir())
     root.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|])")
 
 def md(text: Any) -> str:
     """User text made literal in Markdown (``*``, ``_``, ``[``, ``<`` ... escaped)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text))
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))  # a newline in a name would start a new block
 
 
 def pct(value: float | None) -> str:
