@@ -219,9 +219,9 @@ def save_mail_block(port: int) -> str:
 
 
 def the_week(t2c: Commands, data: Path) -> None:
-    """A baseline, a clean day with a corrupt file, a dark day, a manifest of unreachable remote images and a
-    source that does not exist, as CLI flow runs; then the audit with its alerts, a retry, the reports, and the
-    commands that show the database and what it holds."""
+    """A baseline, a clean day with a corrupt file, a dark day, a manifest of unreachable remote images, a
+    source that does not exist and a remote folder holding a password, as CLI flow runs; then the audit with its
+    alerts, a retry, the reports, and the commands that show the database and what it holds."""
     t2c("ingest", str(write_images(data / "ref", 48, seed=1)[0].parent), "-m", MONITOR, "--batch-id", "ref", "--json")
     t2c("baseline", "build", "-m", MONITOR, "--batches", "ref", "--json")
     day1 = t2c("ingest", str(corrupt_day(data / "day-1")), "-m", MONITOR, "--batch-id", "day-1", "--json")
@@ -232,6 +232,8 @@ def the_week(t2c: Commands, data: Path) -> None:
     assert '"n_failed": 2' in remote.stdout or remote.exit_code != 0, remote.output
     missing = t2c("ingest", str(data / "no-such-folder"), "-m", MONITOR, "--batch-id", "gone", ok=False)
     assert missing.exit_code != 0
+    remote_folder = f"ftp://cam:{SECRETS['source URI user info']}@127.0.0.1:{closed_port()}/day/"
+    assert t2c("ingest", remote_folder, "-m", MONITOR, "--batch-id", "ftp", ok=False).exit_code != 0
     audit = t2c("audit", "-m", MONITOR, "--batches", "day-2", "--json")
     result = json.loads(audit.stdout.strip().splitlines()[-1])
     statuses = {a["channel"]: a["status"] for a in result["alerts"]}
