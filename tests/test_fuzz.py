@@ -1,0 +1,153 @@
+"""The fuzz suite's short form: hypothesis draws hostile and careless input for every CLI command and every
+file format and query language t2c reads, with a fixed seed and a few hundred examples in all
+(``bench/fuzz.py`` runs the long form, 10,000 inputs, and reports the figures).
+
+Every input runs against a database that already holds untrusted text: the tiny monitor with concepts
+named ``</script><t2cinj2>``, ``[/]`` and ``[bold]t2cmk1[/bold]``, a batch id ``probe[/] <t2cinj15> ...``,
+image files named with newlines and escape codes, manifest values with Markdown and Slack markup, an
+audit with its report, evidently pages and alerts (``fuzz_harness.FuzzWorld``). The properties
+(``fuzz_harness.check_outcome`` and friends; a failure names the property):
+
+1. ``outcome``: exit 0, or a refusal, exit 2 for a usage or configuration error (1 for an OS error) with
+   a line ``error: ...`` (or click's usage message); never a traceback; a refusal prints no more than
+   20 kB beyond what it repeats of its arguments. A reader of the library returns or raises its
+   documented error (``T2CError``; ``ValueError`` for durations and crons) whose first line names the file.
+2. ``hang``, ``memory``: no input runs past its bound (30 s a command, 10 s a reader) or past 2 GB.
+3. ``database``: a refused command leaves every table's row count as it was (a failed audit, recorded by
+   design, excepted).
+4. ``html``, ``markdown``: every page written (audit and dataset reports, evidently's page, search contact
+   sheets) parses with ``html.parser`` holding untrusted text only as text: no element, attribute or
+   script made by the injected ``t2cinj`` markers; Markdown digests and webhook bodies hold no live link,
+   raw HTML or Slack mention.
+5. ``terminal``: untrusted text is printed as written: rich markup (``[bold]t2cmk1[/bold]``) and emoji
+   codes (``grass:+1``) literally, no raw control character (ESC, CR, C1), no forged line; no hint names
+   a command that does not exist.
+6. ``secret``: no planted credential (``t2csecret..``) is printed, kept by an error message or written.
+
+The corpus that hypothesis would not find by itself (bombs, encodings, huge and deep files, special
+files, credentials in URLs) and the regression tests of issue 28's defects are in ``test_fuzz_corpus.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import fuzz_harness as h
+import pytest
+from conftest import drop_database, make_database
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+EXAMPLES = settings(derandomize=True, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def fuzz_world(pg_server_url: str, tiny_monitor_dir: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[h.FuzzWorld]:
+    """The tiny monitor stored under hostile names, with batches, a baseline, two audits and reports."""
+    url = make_database(pg_server_url)
+    world = h.FuzzWorld(tmp_path_factory.mktemp("fuzz"), url, tiny_monitor_dir)
+    with world.active():
+        world.populate()
+    yield world
+    if world.receiver:
+        world.receiver.close()
+    world.engine.dispose()
+    drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+def fuzzer(fuzz_world: h.FuzzWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[h.Fuzzer]:
+    """A fuzzer over the world, its settings active (over the suite's per-test home), in its work folder."""
+    from t2c_monitor.settings import reset_settings_cache
+
+    for key, value in fuzz_world.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(fuzz_world.work)
+    reset_settings_cache()
+    yield h.Fuzzer(fuzz_world)
+    reset_settings_cache()
+
+
+def report(violations: list[h.Violation], limit: int = 40) -> str:
+    distinct = sorted({str(v)[:600] for v in violations})
+    return f"{len(distinct)} distinct violations:\n" + "\n".join(distinct[:limit])
+
+
+def test_every_command_and_reader_is_fuzzed(fuzzer):
+    leaves = set(h.leaf_commands())
+    assert len(leaves) >= 40
+    assert set(fuzzer.commands) == leaves
+    assert {"monitor file", "bank file", "manifest", "feature file", "class list", "search query",
+            "duration", "cron", "database url"} <= set(fuzzer.readers)
+
+
+def test_the_hostile_world_is_stored_reported_and_listed_safely(fuzz_world):
+    """Setting the world up is itself a fuzz run: every setup command exits 0 and holds P1-P5, every page
+    and webhook body it produced holds P4."""
+    assert len(fuzz_world.audit_ids) == 1
+    pages = sorted(p.name for p in fuzz_world.home.rglob("*.html"))
+    assert {"index.html", "evidently.html"} <= set(pages) and any(p.startswith("dataset") for p in pages)
+    assert not fuzz_world.violations, report(fuzz_world.violations)
+
+
+def _run_examples(fuzzer: h.Fuzzer, strategy: st.SearchStrategy, examples: int, run) -> list[h.Violation]:
+    """Run ``examples`` draws of ``strategy`` (fixed seed, no shrinking: each violation keeps its input)."""
+    found: list[h.Violation] = []
+
+    @settings(EXAMPLES, max_examples=examples)
+    @given(strategy)
+    def one(value) -> None:
+        found.extend(run(value))
+
+    one()
+    return found
+
+
+CHEAP = ("parse", "read")
+
+
+@pytest.mark.parametrize("tiers", [CHEAP, ("model",)], ids=["cheap", "models"])
+def test_every_command_holds_the_properties_for_hostile_arguments(fuzzer, tiers):
+    """Each command a few times (those that only parse or read the database more), then a mix."""
+    names = sorted(n for n, c in fuzzer.commands.items() if c.tier in tiers)
+    found = []
+    for name in names:
+        found += _run_examples(fuzzer, fuzzer.case_strategy([name]), 3 if tiers == CHEAP else 2, fuzzer.run)
+    found += _run_examples(fuzzer, fuzzer.case_strategy(names), 30 if tiers == CHEAP else 10, fuzzer.run)
+    assert fuzzer.tally.commands == set(names)
+    assert not found, report(found)
+
+
+@pytest.mark.parametrize("reader", ["monitor file", "bank file", "manifest", "feature file", "class list",
+                                    "search query", "search where", "duration", "cron", "world shift",
+                                    "database url", "markdown text", "alert error text"])
+def test_every_file_format_and_query_is_read_or_refused_by_name(fuzzer, reader):
+    found = _run_examples(fuzzer, fuzzer.readers[reader].values, 12, lambda v: fuzzer.run_reader(reader, v))
+    assert not found, report(found)
+
+
+@pytest.mark.parametrize("key", ["name", "description", "schedules", "alerts", "retention", "decode"])
+def test_monitor_files_with_hostile_values_are_applied_or_refused_by_key(fuzzer, key):
+    """A monitor file with one hostile key, through `t2c monitor apply --check` and `t2c deployments list`."""
+    import yaml
+
+    base = fuzzer.world.fuzz_document()
+    values = {"name": h.hostile_text(), "description": h.YAML_VALUES,
+              "schedules": st.fixed_dictionaries({"audit_cron": h.CRONS, "ingest_interval": h.DURATIONS,
+                                                  "inbox": st.just(str(fuzzer.world.work))}),
+              "alerts": st.fixed_dictionaries({"quiet_period": h.DURATIONS, "report_url": h.hostile_text()}),
+              "retention": st.fixed_dictionaries({"vectors": h.DURATIONS, "cron": h.CRONS}),
+              "decode": st.fixed_dictionaries({"guided": h.YAML_VALUES, "words": h.YAML_VALUES})}[key]
+
+    def case(value) -> h.Case:
+        document = {**base, "monitors": [{**base["monitors"][0], key: value}]}
+        data = h.FileArg(".yaml", yaml.safe_dump(document, allow_unicode=True).encode("utf-8", "surrogatepass"))
+        return h.Case("monitor apply", (data, "--check"))
+
+    found = _run_examples(fuzzer, values.map(case), 6, fuzzer.run)
+    found += _run_examples(fuzzer, values.map(case).map(lambda c: h.Case("deployments list", c.args[:1])), 6,
+                           fuzzer.run)
+    assert not found, report(found)
