@@ -388,6 +388,7 @@ def ingest(db: Database, monitor: str, source: Any, *, batch_id: str | None = No
     tasks, with retries on I/O and optional Dask shards."""
     started = time.perf_counter()
     runtime = runtime or load_runtime(db, monitor)
+    check_source(str(source))
     items = resolve_source(source)
     options = IngestOptions.for_monitor(runtime.record, progress=progress, **overrides)
     plan = plan_batch(db, runtime.record, items, source_uri=str(source), batch_id=batch_id)

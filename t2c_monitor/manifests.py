@@ -20,6 +20,7 @@ from typing import Any
 import fsspec
 
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.redaction import carries_credentials, mask_url
 from t2c_monitor.textfiles import decode_text, read_bytes_bounded
 from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of
 
@@ -159,6 +160,11 @@ def items_from_manifest(manifest_uri: str) -> list[SourceItem]:
                                     captured_at=captured_at, error=error))
             continue
         uri = _resolve_relative(str(row[column]).strip(), manifest_uri)
+        if carries_credentials(uri):  # it would be stored and reported: the row fails, kept without the secret
+            items.append(SourceItem(uri=mask_url(uri), meta=meta, captured_at=captured_at,
+                                    error=f"refused: manifest row {number}'s URI carries a credential: give it to the "
+                                          "filesystem through its environment or fsspec configuration instead"))
+            continue
         if remote and local_path(uri) is not None:  # whoever wrote a remote manifest may not read our disk
             items.append(SourceItem(uri=uri, meta=meta, captured_at=captured_at,
                                     error=f"refused: the remote manifest {manifest_uri} lists a local file"))

@@ -34,6 +34,7 @@ import fsspec
 
 from t2c_monitor.errors import ConfigError, ImageDecodeError
 from t2c_monitor.manifests import MANIFEST_SUFFIXES, items_from_manifest
+from t2c_monitor.redaction import mask_url
 from t2c_monitor.textfiles import NotARegularFile, open_regular
 from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of, unknown_protocol_reason
 
@@ -205,6 +206,7 @@ def _size_reason(size: int, max_bytes: int) -> str:
 
 
 def _io_reason(exc: OSError, uri: str) -> str:
+    uri = mask_url(uri)  # a reason is stored and reported: never with a password in it
     if isinstance(exc, NotARegularFile):
         return f"refused: {exc}: {uri}"
     if isinstance(exc, FileNotFoundError):

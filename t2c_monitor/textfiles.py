@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from t2c_monitor.errors import ConfigError
+from t2c_monitor.redaction import redact
 
 MAX_TEXT_BYTES = 8 << 20
 """A monitor file, concept bank or class list over this size is refused (the largest real one is kilobytes)."""
@@ -37,7 +38,7 @@ def clip(value: Any, limit: int = MAX_SHOWN) -> str:
     shortener = reprlib.Repr()
     shortener.maxstring = shortener.maxother = limit
     shortener.maxlevel, shortener.maxlist, shortener.maxdict = 3, 6, 6
-    shown = shortener.repr(value)
+    shown = redact(shortener.repr(value))  # a value from outside may be a URL with a password in it
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
