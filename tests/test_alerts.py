@@ -327,3 +327,20 @@ def test_a_monitor_that_never_stored_a_batch_counts_its_silence_from_when_it_was
     line = json.loads((tmp_path / "config" / "alerts.jsonl").read_text().splitlines()[-1])
     assert line["newest_batch"] is None and "No batch was ever stored; the monitor was recorded" in line["text"]
     assert line["subject"] == "[t2c] tiny: no images stored for 1d 6h"
+
+
+def test_alerts_retry_exits_1_while_an_alert_still_fails(drifted, tiny_monitor_dir, tmp_path, receiver, monkeypatch):
+    from typer.testing import CliRunner
+
+    from t2c_monitor.cli import app
+
+    monkeypatch.setenv("T2C_TEST_HOOK", "http://127.0.0.1:9/hook")  # discard port: connection refused
+    _webhook_monitor(drifted, tiny_monitor_dir, tmp_path, retries=0)
+    (outcome,) = alert_audit(drifted, run_audit(drifted, "tiny", batches=["dark"]))
+    assert outcome.status == "failed"
+    again = CliRunner().invoke(app, ["alerts", "retry", "--monitor", "tiny"])
+    assert again.exit_code == 1 and "1 of 1 alerts failed again" in again.output, again.output
+    monkeypatch.setenv("T2C_TEST_HOOK", receiver.url)
+    delivered = CliRunner().invoke(app, ["alerts", "retry", "--monitor", "tiny", "--json"])
+    assert delivered.exit_code == 0, delivered.output
+    assert [a["status"] for a in json.loads(delivered.stdout)["alerts"]] == ["sent"] and len(receiver.bodies) == 1
