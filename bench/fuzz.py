@@ -158,7 +158,7 @@ def figures(fuzzer: h.Fuzzer, leaves: list[str], seconds: float) -> dict:
         "hangs": tally.count("hang"),
         "max_seconds": round(tally.max_seconds, 2),
         "slowest": tally.slowest,
-        "peak_rss_mb": round(h._self_peak_mb()),
+        "peak_rss_mb": round(h.own_peak_mb()),
         "peak_child_rss_mb": round(h.peak_rss_mb()),
         "html_injections": tally.count("html"),
         "markdown_injections": tally.count("markdown"),
@@ -195,6 +195,8 @@ def main() -> None:
             fuzz(fuzzer, args.inputs, args.seed)
             sweep(world, fuzzer, root)
             result = figures(fuzzer, h.leaf_commands(), time.perf_counter() - started)
+        for jump in fuzzer.tally.memory_jumps:
+            say(f"memory: {jump}")
         distinct = {(v.prop, v.command[:300], v.detail[:300]) for v in fuzzer.tally.violations}
         for prop, command, detail in sorted(distinct):
             say(f"VIOLATION [{prop}] {command}\n    {detail}")

@@ -408,8 +408,8 @@ def check_outcome(o: Outcome, *, inputs: list[str] | None = None, exits: tuple[i
         if not any(line.startswith(REFUSAL_STARTS) for line in lines):
             found.append(Violation("outcome", where, f"exit {o.exit_code} without a line naming the problem: "
                                    f"{(lines or [''])[0][:200]!r}"))
-        given = sum(len(a) for a in o.argv)  # click repeats a bad argument: only what it adds is bounded
-        if len(o.output) > REFUSAL_MAX_BYTES + 2 * given:
+        given = sum(len(a) for a in o.argv)  # a message may repeat an argument, escaped: only the rest is bounded
+        if len(o.output) > REFUSAL_MAX_BYTES + 8 * given:
             found.append(Violation("outcome", where, f"a refusal of {len(o.output)} characters"))
     found += [Violation("terminal", where, p) for p in terminal_problems(o.output, inputs or [])]
     found += [Violation("secret", where, f"printed {s}") for s in secrets_in(o.output + (o.error or ""))]
@@ -469,6 +469,9 @@ def _emoji() -> frozenset[str]:
 
 
 EMOJI_CHARS = _emoji()
+_PROBES = [*ALL_STRINGS, "[bold]t2cmk7[/bold]", "[bold]t2cmk8[/bold]", "[bold]t2cmk9[/bold]", "[bold]t2cmk10[/bold]"]
+_BRACKETED = frozenset(m for p in _PROBES for m in __import__("re").findall(rf"\]({RICH_MARKER}\d+)", p))
+"""The rich markers written right after a ``[tag]``: printed as written, each still follows a ``]``."""
 _BOX = {chr(c) for c in range(0x2500, 0x2580)}
 
 
@@ -485,10 +488,11 @@ def terminal_problems(text: str, inputs: list[str]) -> list[str]:
         problems.append(f"a forged line: {forged[0][:80]!r}")
     given = "".join(inputs)
     squeezed = "".join(ch for ch in text if not ch.isspace() and ch not in _BOX)
-    for marker in sorted(set(re.findall(rf"{RICH_MARKER}\d+", given))):
-        probes = [p for p in STRINGS["rich"] + list(HOSTILE_CONCEPTS) if marker in p and p in given]
-        if marker in text and probes and not any(p.replace(" ", "") in squeezed for p in probes):
-            problems.append(f"rich markup read: {probes[0]!r} not printed as written")
+    for found in re.finditer(rf"{RICH_MARKER}\d+", squeezed):  # each follows a [tag] where it was written
+        if found.group() in _BRACKETED and found.group() in given and squeezed[found.start() - 1:found.start()] != "]":
+            probe = next(p for p in _PROBES if found.group() in p)
+            problems.append(f"rich markup read: {probe!r} not printed as written")
+            break
     emoji = sorted(set(text) & EMOJI_CHARS - set(given))
     if emoji:
         problems.append(f"an emoji code rendered: {''.join(emoji)}")
@@ -1313,6 +1317,7 @@ class Tally:
     violations: list[Violation] = field(default_factory=list)
     max_seconds: float = 0.0
     slowest: str = ""
+    memory_jumps: list[str] = field(default_factory=list)  # inputs that raised this process's peak by 200 MB
 
     def count(self, prop: str) -> int:
         return sum(v.prop == prop for v in self.violations)
@@ -1353,7 +1358,7 @@ class Fuzzer:
         import shutil
 
         command = self.commands[case.command]
-        folder = self._folder()
+        folder, peak = self._folder(), own_peak_mb()
         argv = case.command.split() + materialise(list(case.args), folder)
         before = self._counts if self._counts is not None else table_counts(self.world.engine)
         outcome = invoke(argv, timeout=self.timeout, env=dict(case.env) or None)
@@ -1372,6 +1377,8 @@ class Fuzzer:
         found += [Violation("secret", command_line(argv), f"{s} in {p}")
                   for p, ss in scan_tree_for_secrets(folder).items() for s in ss]
         self.record(case.command, outcome.seconds, found, commands=True)
+        if own_peak_mb() > peak + 200:
+            self.tally.memory_jumps.append(f"{peak:.0f} -> {own_peak_mb():.0f} MB: {command_line(argv)[:300]}")
         if not found:  # the files of a case that broke something stay, for its command line to reproduce it
             shutil.rmtree(folder, ignore_errors=True)
         return found
