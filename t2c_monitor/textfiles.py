@@ -8,6 +8,7 @@ expand to gigabytes. Every refusal is a ``ConfigError`` of one line that names t
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import reprlib
 import stat
@@ -55,11 +56,13 @@ def open_regular(path: str | Path) -> int:
     """A read-only descriptor of ``path`` when it is a regular file; ``OSError`` otherwise.
 
     Opened without blocking (a FIFO with no writer would wait for one forever) and checked before
-    a byte is read: a FIFO, device, socket or directory raises ``NotARegularFile``.
+    a byte is read: a FIFO, device or socket raises ``NotARegularFile``, a directory ``IsADirectoryError``.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file")
         if not stat.S_ISREG(mode):
             raise NotARegularFile(f"not a regular file (a {file_kind(mode)})")
         os.set_blocking(fd, True)
@@ -78,6 +81,8 @@ def _reason(exc: OSError) -> str:
         return str(exc)
     if isinstance(exc, FileNotFoundError):
         return "does not exist"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
     if isinstance(exc, PermissionError):
         return "cannot be read (permission denied)"
     return f"cannot be read ({exc.strerror or type(exc).__name__})"
