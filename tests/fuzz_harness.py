@@ -400,7 +400,7 @@ def check_outcome(o: Outcome, *, inputs: list[str] | None = None, exits: tuple[i
         found.append(Violation("memory", where, f"{o.rss_mb:.0f} MB"))
     if o.error or "Traceback (most recent call last)" in o.output:
         kind = "markup" if "MarkupError" in (o.error or o.output) else "outcome"
-        found.append(Violation(kind, where, "traceback: " + _last_line(o.error or o.output)))
+        found.append(Violation(kind, where, "traceback: " + _exception_line(o.error or o.output)))
     elif o.exit_code is not None and o.exit_code not in exits:
         found.append(Violation("outcome", where, f"exit code {o.exit_code}: {_last_line(o.output)}"))
     elif o.exit_code and o.exit_code != result_exit:
@@ -455,6 +455,15 @@ def _command_tree() -> dict[str, Any]:
         return {**node, "": dict.fromkeys(options, {})}
 
     return walk(typer.main.get_command(app))
+
+
+def _exception_line(traceback_text: str) -> str:
+    """The ``SomeError: message`` line of a traceback (not SQLAlchemy's "Background on this error" link)."""
+    import re
+
+    lines = [line.strip(" │") for line in traceback_text.strip().splitlines()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", line)]
+    return (named[-1] if named else _last_line(traceback_text))[:300]
 
 
 def _last_line(text: str) -> str:
