@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from t2c_monitor import redaction
 from t2c_monitor.errors import ConfigError, T2CError
 from t2c_monitor.monitors import (
     AlertsConfig,
@@ -61,12 +62,12 @@ class AlertSendError(T2CError):
 
 
 def redact(message: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
-    """``message`` without the given secrets and without any URL (URLs often carry tokens)."""
-    message = _URL.sub("<url>", message)
+    """``message`` without the given secrets, without any URL (a webhook's path is often its token) and with
+    every DSN ``password=...`` masked (``redaction.redact``)."""
     for secret in secrets:
         if secret:
             message = message.replace(secret, "<secret>")
-    return message
+    return redaction.redact(_URL.sub("<url>", message))
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,6 +107,18 @@ def _concept_line(f: dict[str, Any]) -> str:
     return (f"{f['rank']}. {f['name']}: {change_word(f['direction'])} "
             f"(KS {f['ks_stat']:.3f}, q {f['q_value']:.2g}, mean score {f['mean_ref']:.4f} -> "
             f"{f['mean_cur']:.4f}, {size}{f['n_current']} images)")
+
+
+_CHAT_SEQUENCE = re.compile(r"<(?=[!@#]|[a-z][a-z0-9+.-]*:)", re.IGNORECASE)
+
+
+def chat_safe(text: str) -> str:
+    """``text`` as chat services that read our plain ``text`` field (a Slack incoming webhook takes this very
+    JSON) show it, with no sequence a concept or batch name could use to ping people or hide a link:
+    ``<!channel>``, ``<@U1>``, ``<http://x|click>`` start with ``&lt;`` (which Slack shows as ``<``), and
+    ``@everyone``/``@here`` get a zero-width space."""
+    text = _CHAT_SEQUENCE.sub("&lt;", text)
+    return re.sub(r"(?<![\w.])@(everyone|here|channel)\b", "@\u200b\\1", text)
 
 
 def _subject(summary: Any, flagged: list[dict[str, Any]], roots: list[dict[str, Any]]) -> str:
@@ -167,7 +180,8 @@ def build_message(summary: Any, *, report: str | None) -> AlertMessage:
         lines += ["Flagged concepts, largest effect first:", *(f"  {_concept_line(f)}" for f in flagged)]
     lines.append(f"Report: {report or 'not written'}")
     payload = {
-        "subject": _subject(summary, flagged, roots), "text": "\n".join(lines), "monitor": summary.monitor,
+        "subject": chat_safe(_subject(summary, flagged, roots)), "text": chat_safe("\n".join(lines)),
+        "monitor": summary.monitor,
         "audit_id": summary.id, "window": window, "batches": list(summary.batches), "n_current": summary.n_current,
         "n_baseline": summary.n_baseline, "roots": roots, "echoes": summary.echoes, "unlisted": summary.unlisted,
         "words": summary.words.to_dict() if summary.words else None, "flagged": flagged, "report": report,

@@ -123,6 +123,8 @@ def open_feature_file(path: str | Path) -> PairedFeatures:
     sx, sy = shapes["X"], shapes["Y"]
     if len(sx) != 2 or len(sy) != 2 or sx[0] != sy[0]:
         raise T2CError(f"feature file {path}: X {sx} and Y {sy} must be 2-d with the same number of rows")
+    if sx[0] < 2:
+        raise T2CError(f"feature file {path} holds {sx[0]} pairs: fitting or evaluating an aligner needs at least 2")
     if "labels" in keys and list(shapes["labels"]) != [sx[0]]:
         raise T2CError(f"feature file {path}: labels {shapes['labels']} must have one entry per row ({sx[0]})")
     return PairedFeatures(path, sx[0], sx[1], sy[1], identities["source"], identities["clip"], arrays)

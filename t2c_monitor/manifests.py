@@ -21,7 +21,7 @@ import fsspec
 
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.redaction import carries_credentials, mask_url
-from t2c_monitor.textfiles import decode_text, read_bytes_bounded
+from t2c_monitor.textfiles import clip, decode_text, read_bytes_bounded
 from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of
 
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".jsonl", ".ndjson", ".csv"})
@@ -65,7 +65,7 @@ def _manifest_rows(text: str, name: str, suffix: str) -> Iterator[tuple[int, dic
                 raise ConfigError(f"manifest {name} is empty: write a header row with a 'uri' column")
             if not set(URI_COLUMNS) & {h.strip() for h in header if h}:
                 raise ConfigError(
-                    f"manifest {name} line 1: header {header} has no uri column: "
+                    f"manifest {name} line 1: header {clip(header)} has no uri column: "
                     f"name the image column one of {', '.join(URI_COLUMNS)}"
                 )
             for row in reader:

@@ -58,7 +58,13 @@ def open_regular(path: str | Path) -> int:
     Opened without blocking (a FIFO with no writer would wait for one forever) and checked before
     a byte is read: a FIFO, device or socket raises ``NotARegularFile``, a directory ``IsADirectoryError``.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        mode = _mode_or_none(path)
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a socket cannot be opened
+            raise NotARegularFile(f"not a regular file (a {file_kind(mode)})") from None
+        raise
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
@@ -70,6 +76,13 @@ def open_regular(path: str | Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _mode_or_none(path: str | Path) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
 
 
 class NotARegularFile(OSError):
@@ -199,7 +212,10 @@ def load_yaml(text: str, *, where: str) -> Any:
     ``ConfigError`` of one line for invalid YAML, tags that are not plain data (``!!python/...``),
     documents too deep or too large once their aliases are expanded, and aliases that refer to themselves.
     """
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # its reader refuses characters YAML does not allow, here already
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {_yaml_problem(exc)}.") from None
     try:
         node = loader.get_single_node()
         if node is None:

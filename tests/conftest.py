@@ -341,7 +341,8 @@ SLOW_FILES_FIRST = ("test_schedules.py", "test_faults_processes.py", "test_fault
                     "test_world_drift.py", "test_readme_walkthrough.py", "test_alerts.py", "test_faults_serve.py",
                     "test_reports.py", "test_audit_flow.py", "test_audit.py", "test_prefect_server.py",
                     "test_cli_ingest.py", "test_ingest_flow.py", "test_world_search.py", "test_dashboards.py",
-                    "test_retention.py", "test_decode_world.py", "test_world.py")
+                    "test_retention.py", "test_decode_world.py", "test_world.py", "test_fuzz.py", "test_fuzz_corpus.py",
+                    "test_secrets_sweep.py", "test_hostile_input.py")
 
 
 def pytest_collection_modifyitems(config, items):

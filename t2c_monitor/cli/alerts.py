@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, styled, user_errors
+from t2c_monitor.cli.common import MAX_ROWS, JsonOption, console, emit_json, open_monitor, styled, user_errors
 
 alerts_app = typer.Typer(help="Alerts: notifications of flagged concepts on the monitors' channels.",
                          no_args_is_help=True)
@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 @alerts_app.command("list")
 def list_(
     monitor: str = typer.Option(..., "--monitor", "-m"),
-    limit: int = typer.Option(50, "--limit", min=1),
+    limit: int = typer.Option(50, "--limit", min=1, max=MAX_ROWS),
     as_json: bool = JsonOption,
 ) -> None:
     """The monitor's alerts, newest first: channel, status, attempts, last error."""

@@ -44,7 +44,7 @@ def fit(
         "fifth of the training pairs (what few images and many features need)."
     ),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of pairs held out for R², cosine, accuracy."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the holdout split and of SGD."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seed of the holdout split and of SGD."),
     chunk_rows: int = typer.Option(8192, "--chunk-rows", help="Rows per chunk when streaming a feature file."),
     precision: str = typer.Option(
         "float64", "--precision", help="exact only: float64 chunk products, or mixed (float32 products, float64 sums)."

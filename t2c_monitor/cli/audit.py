@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from t2c_monitor.cli.common import (
+    MAX_ROWS,
     JsonOption,
     console,
     emit_json,
@@ -42,7 +43,7 @@ def build(
     last: int = typer.Option(None, "--last", min=1, help="the last K stored batches instead"),
     reservoir: int = typer.Option(None, "--reservoir", min=20,
                                   help="scores kept per concept (default: the monitor's audit.reservoir)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     as_json: bool = JsonOption,
 ) -> None:
     """Build and activate a baseline from reference batches (e.g. a sample of the training set)."""
@@ -169,7 +170,7 @@ def _print_findings(result: dict) -> None:
 def history(
     monitor: str = typer.Option(..., "--monitor", "-m"),
     concept: str = typer.Option(..., "--concept", "-c"),
-    limit: int = typer.Option(50, "--limit", min=1),
+    limit: int = typer.Option(50, "--limit", min=1, max=MAX_ROWS),
     as_json: bool = JsonOption,
 ) -> None:
     """A concept's KS statistic, effect and flag over the monitor's audits."""
@@ -199,7 +200,7 @@ def history(
 @audit_app.command("list")
 def list_(
     monitor: str = typer.Option(..., "--monitor", "-m"),
-    limit: int = typer.Option(20, "--limit", min=1),
+    limit: int = typer.Option(20, "--limit", min=1, max=MAX_ROWS),
     as_json: bool = JsonOption,
 ) -> None:
     """The monitor's latest audits, newest first: done or failed (with why), batches, flags."""

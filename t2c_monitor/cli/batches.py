@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.text import Text
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, open_monitor, shown, user_errors
+from t2c_monitor.cli.common import MAX_ROWS, JsonOption, console, emit_json, open_monitor, shown, user_errors
 
 batches_app = typer.Typer(help="Batches: what was ingested, and what failed or is unfinished.", no_args_is_help=True)
 
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
 def list_(
     monitor: str = typer.Option(..., "--monitor", "-m"),
     status: str = typer.Option(None, "--status", help="only batches in this state: pending, embedding, stored, failed"),
-    limit: int = typer.Option(20, "--limit", min=1),
+    limit: int = typer.Option(20, "--limit", min=1, max=MAX_ROWS),
     as_json: bool = JsonOption,
 ) -> None:
     """The monitor's latest batches, newest first, with their state and counts."""

@@ -38,7 +38,7 @@ def fit(
     out: Path = typer.Option(..., "--out", help="directory to save the model to"),
     label_key: str = typer.Option("label", "--label-key", help="the manifest column holding the label"),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="share of each class held out for the test"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     device: str = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:

@@ -14,8 +14,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\n", 0x09: "\t"}
-"""Control characters written out as escapes, newline and tab kept: what a message from our code may hold."""
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {0x0A: "\n", 0x09: "\t"}
+"""Control characters (C0, DEL and C1, whose 0x9b starts a terminal sequence) written out as escapes, newline
+and tab kept: what a message from our code may hold."""
+MAX_ROWS = 100_000
+"""The most rows a listing (--limit, --top) returns."""
+
+
+def _plain(text: str) -> str:
+    """``text`` without raw control characters, and with bytes that were not UTF-8 (an argument or a file name
+    read with surrogate escapes) written as escapes instead of failing the terminal's encoder."""
+    text = text.translate(_CONTROLS)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def shown(value: object) -> str:
@@ -24,7 +38,7 @@ def shown(value: object) -> str:
     a stored name can neither forge an output line nor drive the terminal."""
     text = str(value)
     if text.isprintable():
-        return text
+        return _plain(text)
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
@@ -34,7 +48,7 @@ class PlainConsole(Console):
     ``styled``."""
 
     def render_str(self, text: str, **kwargs: object) -> Text:  # type: ignore[override]
-        return super().render_str(text.translate(_CONTROLS), **kwargs)  # type: ignore[arg-type]
+        return super().render_str(_plain(text), **kwargs)  # type: ignore[arg-type]
 
 
 def styled(template: str, *values: object) -> Text:
@@ -46,7 +60,7 @@ def styled(template: str, *values: object) -> Text:
 
 def message(exc: BaseException) -> str:
     """An exception's message as printed: our messages may span lines; any other control character is escaped."""
-    return str(exc).translate(_CONTROLS)
+    return _plain(str(exc))
 
 
 console = PlainConsole(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
@@ -68,13 +82,14 @@ def emit_json(payload: Any) -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a ``T2CError`` as its message and exit with status 2, and a disk or network error (``OSError``:
+    """Show a ``T2CError`` or a ``ValueError`` (our library's word for a bad argument, which names it) as its
+    message and exit with status 2, and a disk or network error (``OSError``:
     a full or read-only disk, a file that went away) as its message with status 1, instead of a traceback."""
     from t2c_monitor.errors import T2CError
 
     try:
         yield
-    except T2CError as exc:
+    except (T2CError, ValueError) as exc:  # ValueError: a bad argument, named by the library (UnicodeError too)
         print_error(exc)
         raise typer.Exit(code=2) from None
     except OSError as exc:

@@ -103,7 +103,7 @@ def train(
     noise_norm_max: float = typer.Option(1.0, "--noise-norm-max", min=0.0, help="each caption's noise length is "
                                          "drawn from --noise-norm to this"),
     freeze_lm: bool = typer.Option(False, "--freeze-lm", help="train only the mapping network"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     device: str = typer.Option(None, "--device", help="torch device (default: T2C_DEVICE, 'auto')"),
     as_json: bool = JsonOption,
 ) -> None:

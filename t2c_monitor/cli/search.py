@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from t2c_monitor.cli.common import JsonOption, console, emit_json, shown, styled, time_window, user_errors
+from t2c_monitor.cli.common import MAX_ROWS, JsonOption, console, emit_json, shown, styled, time_window, user_errors
 
 INDEX_ACTIONS = ("show", "build", "rebuild", "drop")
 
@@ -22,7 +22,7 @@ def search(
         "monitor's bank, or free text written text:WORDS (text:a blurry star:+1)."),
     monitor: str = typer.Option(..., "--monitor", "-m", help="the monitor whose stored images are searched"),
     text_query: str = typer.Option(None, "--text", help="nearest images to this text (instead of constraints)"),
-    top: int = typer.Option(20, "--top", "--limit", min=1, help="images returned"),
+    top: int = typer.Option(20, "--top", "--limit", min=1, max=MAX_ROWS, help="images returned"),
     exact: bool = typer.Option(False, "--exact", help="text search: exact search, not the HNSW index"),
     recall: bool = typer.Option(False, "--recall", help="text search: also search exactly, report the index's recall"),
     batches: list[str] = typer.Option(None, "--batch", help="only these batches (repeatable)"),

@@ -9,6 +9,7 @@ aligned vectors, the aligned embeddings of images, or the rows of the source mod
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from t2c_monitor.errors import ConfigError, SpaceMismatchError
 from t2c_monitor.identity import describe, same_space
 from t2c_monitor.store import Database
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
+from t2c_monitor.textfiles import clip, open_regular
 
 
 @dataclass(frozen=True)
@@ -155,17 +157,23 @@ def decode_audit_sentences(db: Database, monitor: str, audit_id: int, *, kind: D
 def read_vector_file(path: str | Path) -> np.ndarray:
     """Vectors from a ``.npy`` file or a ``.safetensors`` file's tensor ``vectors``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Vector file {path} does not exist.")
+    try:
+        os.close(open_regular(path))  # a FIFO or a device given as the file would never end
+    except OSError as exc:
+        raise ConfigError(f"Vector file {path} cannot be read ({exc.strerror or exc}).") from None
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not a readable .npy array ({exc}).") from exc
+        except (ValueError, EOFError, OSError) as exc:  # EOFError: an empty or cut-short file
+            raise ConfigError(f"{path} is not a readable .npy array ({clip(str(exc))}).") from None
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"{path} is not a readable safetensors file ({clip(str(exc))}).") from None
         if "vectors" not in tensors:
             raise ConfigError(f"{path} holds no tensor named 'vectors' (it holds {sorted(tensors)}).")
         return tensors["vectors"]

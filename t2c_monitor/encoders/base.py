@@ -13,6 +13,7 @@ The loading helpers both kinds use (local weights files, seeded random init) liv
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -179,6 +180,11 @@ class ClipModel(_ImageTower):
 
 # ----------------------------------------------------------------------------------------------
 # loading helpers shared by both kinds
+
+
+LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError,
+                                                AttributeError, EOFError, pickle.UnpicklingError)
+"""What loading a weights file that is not one (a text file, a truncated or foreign checkpoint) raises."""
 
 
 def _local_file(path: str, what: str) -> Path:

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from t2c_monitor.device import resolve_device
-from t2c_monitor.encoders.base import ClipModel, _local_file, _seeded_init, state_dict_sha256
+from t2c_monitor.encoders.base import LOAD_ERRORS, ClipModel, _local_file, _seeded_init, state_dict_sha256
 from t2c_monitor.encoders.hub import _clip_tag_cached, _not_cached_error, hub_offline
 from t2c_monitor.encoders.specs import ClipSpec, _refuse_schema, _unknown_name_error
 from t2c_monitor.errors import ModelLoadError
 from t2c_monitor.identity import ModelIdentity
+from t2c_monitor.textfiles import clip, read_text
 
 
 def _register_clip_config(path: Path) -> str:
@@ -32,9 +33,9 @@ def _register_clip_config(path: Path) -> str:
     import open_clip
 
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"Cannot read open_clip model config {str(path)!r}: {exc}.") from exc
+        cfg = json.loads(read_text(path, what="open_clip model config"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or nesting deeper than json reads
+        raise ModelLoadError(f"Cannot read open_clip model config {str(path)!r}: {clip(str(exc))}.") from None
     if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise ModelLoadError(
             f"{str(path)!r} is not an open_clip model config: it needs the keys "
@@ -108,7 +109,7 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, pretrained_text=False, device="cpu"
             )
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except LOAD_ERRORS as exc:
         fix = (
             "the weights must be cached, or given as a local file"
             if from_tag

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from t2c_monitor.device import resolve_device
-from t2c_monitor.encoders.base import ClassHead, SourceEncoder, _local_file, _seeded_init, state_dict_sha256
+from t2c_monitor.encoders.base import (
+    LOAD_ERRORS,
+    ClassHead,
+    SourceEncoder,
+    _local_file,
+    _seeded_init,
+    state_dict_sha256,
+)
 from t2c_monitor.encoders.hub import _not_cached_error, _timm_weights_cached, hub_offline
 from t2c_monitor.encoders.specs import EncoderSpec, _refuse_schema, _unknown_name_error
 from t2c_monitor.errors import ModelLoadError
@@ -116,7 +123,7 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None, ClassH
                     num_classes=n,
                     pretrained_cfg_overlay=dict(state_dict=state, num_classes=n),
                 )
-        except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        except LOAD_ERRORS as exc:
             raise ModelLoadError(
                 f"Weights file {str(path)!r} cannot be loaded into timm model {spec.name}: {exc}. "
                 "Check that the file was saved from this architecture."

@@ -61,8 +61,13 @@ def check_reachable(engine: Engine) -> None:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+    except ProgrammingError as exc:  # libpq refused the URL itself: an option it does not know, a bad value
+        reason = redaction.redact(str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc))
+        raise ConfigError(f"T2C_DATABASE_URL {mask_url(str(engine.url))} is not a URL PostgreSQL accepts: {reason}. "
+                          "Keep to libpq's connection parameters (host, port, dbname, user, password, sslmode, ...)."
+                          ) from None
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        reason = redaction.redact(str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc))
         raise DatabaseUnavailableError(
             f"Cannot connect to PostgreSQL at {mask_url(str(engine.url))}: {reason}. "
             "Check that the server is running and that host, port, database name and credentials in "

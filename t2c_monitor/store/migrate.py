@@ -63,15 +63,29 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with _locked(engine) as conn:
         ensure_vector_extension(conn)
         conn.commit()
-        command.upgrade(alembic_config(conn), revision)
+        with _revision_errors(revision):
+            command.upgrade(alembic_config(conn), revision)
         conn.commit()
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate down to ``revision`` (``base`` removes every table, ``-1`` goes one step)."""
     with _locked(engine) as conn:
-        command.downgrade(alembic_config(conn), revision)
+        with _revision_errors(revision):
+            command.downgrade(alembic_config(conn), revision)
         conn.commit()
+
+
+@contextmanager
+def _revision_errors(revision: str) -> Iterator[None]:
+    """alembic's refusal of a revision it cannot find or go to, as our error (nothing has changed then)."""
+    from alembic.util import CommandError
+
+    try:
+        yield
+    except CommandError as exc:
+        raise ConfigError(f"Cannot migrate to revision {revision[:80]!r}: {str(exc)[:200]}. `t2c db status` shows "
+                          "the current and head revisions; `base`, `head`, a revision id or -1 are accepted.") from None
 
 
 def new_revision(engine: Engine, message: str) -> str:
