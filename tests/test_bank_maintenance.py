@@ -60,7 +60,7 @@ def test_added_and_removed_concepts_make_a_new_version_and_a_rebuilt_baseline(ow
 def test_refusals_name_the_problem_and_change_nothing(own_bank):
     db, bank = own_bank
     text_before = bank.read_text()
-    with pytest.raises(ConfigError, match="Not in the bank of tiny: purple"):
+    with pytest.raises(ConfigError, match="Not in the bank of tiny: 'purple'"):
         change_bank(db, "tiny", remove=["purple"])
     with pytest.raises(ConfigError, match="Already in the bank of tiny: red"):
         change_bank(db, "tiny", add=["Red"])

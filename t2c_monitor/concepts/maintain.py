@@ -22,7 +22,7 @@ from t2c_monitor.concepts.definition import load_bank_definition, normalise_key
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.store import Database
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
-from t2c_monitor.textfiles import load_yaml, read_text
+from t2c_monitor.textfiles import clip, load_yaml, read_text
 
 DEFINITION_SUFFIXES = (".yaml", ".yml", ".txt")
 
@@ -175,13 +175,13 @@ def _check_editable(record: MonitorRecord, path: Path, add: list[tuple[str, ...]
     known = {normalise_key(n): n for n in record.concept_names}
     missing = [n for n in remove if normalise_key(n) not in known]
     if missing:
-        raise ConfigError(f"Not in the bank of {record.name}: {', '.join(missing)}; it has: "
+        raise ConfigError(f"Not in the bank of {record.name}: {', '.join(map(clip, missing))}; it has: "
                           f"{', '.join(record.concept_names)}.")
     present = [known[normalise_key(a[0])] for a in add if normalise_key(a[0]) in known]
     if present:
         raise ConfigError(f"Already in the bank of {record.name}: {', '.join(present)}.")
     if len(known) - len(remove) + len(add) < 1:
-        raise ConfigError(f"Removing {', '.join(remove)} would leave the bank of {record.name} empty.")
+        raise ConfigError(f"Removing {', '.join(map(clip, remove))} would leave the bank of {record.name} empty.")
 
 
 def _check_definition(path: Path, text: str) -> None:
