@@ -6,7 +6,7 @@ file names with newlines and escape codes, manifest values with Markdown and Sla
 four batches, audits twice (reports, evidently pages, alerts to a local webhook and to one that is not
 there) and writes a dataset report; then it runs:
 
-* the hostile corpus through the CLI (``tests/hostile`` and ``fuzz_harness.file_cases``): every file
+* the hostile corpus through the CLI (``tests/hostile`` and ``fuzz.corpus_cases.file_cases``): every file
   format written in other encodings, binary, 50 MB, nested 100,000 deep, as YAML bombs and tags, and a
   FIFO or ``/dev/zero`` in its place (bombs and special files as real processes, bounded in time and
   memory); a real ``t2c ingest`` of a folder holding a FIFO, a socket and a device; the database commands
@@ -16,7 +16,7 @@ there) and writes a dataset report; then it runs:
   (typer's CliRunner) within ``--timeout`` seconds each;
 * a last sweep of every file under the home and every table for the planted credentials.
 
-Each input is checked for the properties of ``tests/fuzz_harness.py``: an exit code of 0 or a refusal
+Each input is checked for the properties of ``tests/fuzz`` (its package docstring): an exit code of 0 or a refusal
 (2, or 1 for an OS error) whose first line names the problem, no traceback, no rich MarkupError, no hang,
 memory under 2 GB, no row changed by a refused command, no injected element in any HTML page, untrusted
 text printed as written, no credential printed or written.
@@ -42,7 +42,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import fuzz_harness as h  # noqa: E402
+from fuzz.checks import Violation, check_outcome, rows_holding_secrets, scan_tree_for_secrets  # noqa: E402
+from fuzz.commands import leaf_commands  # noqa: E402
+from fuzz.corpus_cases import IN_A_PROCESS, database_url_cases, file_cases, run_file_case, special_files_ingest  # noqa: E402
+from fuzz.runner import invoke, own_peak_mb, peak_rss_mb  # noqa: E402
+from fuzz.session import Fuzzer  # noqa: E402
+from fuzz.tiny_monitor import build_tiny_models  # noqa: E402
+from fuzz.world import FuzzWorld  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import seed as hypothesis_seed  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -55,44 +61,44 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def make_world(root: Path) -> h.FuzzWorld:
+def make_world(root: Path) -> FuzzWorld:
     from t2c_monitor.store.embedded import start_embedded
     from t2c_monitor.store.engine import normalise_url
 
     started = time.perf_counter()
     url = normalise_url(start_embedded(root / "pgdata", delete_on_exit=True))
-    models = h.build_tiny_models(root / "models")
+    models = build_tiny_models(root / "models")
     say(f"embedded PostgreSQL and tiny models ready in {time.perf_counter() - started:.0f} s")
-    return h.FuzzWorld(root / "world", url, models)
+    return FuzzWorld(root / "world", url, models)
 
 
-def run_corpus(world: h.FuzzWorld, fuzzer: h.Fuzzer) -> None:
+def run_corpus(world: FuzzWorld, fuzzer: Fuzzer) -> None:
     """The hostile corpus through the CLI; its inputs and violations count in ``fuzzer.tally``."""
     tally = fuzzer.tally
-    cases = h.file_cases(world)
-    say(f"corpus: {len(cases)} hostile files through the CLI ({len(h.IN_A_PROCESS)} kinds as real processes)")
+    cases = file_cases(world)
+    say(f"corpus: {len(cases)} hostile files through the CLI ({len(IN_A_PROCESS)} kinds as real processes)")
     for case in cases:
         started = time.perf_counter()
-        found = h.run_file_case(world, case)
+        found = run_file_case(world, case)
         if time.perf_counter() - started > 5:
             say(f"  {case.format} [{case.variant}]: {time.perf_counter() - started:.1f} s")
         fuzzer.record(case.argv[0] if case.argv[0] != "concepts" else "concepts encode",
                        time.perf_counter() - started, found, commands=True)
     say("corpus: a real `t2c ingest` of a folder with a FIFO, a socket and a link to /dev/zero")
-    outcome, reasons, found = h.special_files_ingest(world)
+    outcome, reasons, found = special_files_ingest(world)
     fuzzer.record("ingest", outcome.seconds, found, commands=True)
     say(f"  exit {outcome.exit_code} after {outcome.seconds:.1f} s; reasons: "
         + "; ".join(f"{k}: {v[:60]}" for k, v in sorted(reasons.items())))
-    url_cases = h.database_url_cases(world)
+    url_cases = database_url_cases(world)
     say(f"corpus: {len(url_cases)} database commands under URLs holding a credential")
     for _where, argv, env in url_cases:
-        outcome = h.invoke(argv, timeout=fuzzer.timeout, env=env)
+        outcome = invoke(argv, timeout=fuzzer.timeout, env=env)
         fuzzer.record(" ".join(argv[:2]) if argv[0] == "db" else argv[0] + " list", outcome.seconds,
-                       h.check_outcome(outcome, inputs=argv, time_bound_s=fuzzer.timeout), commands=True)
+                       check_outcome(outcome, inputs=argv, time_bound_s=fuzzer.timeout), commands=True)
     say(f"corpus done: {tally.inputs} inputs, {len(tally.violations)} violations so far")
 
 
-def plan(fuzzer: h.Fuzzer) -> st.SearchStrategy[tuple[str, str]]:
+def plan(fuzzer: Fuzzer) -> st.SearchStrategy[tuple[str, str]]:
     """("reader", name) or ("command", name), weighted by cost."""
     readers = [("reader", name) for name in sorted(fuzzer.readers)]
     commands = [("command", c.name) for c in sorted(fuzzer.commands.values(), key=lambda c: c.name)
@@ -101,7 +107,7 @@ def plan(fuzzer: h.Fuzzer) -> st.SearchStrategy[tuple[str, str]]:
     return st.sampled_from(commands + [readers[i % len(readers)] for i in range(n_readers)])
 
 
-def fuzz(fuzzer: h.Fuzzer, inputs: int, seed: int) -> None:
+def fuzz(fuzzer: Fuzzer, inputs: int, seed: int) -> None:
     """Every command and reader once, then ``inputs`` drawn by hypothesis (a weighted mix)."""
     started, last, first = time.perf_counter(), [0.0], fuzzer.tally.inputs
     cases = {name: fuzzer.case_strategy([name]) for name in fuzzer.commands}
@@ -135,16 +141,16 @@ def fuzz(fuzzer: h.Fuzzer, inputs: int, seed: int) -> None:
     drawn(max(inputs - len(every), 1), plan(fuzzer))
 
 
-def sweep(world: h.FuzzWorld, fuzzer: h.Fuzzer, root: Path) -> None:
+def sweep(world: FuzzWorld, fuzzer: Fuzzer, root: Path) -> None:
     """The planted credentials, searched in every file under the root and every table; every page again."""
-    for path, secrets in h.scan_tree_for_secrets(root).items():
-        fuzzer.tally.violations.append(h.Violation("secret", "files", f"{', '.join(secrets)} in {path}"))
-    for table, rows in h.rows_holding_secrets(world.engine).items():
-        fuzzer.tally.violations.append(h.Violation("secret", "database", f"{rows} rows of {table}"))
+    for path, secrets in scan_tree_for_secrets(root).items():
+        fuzzer.tally.violations.append(Violation("secret", "files", f"{', '.join(secrets)} in {path}"))
+    for table, rows in rows_holding_secrets(world.engine).items():
+        fuzzer.tally.violations.append(Violation("secret", "database", f"{rows} rows of {table}"))
     fuzzer.tally.violations += world.page_violations(fuzzer.pages_seen)
 
 
-def figures(fuzzer: h.Fuzzer, leaves: list[str], seconds: float) -> dict:
+def figures(fuzzer: Fuzzer, leaves: list[str], seconds: float) -> dict:
     tally = fuzzer.tally
     covered = sorted(set(leaves) & tally.commands)
     distinct = sorted({(v.prop, v.command[:160], v.detail[:160]) for v in tally.violations})
@@ -158,8 +164,8 @@ def figures(fuzzer: h.Fuzzer, leaves: list[str], seconds: float) -> dict:
         "hangs": tally.count("hang"),
         "max_seconds": round(tally.max_seconds, 2),
         "slowest": tally.slowest,
-        "peak_rss_mb": round(h.own_peak_mb()),
-        "peak_child_rss_mb": round(h.peak_rss_mb()),
+        "peak_rss_mb": round(own_peak_mb()),
+        "peak_child_rss_mb": round(peak_rss_mb()),
         "html_injections": tally.count("html"),
         "markdown_injections": tally.count("markdown"),
         "secrets_found": tally.count("secret"),
@@ -189,12 +195,12 @@ def main() -> None:
             world.root.mkdir(parents=True, exist_ok=True)
             os.chdir(world.root)
             setup = world.populate(log=lambda m: say(f"setup: {m[:160]}"))
-            fuzzer = h.Fuzzer(world, timeout=args.timeout)
+            fuzzer = Fuzzer(world, timeout=args.timeout)
             fuzzer.tally.violations += setup
             run_corpus(world, fuzzer)
             fuzz(fuzzer, args.inputs, args.seed)
             sweep(world, fuzzer, root)
-            result = figures(fuzzer, h.leaf_commands(), time.perf_counter() - started)
+            result = figures(fuzzer, leaf_commands(), time.perf_counter() - started)
         for jump in fuzzer.tally.memory_jumps:
             say(f"memory: {jump}")
         distinct = {(v.prop, v.command[:300], v.detail[:300]) for v in fuzzer.tally.violations}

@@ -5,8 +5,8 @@ file format and query language t2c reads, with a fixed seed and a few hundred ex
 Every input runs against a database that already holds untrusted text: the tiny monitor with concepts
 named ``</script><t2cinj2>``, ``[/]`` and ``[bold]t2cmk1[/bold]``, a batch id ``probe[/] <t2cinj15> ...``,
 image files named with newlines and escape codes, manifest values with Markdown and Slack markup, an
-audit with its report, evidently pages and alerts (``fuzz_harness.FuzzWorld``). The properties
-(``fuzz_harness.check_outcome`` and friends; a failure names the property):
+audit with its report, evidently pages and alerts (``fuzz.world.FuzzWorld``). The properties
+(``fuzz.checks.check_outcome`` and friends; a failure names the property):
 
 1. ``outcome``: exit 0, or a refusal, exit 2 for a usage or configuration error (1 for an OS error) with
    a line ``error: ...`` (or click's usage message); never a traceback; a refusal prints no more than
@@ -33,9 +33,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import fuzz_harness as h
 import pytest
 from conftest import drop_database, make_database
+from fuzz.checks import Violation
+from fuzz.commands import Case, leaf_commands
+from fuzz.session import Fuzzer
+from fuzz.strategies import CRONS, DURATIONS, YAML_VALUES, FileArg, hostile_text
+from fuzz.world import FuzzWorld
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -45,10 +49,10 @@ EXAMPLES = settings(derandomize=True, database=None, deadline=None, phases=[Phas
 
 @pytest.fixture(scope="module")
 def fuzz_world(pg_server_url: str, tiny_monitor_dir: Path, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[h.FuzzWorld]:
+               ) -> Iterator[FuzzWorld]:
     """The tiny monitor stored under hostile names, with batches, a baseline, two audits and reports."""
     url = make_database(pg_server_url)
-    world = h.FuzzWorld(tmp_path_factory.mktemp("fuzz"), url, tiny_monitor_dir)
+    world = FuzzWorld(tmp_path_factory.mktemp("fuzz"), url, tiny_monitor_dir)
     with world.active():
         world.populate()
     yield world
@@ -59,7 +63,7 @@ def fuzz_world(pg_server_url: str, tiny_monitor_dir: Path, tmp_path_factory: pyt
 
 
 @pytest.fixture
-def fuzzer(fuzz_world: h.FuzzWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[h.Fuzzer]:
+def fuzzer(fuzz_world: FuzzWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fuzzer]:
     """A fuzzer over the world, its settings active (over the suite's per-test home), in its work folder."""
     from t2c_monitor.settings import reset_settings_cache
 
@@ -67,17 +71,17 @@ def fuzzer(fuzz_world: h.FuzzWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(fuzz_world.work)
     reset_settings_cache()
-    yield h.Fuzzer(fuzz_world)
+    yield Fuzzer(fuzz_world)
     reset_settings_cache()
 
 
-def report(violations: list[h.Violation], limit: int = 40) -> str:
+def report(violations: list[Violation], limit: int = 40) -> str:
     distinct = sorted({str(v)[:600] for v in violations})
     return f"{len(distinct)} distinct violations:\n" + "\n".join(distinct[:limit])
 
 
 def test_every_command_and_reader_is_fuzzed(fuzzer):
-    leaves = set(h.leaf_commands())
+    leaves = set(leaf_commands())
     assert len(leaves) >= 40
     assert set(fuzzer.commands) == leaves
     assert {"monitor file", "bank file", "manifest", "feature file", "class list", "search query",
@@ -93,9 +97,9 @@ def test_the_hostile_world_is_stored_reported_and_listed_safely(fuzz_world):
     assert not fuzz_world.violations, report(fuzz_world.violations)
 
 
-def _run_examples(fuzzer: h.Fuzzer, strategy: st.SearchStrategy, examples: int, run) -> list[h.Violation]:
+def _run_examples(fuzzer: Fuzzer, strategy: st.SearchStrategy, examples: int, run) -> list[Violation]:
     """Run ``examples`` draws of ``strategy`` (fixed seed, no shrinking: each violation keeps its input)."""
-    found: list[h.Violation] = []
+    found: list[Violation] = []
 
     @settings(EXAMPLES, max_examples=examples)
     @given(strategy)
@@ -135,19 +139,19 @@ def test_monitor_files_with_hostile_values_are_applied_or_refused_by_key(fuzzer,
     import yaml
 
     base = fuzzer.world.fuzz_document()
-    values = {"name": h.hostile_text(), "description": h.YAML_VALUES,
-              "schedules": st.fixed_dictionaries({"audit_cron": h.CRONS, "ingest_interval": h.DURATIONS,
+    values = {"name": hostile_text(), "description": YAML_VALUES,
+              "schedules": st.fixed_dictionaries({"audit_cron": CRONS, "ingest_interval": DURATIONS,
                                                   "inbox": st.just(str(fuzzer.world.work))}),
-              "alerts": st.fixed_dictionaries({"quiet_period": h.DURATIONS, "report_url": h.hostile_text()}),
-              "retention": st.fixed_dictionaries({"vectors": h.DURATIONS, "cron": h.CRONS}),
-              "decode": st.fixed_dictionaries({"guided": h.YAML_VALUES, "words": h.YAML_VALUES})}[key]
+              "alerts": st.fixed_dictionaries({"quiet_period": DURATIONS, "report_url": hostile_text()}),
+              "retention": st.fixed_dictionaries({"vectors": DURATIONS, "cron": CRONS}),
+              "decode": st.fixed_dictionaries({"guided": YAML_VALUES, "words": YAML_VALUES})}[key]
 
-    def case(value) -> h.Case:
+    def case(value) -> Case:
         document = {**base, "monitors": [{**base["monitors"][0], key: value}]}
-        data = h.FileArg(".yaml", yaml.safe_dump(document, allow_unicode=True).encode("utf-8", "surrogatepass"))
-        return h.Case("monitor apply", (data, "--check"))
+        data = FileArg(".yaml", yaml.safe_dump(document, allow_unicode=True).encode("utf-8", "surrogatepass"))
+        return Case("monitor apply", (data, "--check"))
 
     found = _run_examples(fuzzer, values.map(case), 6, fuzzer.run)
-    found += _run_examples(fuzzer, values.map(case).map(lambda c: h.Case("deployments list", c.args[:1])), 6,
+    found += _run_examples(fuzzer, values.map(case).map(lambda c: Case("deployments list", c.args[:1])), 6,
                            fuzzer.run)
     assert not found, report(found)
