@@ -166,7 +166,8 @@ def test_a_fifo_in_an_ingest_folder_is_refused_unopened_and_the_process_exits(ap
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     with applied_monitor.engine.connect() as conn:
-        reasons = dict(conn.execute(text("SELECT uri, failure_reason FROM image WHERE failure_reason IS NOT NULL")).all())
+        failed = text("SELECT uri, failure_reason FROM image WHERE failure_reason IS NOT NULL")
+        reasons = dict(conn.execute(failed).all())
     assert list(reasons) == [str(folder / "pipe.png")]
     assert reasons[str(folder / "pipe.png")].startswith("refused: not a regular file (a FIFO)")
 
@@ -178,8 +179,9 @@ def test_an_inbox_every_0s_and_durations_out_of_range_are_refused(tmp_path):
         return {"name": "m", "encoder": "timm:x", "clip": "open_clip:y", "aligner": "a", "bank": "b.yaml",
                 "schedules": {"inbox": str(tmp_path), **values}}
 
-    for interval, says in (("0s", "at least 1s"), ("0.2s", "at least 1s"), ("99999999999999999999d", "between 0s and 100 years"),
-                           (float("nan"), "between 0s and 100 years"), (-5, "between 0s and 100 years")):
+    out_of_range = "between 0s and 100 years"
+    for interval, says in (("0s", "at least 1s"), ("0.2s", "at least 1s"), ("99999999999999999999d", out_of_range),
+                           (float("nan"), out_of_range), (-5, out_of_range)):
         with pytest.raises(ConfigError, match=says):
             parse_monitors(schedules(ingest_interval=interval), base=tmp_path)
     with pytest.raises(ConfigError, match="carries a credential"):
