@@ -138,36 +138,9 @@ def repo_root() -> Path:
 # a tiny but real monitor: timm encoder weights on disk, a custom open_clip model, a fitted aligner,
 # a concept bank and a monitors.yaml, built once per session
 
-TINY_CLIP = {  # a tiny open_clip architecture (ViT width 64, 2 layers, 32 px; text width 64, 2 layers)
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-TINY_BANK = """\
-name: tiny
-version: 1
-templates: plain
-concepts:
-  - red
-  - green
-  - blue
-  - at night | a dark picture
-  - a bright picture
-"""
-
-
-def write_png(path: Path, color: tuple[int, int, int], size: int = 32, seed: int = 0) -> Path:
-    """A real PNG: a coloured square on noise, so every file has different bytes."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-    pixels[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = color
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
+# the tiny open_clip architecture (ViT width 64, 2 layers, 32 px; text width 64, 2 layers), the tiny bank and
+# real PNGs: one definition, shared with the fuzz suite (which bench/fuzz.py also runs, without pytest)
+from fuzz.tiny_monitor import TINY_BANK, TINY_CLIP, write_png  # noqa: E402
 
 
 def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -315,6 +288,36 @@ def quick_aligner(quick_world, tmp_path_factory):
     from t2c_monitor.world.drift_check import fit_world_aligner
 
     return fit_world_aligner(quick_world, tmp_path_factory.mktemp("quick-aligner"), n_fit=1500)
+
+
+@pytest.fixture(scope="module")
+def fuzz_world(pg_server_url: str, tiny_monitor_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny monitor stored under hostile names, with batches, a baseline, audits and reports
+    (tests/fuzz/world.py), in a database of its own, once per fuzz test module."""
+    from fuzz.world import FuzzWorld
+
+    url = make_database(pg_server_url)
+    world = FuzzWorld(tmp_path_factory.mktemp("fuzz"), url, tiny_monitor_dir)
+    with world.active():
+        world.populate()
+    yield world
+    if world.receiver:
+        world.receiver.close()
+    world.engine.dispose()
+    drop_database(pg_server_url, url)
+
+
+@pytest.fixture
+def active_fuzz_world(fuzz_world, monkeypatch: pytest.MonkeyPatch):
+    """``fuzz_world`` with its settings active (over the suite's per-test home), in its work folder."""
+    from t2c_monitor.settings import reset_settings_cache
+
+    for key, value in fuzz_world.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(fuzz_world.work)
+    reset_settings_cache()
+    yield fuzz_world
+    reset_settings_cache()
 
 
 def make_database(pg_server_url: str) -> str:

@@ -30,11 +30,7 @@ files, credentials in URLs) and the regression tests of issue 28's defects are i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from conftest import drop_database, make_database
 from fuzz.checks import Violation
 from fuzz.commands import Case, leaf_commands
 from fuzz.session import Fuzzer
@@ -47,32 +43,10 @@ EXAMPLES = settings(derandomize=True, database=None, deadline=None, phases=[Phas
                     suppress_health_check=list(HealthCheck))
 
 
-@pytest.fixture(scope="module")
-def fuzz_world(pg_server_url: str, tiny_monitor_dir: Path, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[FuzzWorld]:
-    """The tiny monitor stored under hostile names, with batches, a baseline, two audits and reports."""
-    url = make_database(pg_server_url)
-    world = FuzzWorld(tmp_path_factory.mktemp("fuzz"), url, tiny_monitor_dir)
-    with world.active():
-        world.populate()
-    yield world
-    if world.receiver:
-        world.receiver.close()
-    world.engine.dispose()
-    drop_database(pg_server_url, url)
-
-
 @pytest.fixture
-def fuzzer(fuzz_world: FuzzWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fuzzer]:
-    """A fuzzer over the world, its settings active (over the suite's per-test home), in its work folder."""
-    from t2c_monitor.settings import reset_settings_cache
-
-    for key, value in fuzz_world.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(fuzz_world.work)
-    reset_settings_cache()
-    yield Fuzzer(fuzz_world)
-    reset_settings_cache()
+def fuzzer(active_fuzz_world: FuzzWorld) -> Fuzzer:
+    """A fuzzer over the hostile world (tests/conftest.py's ``fuzz_world``), its settings active."""
+    return Fuzzer(active_fuzz_world)
 
 
 def report(violations: list[Violation], limit: int = 40) -> str:

@@ -17,12 +17,10 @@ The properties are those of ``test_fuzz.py`` (see ``tests/fuzz``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import drop_database, make_database
 from fuzz.checks import Violation, check_outcome, html_injections, secrets_in, table_counts, unknown_hints
 from fuzz.corpus import HTML_MARKER
 from fuzz.corpus_cases import IN_A_PROCESS, database_url_cases, file_cases, run_file_case, special_files_ingest
@@ -35,30 +33,10 @@ SUBPROCESS_CASES |= {("manifest jsonl", v) for v in ("fifo", "device")}
 """The bombs and special files run here as real processes (bench/fuzz.py runs every format's)."""
 
 
-@pytest.fixture(scope="module")
-def corpus_world(pg_server_url: str, tiny_monitor_dir: Path, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[FuzzWorld]:
-    url = make_database(pg_server_url)
-    world = FuzzWorld(tmp_path_factory.mktemp("fuzz-corpus"), url, tiny_monitor_dir)
-    with world.active():
-        world.populate()
-    yield world
-    if world.receiver:
-        world.receiver.close()
-    world.engine.dispose()
-    drop_database(pg_server_url, url)
-
-
 @pytest.fixture
-def world(corpus_world: FuzzWorld, monkeypatch: pytest.MonkeyPatch) -> Iterator[FuzzWorld]:
-    from t2c_monitor.settings import reset_settings_cache
-
-    for key, value in corpus_world.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(corpus_world.work)
-    reset_settings_cache()
-    yield corpus_world
-    reset_settings_cache()
+def world(active_fuzz_world: FuzzWorld) -> FuzzWorld:
+    """The hostile world (tests/conftest.py's ``fuzz_world``), its settings active."""
+    return active_fuzz_world
 
 
 def lines(violations: list[Violation]) -> str:
