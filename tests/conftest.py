@@ -230,23 +230,13 @@ def apply_tiny(db, tiny_monitor_dir: Path, out_dir: Path, **sections) -> Path:
     """Re-apply the tiny monitor with extra config sections (``audit``, ``alerts``, ``schedules``,
     and a top-level ``channels``); returns the monitors file written."""
     import yaml
+    from fuzz.tiny_monitor import monitor_document
 
     from t2c_monitor.apply import apply_monitor_file
 
-    document = yaml.safe_load((tiny_monitor_dir / "monitors.yaml").read_text())
-    base = tiny_monitor_dir
-    monitor = document["monitors"][0]
-    for key in ("aligner", "bank"):
-        monitor[key] = str(base / monitor[key])
-    monitor["encoder"] = monitor["encoder"].replace("@encoder.safetensors", f"@{base / 'encoder.safetensors'}")
-    monitor["clip"] = monitor["clip"].replace("@clip.pt", f"@{base / 'clip.pt'}")
-    channels = sections.pop("channels", None)
-    monitor.update(sections)
-    if channels:
-        document["channels"] = channels
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "monitors.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(yaml.safe_dump(monitor_document(tiny_monitor_dir, **sections)))
     apply_monitor_file(path, db, device="cpu")
     return path
 
