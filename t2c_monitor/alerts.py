@@ -64,10 +64,11 @@ class AlertSendError(T2CError):
 def redact(message: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """``message`` without the given secrets, without any URL (a webhook's path is often its token) and with
     every DSN ``password=...`` masked (``redaction.redact``)."""
+    message = _URL.sub("<url>", message)
     for secret in secrets:
         if secret:
             message = message.replace(secret, "<secret>")
-    return redaction.redact(_URL.sub("<url>", message))
+    return redaction.redact(message)
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def fit(
     """Fit an aligner and store it with the identities of both models and its held-out metrics."""
     from t2c_monitor.aligner import fit_aligner
 
-    with _setting_errors(), user_errors():
+    with user_errors(), _setting_errors():
         result = fit_aligner(
             out=out,
             features=features,
@@ -128,7 +128,7 @@ def evaluate_command(
     """Score a saved aligner on paired features or images (refused if they come from other models)."""
     from t2c_monitor.aligner import evaluate_aligner
 
-    with _setting_errors(), user_errors():
+    with user_errors(), _setting_errors():
         result = evaluate_aligner(
             aligner_path,
             features=features,
