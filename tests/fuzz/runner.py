@@ -77,13 +77,13 @@ def invoke(argv: list[str], *, timeout: float = 30.0, env: dict[str, str | None]
     wide_console()
     if env:
         reset_settings_cache()
-    peak_before = own_peak_mb()
+    memory_before = _memory_now()
     started = time.perf_counter()
     try:
         with time_bound(timeout):
             result = CliRunner().invoke(app, argv, env=env)
     except Hang:
-        return Outcome(argv, None, seconds=time.perf_counter() - started, hung=True, rss_mb=_grown(peak_before))
+        return Outcome(argv, None, seconds=time.perf_counter() - started, hung=True, rss_mb=_grown(memory_before))
     finally:
         if env:
             reset_settings_cache()
@@ -91,7 +91,7 @@ def invoke(argv: list[str], *, timeout: float = 30.0, env: dict[str, str | None]
     error = None
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         error = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else repr(result.exception)
-    return Outcome(argv, result.exit_code, result.stdout, result.stderr, seconds, error, rss_mb=_grown(peak_before))
+    return Outcome(argv, result.exit_code, result.stdout, result.stderr, seconds, error, rss_mb=_grown(memory_before))
 
 
 def own_peak_mb() -> float:
@@ -100,10 +100,20 @@ def own_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _grown(before: float) -> float:
-    """This process's peak memory if the last command raised it, else 0 (an earlier peak is not its own)."""
+def _grown(before: tuple[float, float]) -> float:
+    """What the last command cost in memory: how far this process's peak rose above what it held when the
+    command started, or 0 when the peak did not rise (an earlier peak is not its own; in a pytest worker that
+    has loaded models for other tests, the process's own size is not the command's either)."""
+    peak_before, held_before = before
     after = own_peak_mb()
-    return after if after > before else 0.0
+    return after - held_before if after > peak_before else 0.0
+
+
+def _memory_now() -> tuple[float, float]:
+    """(this process's peak so far, what it holds now), in MB."""
+    import psutil
+
+    return own_peak_mb(), psutil.Process().memory_info().rss / 2**20
 
 
 def wide_console() -> None:
