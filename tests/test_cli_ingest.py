@@ -72,3 +72,13 @@ def test_bad_monitor_file_and_unknown_monitor_are_messages(database_url, tmp_pat
     write_images(tmp_path / "in", 1)
     missing = run_t2c("ingest", str(tmp_path / "in"), "--monitor", "ghost", "--no-flow", env=env)
     assert missing.returncode == 2 and "No monitor named 'ghost'" in missing.stderr
+
+
+def test_no_flow_refuses_the_sharding_options_it_cannot_honour(tmp_path):
+    from typer.testing import CliRunner
+
+    from t2c_monitor.cli import app
+
+    for option in (["--workers", "2"], ["--dask-address", "tcp://127.0.0.1:8786"]):
+        result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--monitor", "m", "--no-flow", *option])
+        assert result.exit_code == 2 and "drop --no-flow" in result.output, result.output

@@ -23,11 +23,6 @@ from t2c_monitor.errors import ConfigError, ModelLoadError
 TIMM_SPECS = ["timm:test_vit", "timm:test_resnet", "timm:resnet10t"]
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tiny_clip_config: Path):
-    return create_clip_model(f"open_clip:{tiny_clip_config}", device="cpu")
-
-
 def solid(colour: tuple[int, int, int], size: tuple[int, int] = (48, 40)) -> Image.Image:
     return Image.new("RGB", size, colour)
 

@@ -21,6 +21,9 @@ def ingest(
     as_json: bool = JsonOption,
 ) -> None:
     """Embed, align, score and store one batch of images; a rerun of the same batch stores nothing twice."""
+    if not flow and (workers is not None or dask_address is not None):  # sharding is the flow's: never dropped
+        raise typer.BadParameter("--workers and --dask-address shard the batch over Dask, which the flow does: "
+                                 "drop --no-flow", param_hint="--workers/--dask-address")
     with user_errors():
         from t2c_monitor.ingest import check_batch_id, check_source
 
