@@ -7,7 +7,9 @@ the Prefect UI alike, as the CLI prints it; any other exception keeps its traceb
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -20,12 +22,46 @@ from t2c_monitor.redaction import add_redacting_filter
 IO_ERRORS = (OSError, OperationalError, ConnectionError, TimeoutError, DatabaseUnavailableError)
 
 
+_OPEN: dict[tuple[str | None, str], Any] = {}
+"""One open database (one engine, one connection pool) per settings in this process, disposed at exit."""
+_OPENING = threading.Lock()
+
+
 def database(*, migrate: bool = False) -> Any:
     """The database of the settings, as every task opens it (``migrate``: bring the schema to head
-    first; the first task of a run does, the rest trust it)."""
-    from t2c_monitor.store import open_database
+    first; the first task of a run does, the rest trust it).
 
-    return open_database(migrate_to_head=migrate)
+    Tasks share one engine per process (a served process runs tasks for days: an engine each would leave
+    pools behind). A shared engine that no longer answers (the server restarted elsewhere) is disposed
+    and opened afresh, so a retried task sees the database as it is now."""
+    from t2c_monitor.settings import get_settings
+    from t2c_monitor.store import migrate as migrations
+    from t2c_monitor.store import open_database
+    from t2c_monitor.store.engine import check_reachable
+
+    settings = get_settings()
+    key = (settings.database_url, str(settings.pgdata))
+    with _OPENING:  # tasks run on threads: one engine per key, never two
+        db = _OPEN.get(key)
+        if db is not None:
+            try:
+                check_reachable(db.engine)
+            except DatabaseUnavailableError:
+                _OPEN.pop(key).engine.dispose()
+                db = None
+        if db is None:
+            db = _OPEN[key] = open_database(migrate_to_head=migrate)
+            return db
+    if migrate:
+        migrations.upgrade(db.engine)
+    return db
+
+
+@atexit.register
+def _dispose_open_databases() -> None:
+    for db in _OPEN.values():
+        db.engine.dispose()
+    _OPEN.clear()
 
 
 def retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -154,3 +154,23 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert settings.home == (tmp_path / "h").resolve()
     assert settings.pgdata == settings.home / "pgdata"
     assert settings.device == "cpu" and settings.database_url is None
+
+
+def test_flow_tasks_share_one_engine_and_reopen_one_that_stopped_answering(database_url, monkeypatch):
+    import dataclasses
+
+    from flows import common
+    from t2c_monitor.settings import reset_settings_cache
+
+    monkeypatch.setenv("T2C_DATABASE_URL", database_url)
+    reset_settings_cache()
+    first = common.database(migrate=True)
+    assert common.database() is first, "every task of the process uses the same engine and pool"
+    key = next(k for k, db in common._OPEN.items() if db is first)
+    common._OPEN[key] = dataclasses.replace(first, engine=make_engine("postgresql://u@127.0.0.1:9/gone"))
+    again = common.database()
+    assert again.engine.url == first.engine.url
+    with again.engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    common._dispose_open_databases()
+    assert common._OPEN == {}
