@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 from scipy.stats import false_discovery_control
 
-from t2c_monitor.drift.ks import KSBatch, KSMethod, _check_method, ks_2samp_batched
-from t2c_monitor.drift.reference import SortedReference, _as_reference, _check_current
-from t2c_monitor.drift.validation import _as_scores
+from t2c_monitor.drift.ks import KSBatch, KSMethod, check_method, ks_2samp_batched
+from t2c_monitor.drift.reference import SortedReference, as_reference, check_current
+from t2c_monitor.drift.validation import as_scores
 
 Correction = Literal["bh", "bonferroni"]
 """How p-values are corrected across the bank: Benjamini-Hochberg q-values or Bonferroni."""
@@ -184,8 +184,8 @@ class ConceptDriftDetector:
         """Audit a window (``current_scores``, ``(n_cur, k)``) against a baseline sample
         (``reference_scores``, ``(n_ref, k)`` or a ``SortedReference`` prepared once for many
         audits); ``concept_names`` label the k columns."""
-        ref = _as_reference(reference_scores, None)
-        cur = _check_current(current_scores, ref)
+        ref = as_reference(reference_scores, None)
+        cur = check_current(current_scores, ref)
         k = ref.k
         names = [f"concept_{j}" for j in range(k)] if concept_names is None else [str(n) for n in concept_names]
         if len(names) != k:
@@ -237,7 +237,7 @@ class KSDriftDetector(ConceptDriftDetector):
 
     def __init__(self, *args: Any, method: KSMethod = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.method = _check_method(method)
+        self.method = check_method(method)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "method": self.method}
@@ -258,7 +258,7 @@ def drift_direction(reference_mean: np.ndarray, current_embeddings: np.ndarray) 
     window's in the CLIP space, ready to be decoded into text.
     """
     mean = np.asarray(reference_mean, dtype=np.float64)
-    emb = _as_scores(current_embeddings, "current_embeddings").astype(np.float64, copy=False)
+    emb = as_scores(current_embeddings, "current_embeddings").astype(np.float64, copy=False)
     if mean.ndim != 1:
         raise ValueError(f"reference_mean must be 1-d (d,), got shape {mean.shape}")
     if not np.isfinite(mean).all():

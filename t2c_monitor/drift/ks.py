@@ -22,8 +22,8 @@ import numpy as np
 from scipy import special
 from scipy.stats import kstwo
 
-from t2c_monitor.drift.parallel import _default_workers, _threaded
-from t2c_monitor.drift.reference import SortedReference, _as_reference, _check_current
+from t2c_monitor.drift.parallel import default_workers, over_concept_chunks
+from t2c_monitor.drift.reference import SortedReference, as_reference, check_current
 
 KSMethod = Literal["auto", "exact", "asymp"]
 """How the p-value is computed, as in ``scipy.stats.ks_2samp``."""
@@ -100,7 +100,7 @@ def _ks_statistics(ref: SortedReference, current: np.ndarray, workers: int) -> t
         stat[j0:j1] = np.where(down, min_s, max_s)
         sign[j0:j1] = np.where(down, -1, 1)
 
-    _threaded(run, ref.k, workers)
+    over_concept_chunks(run, ref.k, workers)
     return stat, sign
 
 
@@ -203,7 +203,7 @@ def kstwo_sf(d: np.ndarray, n: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def _check_method(method: str) -> KSMethod:
+def check_method(method: str) -> KSMethod:
     """``method`` if it is one of ``KS_METHODS``, else a ValueError naming them."""
     if method not in KS_METHODS:
         names = ", ".join(repr(m) for m in KS_METHODS[:-1]) + f" or {KS_METHODS[-1]!r}"
@@ -213,7 +213,7 @@ def _check_method(method: str) -> KSMethod:
 
 def _resolve_method(n1: int, n2: int, method: str) -> Literal["exact", "asymp"]:
     """The method scipy's ks_2samp uses for these sizes (its 'auto' rule and exact-size guard)."""
-    if _check_method(method) == "auto":
+    if check_method(method) == "auto":
         return "exact" if max(n1, n2) <= _MAX_AUTO_N else "asymp"
     g = math.gcd(n1, n2)
     if method == "exact" and n1 // g >= np.iinfo(np.int32).max / (n2 // g):
@@ -242,9 +242,9 @@ def ks_2samp_batched(reference: Any, current: Any, method: KSMethod = "auto", wo
     computation fails falls back to the asymptotic p-value with a RuntimeWarning. ``workers``
     threads (default: up to 2) process chunks of concepts.
     """
-    workers = _default_workers(workers)
-    ref = _as_reference(reference, workers)
-    cur = _check_current(current, ref)
+    workers = default_workers(workers)
+    ref = as_reference(reference, workers)
+    cur = check_current(current, ref)
     n1, n2 = ref.n, cur.shape[0]
     mode = _resolve_method(n1, n2, method)
     stat, sign = _ks_statistics(ref, cur, workers)

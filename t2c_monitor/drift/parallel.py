@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 _CHUNK = 64  # concepts sorted and searched together: keeps each side's chunk in cache
 
 
-def _threaded(fn: Callable[[int, int], None], k: int, workers: int) -> None:
+def over_concept_chunks(fn: Callable[[int, int], None], k: int, workers: int) -> None:
     """Run ``fn(j0, j1)`` over chunks of concept indices on up to ``workers`` threads (numpy's
     sort and search release the GIL)."""
     starts = range(0, k, _CHUNK)
@@ -27,5 +27,5 @@ def _threaded(fn: Callable[[int, int], None], k: int, workers: int) -> None:
         list(pool.map(lambda j0: fn(j0, min(j0 + _CHUNK, k)), starts))
 
 
-def _default_workers(workers: int | None) -> int:
+def default_workers(workers: int | None) -> int:
     return min(2, os.cpu_count() or 1) if workers is None else max(1, workers)

@@ -5,7 +5,7 @@ baseline built from many batches weighs every image alike whatever the batch siz
 ``SortedReference`` is that sample prepared for auditing: each concept's scores sorted, with
 their mean and standard deviation. Sorting the baseline is most of an audit's work, so a baseline
 is prepared once (or stored sorted and read back) and reused by every audit against it; raw
-reference arrays are prepared on the fly with identical results. ``_check_current`` checks a
+reference arrays are prepared on the fly with identical results. ``check_current`` checks a
 window against the reference it is audited with.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from t2c_monitor.drift.parallel import _default_workers, _threaded
-from t2c_monitor.drift.validation import _as_scores
+from t2c_monitor.drift.parallel import default_workers, over_concept_chunks
+from t2c_monitor.drift.validation import as_scores
 
 
 def _moments(rows: np.ndarray, mean: np.ndarray, var: np.ndarray) -> None:
@@ -57,7 +57,7 @@ class SortedReference:
     @classmethod
     def from_scores(cls, scores: Any, workers: int | None = None) -> SortedReference:
         """Prepare baseline scores ``(n, k)`` (numpy, torch or lists)."""
-        ref = _as_scores(scores, "reference")
+        ref = as_scores(scores, "reference")
         n, k = ref.shape
         rows = np.empty((k, n), dtype=ref.dtype)
         mean = np.empty(k)
@@ -69,7 +69,7 @@ class SortedReference:
             r.sort(axis=1)
             _moments(r, mean[j0:j1], var[j0:j1])
 
-        _threaded(prepare, k, _default_workers(workers))
+        over_concept_chunks(prepare, k, default_workers(workers))
         return cls(rows, mean, np.sqrt(var))
 
     @classmethod
@@ -82,16 +82,16 @@ class SortedReference:
         k = rows.shape[0]
         mean = np.empty(k)
         var = np.empty(k)
-        _threaded(lambda j0, j1: _moments(rows[j0:j1], mean[j0:j1], var[j0:j1]), k, _default_workers(workers))
+        over_concept_chunks(lambda j0, j1: _moments(rows[j0:j1], mean[j0:j1], var[j0:j1]), k, default_workers(workers))
         return cls(rows, mean, np.sqrt(var))
 
 
-def _as_reference(reference: Any, workers: int | None) -> SortedReference:
+def as_reference(reference: Any, workers: int | None) -> SortedReference:
     return reference if isinstance(reference, SortedReference) else SortedReference.from_scores(reference, workers)
 
 
-def _check_current(current: Any, reference: SortedReference) -> np.ndarray:
-    cur = _as_scores(current, "current")
+def check_current(current: Any, reference: SortedReference) -> np.ndarray:
+    cur = as_scores(current, "current")
     if cur.shape[1] != reference.k:
         raise ValueError(
             f"reference has {reference.k} concepts but current has {cur.shape[1]}: "

@@ -16,7 +16,7 @@ MIN_SAMPLES = 20
 """Fewest scores per side an audit accepts; below this a KS test has almost no power."""
 
 
-def _as_scores(x: Any, name: str) -> np.ndarray:
+def as_scores(x: Any, name: str) -> np.ndarray:
     """A 2-d float array ``(n, k)`` of finite scores from numpy, torch or nested lists."""
     if hasattr(x, "detach"):  # a torch tensor; torch is not imported here
         x = x.detach().cpu().numpy()

@@ -187,7 +187,7 @@ LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueErro
 """What loading a weights file that is not one (a text file, a truncated or foreign checkpoint) raises."""
 
 
-def _local_file(path: str, what: str) -> Path:
+def local_weights_file(path: str, what: str) -> Path:
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
         raise ModelLoadError(
@@ -198,7 +198,7 @@ def _local_file(path: str, what: str) -> Path:
 
 
 @contextmanager
-def _seeded_init() -> Iterator[None]:
+def seeded_init() -> Iterator[None]:
     """Fixed RNG for random initialisation, without touching the caller's global RNG state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)

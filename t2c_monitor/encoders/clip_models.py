@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from t2c_monitor.device import resolve_device
-from t2c_monitor.encoders.base import LOAD_ERRORS, ClipModel, _local_file, _seeded_init, state_dict_sha256
-from t2c_monitor.encoders.hub import _clip_tag_cached, _not_cached_error, hub_offline
-from t2c_monitor.encoders.specs import ClipSpec, _refuse_schema, _unknown_name_error
+from t2c_monitor.encoders.base import LOAD_ERRORS, ClipModel, local_weights_file, seeded_init, state_dict_sha256
+from t2c_monitor.encoders.hub import clip_tag_cached, hub_offline, not_cached_error
+from t2c_monitor.encoders.specs import ClipSpec, refuse_schema, unknown_name_error
 from t2c_monitor.errors import ModelLoadError
 from t2c_monitor.identity import ModelIdentity
 from t2c_monitor.textfiles import clip, read_text
@@ -64,7 +64,7 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
     import open_clip
     from open_clip.pretrained import is_pretrained_cfg, list_pretrained_tags_by_model
 
-    _refuse_schema("open_clip", spec.name)
+    refuse_schema("open_clip", spec.name)
     if spec.name.endswith(".json") or os.path.isfile(os.path.expanduser(spec.name)):
         config_path = Path(spec.name).expanduser().resolve()
         if not config_path.is_file():
@@ -76,7 +76,7 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
     else:
         model_name = identity_name = spec.name
         if open_clip.get_model_config(model_name) is None:
-            raise _unknown_name_error(
+            raise unknown_name_error(
                 "open_clip",
                 model_name,
                 open_clip.list_models(),
@@ -88,9 +88,9 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
     from_tag = bool(spec.pretrained) and is_pretrained_cfg(model_name, spec.pretrained)
     if from_tag:
         if hub_offline():
-            cached, where = _clip_tag_cached(model_name, spec.pretrained)
+            cached, where = clip_tag_cached(model_name, spec.pretrained)
             if not cached:
-                raise _not_cached_error(
+                raise not_cached_error(
                     f"open_clip model {model_name} ({spec.pretrained})",
                     where,
                     f"'open_clip:{model_name}@/path/open_clip_model.safetensors'",
@@ -103,9 +103,9 @@ def _create_open_clip_model(spec: ClipSpec) -> tuple[nn.Module, Callable, str, s
                 f"Unknown pretrained tag {spec.pretrained!r} for open_clip model {model_name}: "
                 f"known tags are {', '.join(tags) or 'none'}; or give a local checkpoint path."
             )
-        pretrained = weights = str(_local_file(spec.pretrained, f"open_clip model {model_name}"))
+        pretrained = weights = str(local_weights_file(spec.pretrained, f"open_clip model {model_name}"))
     try:
-        with _seeded_init():
+        with seeded_init():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, pretrained_text=False, device="cpu"
             )

@@ -34,14 +34,14 @@ def _hf_cached(repo_id: str, filenames: Sequence[str]) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, name, revision=revision or None), str) for name in filenames)
 
 
-def _not_cached_error(what: str, where: str, example: str) -> ModelLoadError:
+def not_cached_error(what: str, where: str, example: str) -> ModelLoadError:
     return ModelLoadError(
         f"Weights of {what} are not in the local cache ({where}) and the hub is offline (HF_HUB_OFFLINE): "
         f"the weights must be cached, or given as a local file, e.g. {example}."
     )
 
 
-def _timm_weights_cached(cfg: Any) -> tuple[bool, str]:
+def timm_weights_cached(cfg: Any) -> tuple[bool, str]:
     """Whether the weights a timm pretrained cfg points at are in a local cache, and where we looked."""
     if cfg.hf_hub_id:
         names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
@@ -52,7 +52,7 @@ def _timm_weights_cached(cfg: Any) -> tuple[bool, str]:
     return False, "no hub id or url in the pretrained config"
 
 
-def _clip_tag_cached(model_name: str, tag: str) -> tuple[bool, str]:
+def clip_tag_cached(model_name: str, tag: str) -> tuple[bool, str]:
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
     from open_clip.pretrained import get_pretrained_cfg
 

@@ -85,7 +85,7 @@ class ClipSpec(_KindSpec):
     pretrained: str | None = None
 
 
-def _refuse_schema(kind: str, name: str) -> None:
+def refuse_schema(kind: str, name: str) -> None:
     """``hf-hub:`` / ``local-dir:`` names fetch configs by themselves; we load only what we can check."""
     if name.startswith(("hf-hub:", "local-dir:", "hf_hub:")):
         raise ModelLoadError(
@@ -95,7 +95,7 @@ def _refuse_schema(kind: str, name: str) -> None:
         )
 
 
-def _unknown_name_error(kind: str, name: str, known: Sequence[str], how_to_list: str) -> ModelLoadError:
+def unknown_name_error(kind: str, name: str, known: Sequence[str], how_to_list: str) -> ModelLoadError:
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ModelLoadError(f"Unknown {kind} model ({name}).{hint} List the known names with {how_to_list}.")

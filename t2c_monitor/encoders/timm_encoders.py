@@ -22,12 +22,12 @@ from t2c_monitor.encoders.base import (
     LOAD_ERRORS,
     ClassHead,
     SourceEncoder,
-    _local_file,
-    _seeded_init,
+    local_weights_file,
+    seeded_init,
     state_dict_sha256,
 )
-from t2c_monitor.encoders.hub import _not_cached_error, _timm_weights_cached, hub_offline
-from t2c_monitor.encoders.specs import EncoderSpec, _refuse_schema, _unknown_name_error
+from t2c_monitor.encoders.hub import hub_offline, not_cached_error, timm_weights_cached
+from t2c_monitor.encoders.specs import EncoderSpec, refuse_schema, unknown_name_error
 from t2c_monitor.errors import ModelLoadError
 from t2c_monitor.identity import ModelIdentity
 
@@ -94,12 +94,12 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None, ClassH
     import timm
     from timm.models import get_pretrained_cfg, load_state_dict, split_model_name_tag
 
-    _refuse_schema("timm", spec.name)
+    refuse_schema("timm", spec.name)
     arch, tag = split_model_name_tag(spec.name)
     if not timm.is_model(arch):
         load_model_plugins()
     if not timm.is_model(arch):
-        raise _unknown_name_error(
+        raise unknown_name_error(
             "timm", arch, timm.list_models(), "`python -c \"import timm; print(timm.list_models('*resnet*'))\"`"
         )
     known_tags = timm.list_pretrained(f"{arch}.*") if tag else []
@@ -111,12 +111,12 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None, ClassH
         )
     cfg = get_pretrained_cfg(spec.name) if tag else None
     if spec.weights:
-        path = _local_file(spec.weights, f"timm model {spec.name}")
+        path = local_weights_file(spec.weights, f"timm model {spec.name}")
         try:
             state = load_state_dict(str(path))
             head_cfg = cfg or get_pretrained_cfg(arch)
             n = _timm_head_width(state, head_cfg.classifier if head_cfg else None)
-            with _seeded_init():
+            with seeded_init():
                 model = timm.create_model(
                     spec.name,
                     pretrained=True,
@@ -132,9 +132,9 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None, ClassH
         return model, str(path), _take_class_head(model)
     if tag:
         if hub_offline():
-            cached, where = _timm_weights_cached(cfg)
+            cached, where = timm_weights_cached(cfg)
             if not cached:
-                raise _not_cached_error(
+                raise not_cached_error(
                     f"timm model {spec.name}", where, f"'timm:{spec.name}@/path/weights.safetensors'"
                 )
         try:
@@ -145,7 +145,7 @@ def _create_timm_model(spec: EncoderSpec) -> tuple[nn.Module, str | None, ClassH
                 f"the weights must be cached, or given as a local file ('timm:{spec.name}@PATH')."
             ) from exc
         return model, tag, _take_class_head(model)
-    with _seeded_init():
+    with seeded_init():
         return timm.create_model(arch, pretrained=False, num_classes=0), None, None
 
 
