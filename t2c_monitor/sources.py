@@ -35,7 +35,7 @@ import fsspec
 from t2c_monitor.errors import ConfigError, ImageDecodeError
 from t2c_monitor.manifests import MANIFEST_SUFFIXES, items_from_manifest
 from t2c_monitor.redaction import mask_url
-from t2c_monitor.textfiles import NotARegularFile, open_regular
+from t2c_monitor.textfiles import NotARegularFile, file_kind, open_regular
 from t2c_monitor.uris import SourceItem, canonical_uri, local_path, make_item, protocol_of, unknown_protocol_reason
 
 __all__ = ["IMAGE_EXTENSIONS", "SourceItem", "canonical_uri", "content_batch_id", "expand_source", "read_bytes",
@@ -151,6 +151,9 @@ def _resolve_string(source: str, recursive: bool) -> list[SourceItem]:
         if suffix in MANIFEST_SUFFIXES:
             return items_from_manifest(local)
         return [make_item(local)]
+    if os.path.exists(local):  # a FIFO, device or socket: never opened
+        raise ConfigError(f"source {source} is a {file_kind(os.stat(local).st_mode)}, not a folder or a file: give "
+                          "a folder, file, glob or URI of images")
     raise ConfigError(f"source {source} does not exist: give an existing folder, file, glob or URI")
 
 

@@ -170,6 +170,8 @@ def test_a_fifo_in_an_ingest_folder_is_refused_unopened_and_the_process_exits(ap
         reasons = dict(conn.execute(failed).all())
     assert list(reasons) == [str(folder / "pipe.png")]
     assert reasons[str(folder / "pipe.png")].startswith("refused: not a regular file (a FIFO)")
+    whole = CliRunner().invoke(app, ["ingest", str(folder / "pipe.png"), "--monitor", "tiny", "--no-flow"])
+    assert whole.exit_code == 2 and "is a FIFO, not a folder or a file" in whole.output, whole.output
 
 
 def test_an_inbox_every_0s_and_durations_out_of_range_are_refused(tmp_path):
