@@ -57,7 +57,8 @@ def build_monitor(db, encoder_spec: str, clip_spec: str, fit_images: list, devic
     from t2c_monitor.apply import record_models
     from t2c_monitor.concepts import BankDefinition, Concept, encode_bank
     from t2c_monitor.encoders import create_clip_model, create_source_encoder
-    from t2c_monitor.monitors import MonitorConfig, MonitorModels
+    from t2c_monitor.monitor_models import MonitorModels
+    from t2c_monitor.monitors import MonitorConfig
 
     encoder = create_source_encoder(encoder_spec, device=device)
     clip = create_clip_model(clip_spec, device=device)

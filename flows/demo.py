@@ -21,7 +21,7 @@ from flows.audit import AuditParams, BaselineParams, audit_flow, baseline_flow
 from flows.ingest import IngestParams, ingest_flow
 from t2c_monitor.decode.drift import DriftWords
 from t2c_monitor.demo import DEMO_MONITOR, WEBHOOK_ENV, DayResult, DemoResult, prepare_demo
-from t2c_monitor.monitors import format_duration
+from t2c_monitor.durations import format_duration
 from t2c_monitor.wording import concept_change
 
 

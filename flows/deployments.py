@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from t2c_monitor.monitors import MonitorConfig, format_duration
+from t2c_monitor.durations import format_duration
+from t2c_monitor.monitors import MonitorConfig
 
 # Module paths, not file paths: a flow run imports its flow from the installed package, so a worker needs
 # t2c-monitor installed (a wheel is enough), not a checkout of this repository.

@@ -29,7 +29,7 @@ class IngestParams(BaseModel):
 
 @task(retries=3, retry_delay_seconds=5, retry_condition_fn=retry_on_io_error)
 def list_source(source: str) -> list:
-    from t2c_monitor.ingest import check_source
+    from t2c_monitor.ingest_checks import check_source
     from t2c_monitor.sources import resolve_source
 
     return resolve_source(check_source(source))

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from t2c_monitor.monitors import MonitorConfig, MonitorModels, load_models, load_monitor_file
+from t2c_monitor.monitor_models import MonitorModels, load_models
+from t2c_monitor.monitors import MonitorConfig, load_monitor_file
 from t2c_monitor.store import Database
 
 

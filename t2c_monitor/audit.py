@@ -33,8 +33,9 @@ from t2c_monitor.drift import (
     drift_direction,
 )
 from t2c_monitor.drift.roots import ShiftExplanation, explain_shift
+from t2c_monitor.durations import format_duration
 from t2c_monitor.errors import ConfigError, NothingToAudit
-from t2c_monitor.monitors import AuditConfig, format_duration
+from t2c_monitor.monitors import AuditConfig
 from t2c_monitor.store import Database
 from t2c_monitor.store import alerts as alert_store
 from t2c_monitor.store import audits as audit_store

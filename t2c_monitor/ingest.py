@@ -17,7 +17,6 @@ is stored as a failed row with its reason.
 from __future__ import annotations
 
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -32,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from t2c_monitor.daemon_pool import DaemonPool
-from t2c_monitor.errors import ConfigError, SpaceMismatchError
+from t2c_monitor.errors import SpaceMismatchError
 from t2c_monitor.images import DecodedImage, FailedImage, load_image
+from t2c_monitor.ingest_checks import check_batch_id, check_source
 from t2c_monitor.progress import progress_bar
-from t2c_monitor.redaction import carries_credentials, mask_url
 from t2c_monitor.sources import SourceItem, content_batch_id, resolve_source
 from t2c_monitor.store import Database
 from t2c_monitor.store import batches as batch_store
@@ -134,44 +133,12 @@ class BatchPlan:
     n_repeated: int  # repeated URIs in the source, ingested once
 
 
-MAX_BATCH_ID = 200  # batch.external_id's width
-
-
-def check_batch_id(batch_id: str | None) -> str | None:
-    """A given batch id as stored (``ConfigError`` naming the problem when it cannot be), or None."""
-    if batch_id is None:
-        return None
-    if not batch_id.strip():
-        raise ConfigError("The batch id is empty: give a name such as day-1, or none to derive one from the content.")
-    if "\x00" in batch_id:
-        raise ConfigError(f"The batch id {batch_id[:40]!r} holds a NUL byte, which PostgreSQL cannot store: remove it.")
-    control = next((ch for ch in batch_id if unicodedata.category(ch) == "Cc"), None)
-    if control is not None:  # a newline or an escape code in an id could forge a line of output or drive a terminal
-        raise ConfigError(f"The batch id {batch_id[:40]!r} holds the control character {control!r}: "
-                          "use letters, digits and punctuation.")
-    if len(batch_id) > MAX_BATCH_ID:
-        raise ConfigError(f"The batch id {batch_id[:40]!r}... has {len(batch_id)} characters; at most {MAX_BATCH_ID} "
-                          "characters are kept: give a shorter one.")
-    return batch_id
-
-
-def check_source(source: str) -> str:
-    """``source`` if it carries no credential (``ConfigError`` otherwise: it would be stored as the batch's
-    source and as a flow run's parameter)."""
-    if carries_credentials(source):
-        raise ConfigError(f"The source {mask_url(source)} carries a credential, which would be stored with the batch "
-                          "and in the run's parameters: give it to the filesystem through its environment "
-                          "(e.g. AWS_SECRET_ACCESS_KEY) or its fsspec configuration instead.")
-    return source
-
-
 def plan_batch(db: Database, record: MonitorRecord, items: Sequence[SourceItem], *, source_uri: str,
                batch_id: str | None = None) -> BatchPlan:
     """Open (or reopen) the batch row, mark it ``embedding``, and list the items still to store (those
     outside the monitor's ``ingest.allowed_roots`` marked refused: they are recorded, never read)."""
     from t2c_monitor.sources import check_allowed_roots
 
-    check_source(source_uri)
     items = check_allowed_roots(items, record.config.ingest.allowed_roots)
     unique: dict[str, SourceItem] = {}
     for item in items:

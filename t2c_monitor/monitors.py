@@ -29,15 +29,13 @@ that the bank was encoded in that CLIP space.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -45,6 +43,8 @@ from pydantic import (
     model_validator,
 )
 
+from t2c_monitor.channels import BlockChannel, Channel, EmailChannel, FileChannel, WebhookChannel
+from t2c_monitor.durations import Duration, PositiveDuration, check_cron
 from t2c_monitor.errors import ConfigError
 from t2c_monitor.redaction import carries_credentials
 from t2c_monitor.textfiles import MAX_SHOWN, clip, read_yaml
@@ -76,68 +76,6 @@ class IngestConfig(_Strict):
         if any(not str(r).strip() for r in value):
             raise ValueError("an allowed root is empty: give folders or URI prefixes such as s3://bucket/images/")
         return [str(r).strip() for r in value]
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-MAX_DURATION_S = 100 * 365.25 * 86400
-
-
-def parse_duration(value: Any) -> timedelta:
-    """``90``, ``"90s"``, ``"10m"``, ``"6h"``, ``"2d"``, ``"1w"`` (or a timedelta) as a timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 30s, 10m, 6h or 2d")  # noqa: TRY004 - pydantic wants ValueError
-    if isinstance(value, (int, float)):
-        return _bounded(float(value), value)
-    match = _DURATION.match(str(value))
-    if not match and str(value).startswith("P"):  # ISO 8601, as stored configs hold them
-        from pydantic import TypeAdapter
-
-        return TypeAdapter(timedelta).validate_python(value)
-    if not match:
-        raise ValueError(f"{clip(value)} is not a duration: use a number with s, m, h, d or w, such as 10m or 6h")
-    return _bounded(float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"], value)
-
-
-def _bounded(seconds: float, value: Any) -> timedelta:
-    if not (0 <= seconds <= MAX_DURATION_S):  # also NaN
-        raise ValueError(f"{clip(value)} is not a duration between 0s and 100 years")
-    return timedelta(seconds=seconds)
-
-
-def _at_least_a_second(value: timedelta) -> timedelta:
-    if value < timedelta(seconds=1):
-        raise ValueError(f"must be at least 1s, got {format_duration(value)}")
-    return value
-
-
-def format_duration(value: timedelta | float) -> str:
-    """A duration as a config writes it (``10m``, ``6h``, ``90s``): the inverse of ``parse_duration``."""
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    for unit in ("w", "d", "h", "m"):
-        size = _UNIT_SECONDS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_at_least_a_second)]
-"""A span that must be there: an interval of 0s would never fire, a window of 0s holds nothing."""
-
-
-def check_cron(value: str) -> str:
-    """``value`` if it is a cron expression Prefect schedules, else a ValueError that says what one is."""
-    from prefect.client.schemas.schedules import CronSchedule
-
-    try:
-        CronSchedule(cron=value)
-    except ValidationError:
-        raise ValueError(f"{value!r} is not a cron expression (five fields: minute hour day month "
-                         "weekday)") from None
-    return value
 
 
 class AuditConfig(_Strict):
@@ -174,60 +112,6 @@ class AuditConfig(_Strict):
 
         return RootSettings(alpha=self.alpha, vector_alpha=self.vector_alpha, min_share=self.root_min_share,
                             quantile=self.root_quantile, unlisted_share=self.unlisted_share)
-
-
-class _Channel(_Strict):
-    name: str | None = Field(None, description="set from the key in `channels:`")
-
-
-class WebhookChannel(_Channel):
-    """JSON POSTed to a URL. The URL is a secret: held in an env var or a Prefect Secret block."""
-
-    type: Literal["webhook"]
-    url_env: str | None = Field(None, description="environment variable holding the URL")
-    url_secret: str | None = Field(None, description="name of a Prefect Secret block holding the URL")
-    timeout_s: float = Field(10.0, gt=0, le=300, description="seconds to wait for the receiver's answer")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_plain_url(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "url" in data:
-            raise ValueError("a webhook URL is a secret and is never written in the config or the database: put "
-                             "it in an environment variable (url_env: NAME) or a Prefect Secret block (url_secret: "
-                             "BLOCK)")
-        return data
-
-    @model_validator(mode="after")
-    def _one_source(self) -> WebhookChannel:
-        if (self.url_env is None) == (self.url_secret is None):
-            raise ValueError("a webhook channel needs exactly one of url_env or url_secret")
-        return self
-
-
-class BlockChannel(_Channel):
-    """A saved Prefect notification block: Slack, Microsoft Teams, custom webhook, PagerDuty, ..."""
-
-    type: Literal["prefect_block"]
-    block: str = Field(pattern=r"^[a-z0-9-]+/[A-Za-z0-9_-]+$", description="block slug, e.g. slack-webhook/ml-alerts")
-
-
-class EmailChannel(_Channel):
-    """E-mail through prefect-email: an ``EmailServerCredentials`` block and recipients."""
-
-    type: Literal["email"]
-    credentials: str = Field(description="name of an EmailServerCredentials block")
-    to: list[str] = Field(min_length=1, description="recipients")
-    email_from: str | None = Field(None, description="sender address (default: the credentials' user)")
-
-
-class FileChannel(_Channel):
-    """Each alert appended as one JSON line to a local file (for demos, audits on disk, log shippers)."""
-
-    type: Literal["file"]
-    path: Path = Field(description="the JSON-lines file (relative: to the monitors file)")
-
-
-Channel = Annotated[WebhookChannel | BlockChannel | EmailChannel | FileChannel, Field(discriminator="type")]
 
 
 class AlertsConfig(_Strict):
@@ -499,39 +383,3 @@ def load_monitor_file(path: str | Path) -> list[MonitorConfig]:
     path = Path(path)
     data = read_yaml(path, what="monitor file")
     return parse_monitors(data, where=str(path), base=path.resolve().parent)
-
-
-@dataclass
-class MonitorModels:
-    """The models of a monitor, loaded and checked to share spaces."""
-
-    config: MonitorConfig
-    encoder: Any  # SourceEncoder
-    clip: Any  # ClipModel
-    aligner: Any  # Aligner
-    bank: Any  # ConceptBank
-
-
-def load_bank(path: Path, clip: Any, *, name: str) -> Any:
-    """A saved bank directory (checked against ``clip``), or a definition file encoded with ``clip``."""
-    from t2c_monitor.concepts import ConceptBank, encode_bank, load_bank_definition
-
-    if path.is_dir():
-        return ConceptBank.load(path, expect_clip=clip.identity)
-    if not path.exists():
-        raise ConfigError(f"Concept bank {path} (monitor {name}) does not exist.")
-    return encode_bank(load_bank_definition(path), clip)
-
-
-def load_models(config: MonitorConfig, *, device: str | None = None) -> MonitorModels:
-    """Load the encoder, CLIP model, aligner and bank of ``config``; refuse mismatched spaces."""
-    from t2c_monitor.aligner import Aligner
-    from t2c_monitor.encoders import create_clip_model, create_source_encoder
-
-    encoder = create_source_encoder(config.encoder, device=device)
-    clip = create_clip_model(config.clip, device=device)
-    aligner = Aligner.load(
-        config.aligner, expect_source=encoder.identity, expect_clip=clip.identity
-    )
-    bank = load_bank(config.bank, clip, name=config.name)
-    return MonitorModels(config=config, encoder=encoder, clip=clip, aligner=aligner, bank=bank)

@@ -89,7 +89,8 @@ def _type_name(annotation: Any) -> str:
 def config_reference() -> str:
     """Every key of a monitor file, section by section, then each kind of alert channel (top-level
     ``channels:``): its type, default and meaning."""
-    from t2c_monitor.monitors import BlockChannel, EmailChannel, FileChannel, MonitorConfig, WebhookChannel
+    from t2c_monitor.channels import BlockChannel, EmailChannel, FileChannel, WebhookChannel
+    from t2c_monitor.monitors import MonitorConfig
 
     channels = [(f"channels.NAME (type: {_type_name(c).split()[0]})", c)
                 for c in (WebhookChannel, BlockChannel, EmailChannel, FileChannel)]
@@ -126,7 +127,7 @@ def _tables(queue: list[tuple[str, Any]]) -> list[str]:
 def _default(value: Any) -> str:
     from datetime import timedelta
 
-    from t2c_monitor.monitors import format_duration
+    from t2c_monitor.durations import format_duration
 
     if isinstance(value, timedelta):
         return f"`{format_duration(value)}`"

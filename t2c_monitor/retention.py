@@ -90,7 +90,7 @@ def describe(outcome: RetentionOutcome) -> str:
     if outcome.keep is None:
         return (f"{outcome.monitor}: keeps every vector (set retention: {{vectors: 90d}} in its monitor file, "
                 "or pass --older-than)")
-    from t2c_monitor.monitors import format_duration
+    from t2c_monitor.durations import format_duration
 
     verb = "would drop" if outcome.dry_run else "dropped"
     return (f"{outcome.monitor}: {verb} the vectors of {outcome.dropped} images stored before "

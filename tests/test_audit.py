@@ -111,7 +111,8 @@ def test_audit_matches_the_detector_on_the_same_scores(monitored):
 
 
 def test_stale_baseline_is_refused_and_history_is_kept(monitored, tiny_monitor_dir, tmp_path):
-    from t2c_monitor.monitors import load_models, load_monitor_file
+    from t2c_monitor.monitor_models import load_models
+    from t2c_monitor.monitors import load_monitor_file
     from t2c_monitor.store.audits import concept_history
     from t2c_monitor.store.monitors import get_monitor, record_monitor
 

@@ -17,7 +17,8 @@ from sqlalchemy import text
 
 from t2c_monitor.errors import ConfigError, SpaceMismatchError
 from t2c_monitor.ingest import IngestOptions, ingest, ingest_items, load_runtime, plan_batch
-from t2c_monitor.monitors import load_models, load_monitor_file, parse_monitors
+from t2c_monitor.monitor_models import load_models
+from t2c_monitor.monitors import load_monitor_file, parse_monitors
 from t2c_monitor.sources import resolve_source
 
 # ---- monitor files ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from t2c_monitor.store.monitors import MonitorRecord, get_monitor
 
 
 def _record_and_models(db: Database, monitor: str, device: str | None = None) -> tuple[MonitorRecord, Any]:
-    from t2c_monitor.monitors import load_models
+    from t2c_monitor.monitor_models import load_models
 
     with db.session() as session:
         record = get_monitor(session, monitor)

@@ -122,7 +122,7 @@ def use_prefect() -> Any:
 
 def time_window(window: str | None, since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
     """``--window 24h`` (before now) or ``--since``/``--until`` ISO times (UTC unless they say otherwise)."""
-    from t2c_monitor.monitors import parse_duration
+    from t2c_monitor.durations import parse_duration
 
     def when(value: str | None, option: str) -> datetime | None:
         if value is None:

@@ -25,7 +25,7 @@ def ingest(
         raise typer.BadParameter("--workers and --dask-address shard the batch over Dask, which the flow does: "
                                  "drop --no-flow", param_hint="--workers/--dask-address")
     with user_errors():
-        from t2c_monitor.ingest import check_batch_id, check_source
+        from t2c_monitor.ingest_checks import check_batch_id, check_source
 
         check_batch_id(batch_id)  # refused here, before a flow run keeps them as its parameters
         check_source(source)

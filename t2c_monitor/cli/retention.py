@@ -28,7 +28,7 @@ def apply(
     Kept: every image row with its concept scores, batches, baselines (and the vectors of the active
     baseline's batches), audits and reports. Audits of old windows still test every concept; searches and
     root causes need vectors, so they skip the images whose vector was dropped."""
-    from t2c_monitor.monitors import parse_duration
+    from t2c_monitor.durations import parse_duration
     from t2c_monitor.retention import apply_retention
     from t2c_monitor.store import open_database
 

@@ -58,7 +58,7 @@ _DECODERS: dict[tuple, tuple[VocabDecoder, Decoder | None]] = {}
 def audit_decoders(record: MonitorRecord, top: int = 3) -> tuple[VocabDecoder, Decoder | None]:
     """The monitor's vocab decoder (sparse, ``top`` terms) and its sentence decoder, if it names one."""
     from t2c_monitor.decode.monitor import decoder_settings, monitor_clip, monitor_decoder
-    from t2c_monitor.monitors import load_bank
+    from t2c_monitor.monitor_models import load_bank
 
     key = (record.clip, record.bank_name, record.bank_version, tuple(record.concept_names),
            json.dumps(record.config.model_dump(mode="json"), sort_keys=True), top)

@@ -108,7 +108,7 @@ def monitor_decoder(record: MonitorRecord, settings: DecoderSettings, *, image_m
     """The decoder ``settings`` of the monitor's CLIP space; a vocabulary starts with the monitor's bank
     concepts (as the bank's vectors) and is cached under the models directory (embedding open_clip's
     33k words takes a while the first time)."""
-    from t2c_monitor.monitors import load_bank
+    from t2c_monitor.monitor_models import load_bank
 
     clip = clip or monitor_clip(record)
     if settings.kind == "vocab" and bank is None:
@@ -198,7 +198,7 @@ def decode_images(db: Database, monitor: str, source: str | Path, *, kind: Decod
     """The images of ``source`` (a file, folder or URI, as ingest reads them) embedded by the monitor's
     encoder, aligned, and decoded; images that cannot be read are skipped with their reason."""
     from t2c_monitor.images import DecodedImage, load_image
-    from t2c_monitor.monitors import load_models
+    from t2c_monitor.monitor_models import load_models
     from t2c_monitor.sources import resolve_source
 
     record, mean = _record_and_mean(db, monitor)
@@ -235,7 +235,7 @@ def decode_class_head(db: Database, monitor: str, *, kind: DecoderKind | None = 
                       top: int | None = None, include_bpe_words: bool | None = None,
                       progress: bool = False) -> list[DecodedRow]:
     """Each class of the monitor's source model, in words: its classifier row aligned into CLIP space."""
-    from t2c_monitor.monitors import load_models
+    from t2c_monitor.monitor_models import load_models
 
     record, mean = _record_and_mean(db, monitor)
     models = load_models(record.config)

@@ -45,10 +45,11 @@ def reader_table(world: FuzzWorld) -> dict[str, Reader]:
     from t2c_monitor.alerts import redact
     from t2c_monitor.concepts import load_bank_definition
     from t2c_monitor.concepts.definition import read_class_names
+    from t2c_monitor.durations import check_cron, parse_duration
     from t2c_monitor.errors import T2CError
     from t2c_monitor.features import open_feature_file
     from t2c_monitor.manifests import items_from_manifest
-    from t2c_monitor.monitors import check_cron, load_monitor_file, parse_duration
+    from t2c_monitor.monitors import load_monitor_file
     from t2c_monitor.reports.render import md
     from t2c_monitor.search.query import parse_constraints, parse_where
     from t2c_monitor.store.engine import normalise_url
