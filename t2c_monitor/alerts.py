@@ -1,6 +1,6 @@
 """Alerts: tell people which concepts shifted, on the channels a monitor names.
 
-A channel (see ``monitors.WebhookChannel`` and friends) is one of
+A channel (see ``channels.WebhookChannel`` and friends) is one of
 
 * ``webhook``: the message as JSON POSTed to a URL held in an environment variable or a Prefect
   ``Secret`` block, resolved only at send time;
@@ -37,15 +37,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from t2c_monitor import redaction
+from t2c_monitor.channels import BlockChannel, EmailChannel, FileChannel, WebhookChannel
+from t2c_monitor.durations import format_duration
 from t2c_monitor.errors import ConfigError, T2CError
-from t2c_monitor.monitors import (
-    AlertsConfig,
-    BlockChannel,
-    EmailChannel,
-    FileChannel,
-    WebhookChannel,
-    format_duration,
-)
+from t2c_monitor.monitors import AlertsConfig
 from t2c_monitor.store import Database
 from t2c_monitor.store import alerts as alert_store
 from t2c_monitor.store.alerts import AlertRow
@@ -53,7 +48,6 @@ from t2c_monitor.store.models import AlertKind, AlertStatus
 from t2c_monitor.wording import change_word, concept_change, elapsed
 
 MAX_RETRY_DELAY_S = 300.0
-_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
 
 
@@ -64,7 +58,7 @@ class AlertSendError(T2CError):
 def redact(message: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     """``message`` without the given secrets, without any URL (a webhook's path is often its token) and with
     every DSN ``password=...`` masked (``redaction.redact``)."""
-    message = _URL.sub("<url>", message)
+    message = redaction.without_urls(message)
     for secret in secrets:
         if secret:
             message = message.replace(secret, "<secret>")

@@ -56,6 +56,11 @@ def carries_credentials(uri: str) -> bool:
     return any(v and is_credential_key(k) for k, v in parse_qsl(parts.query, keep_blank_values=True))
 
 
+def without_urls(text: str) -> str:
+    """``text`` with every URL replaced by ``<url>``: for messages about a webhook, whose path is its token."""
+    return _URL.sub("<url>", text)
+
+
 def redact(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
     """``text`` with every URL masked (``mask_url``), every DSN ``password=...`` masked, and each of ``secrets``
     (values known to be secret, such as a webhook URL from the environment) replaced by ``<secret>``."""
