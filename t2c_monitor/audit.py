@@ -39,6 +39,8 @@ from t2c_monitor.monitors import AuditConfig
 from t2c_monitor.store import Database
 from t2c_monitor.store import alerts as alert_store
 from t2c_monitor.store import audits as audit_store
+from t2c_monitor.store import baselines as baseline_store
+from t2c_monitor.store import scores as score_store
 from t2c_monitor.store.monitors import MonitorRecord, get_monitor
 
 
@@ -49,11 +51,11 @@ def batch_scores(db: Database, record: MonitorRecord, batch_id: int) -> np.ndarr
     their stored aligned vectors (a matrix product) and the scores stored for the next audit.
     """
     with db.engine.connect() as conn:
-        scores = audit_store.batch_scores(conn, batch_id, record.bank_id)
-        image_ids = audit_store.ok_image_ids(conn, batch_id)
+        scores = score_store.batch_scores(conn, batch_id, record.bank_id)
+        image_ids = score_store.ok_image_ids(conn, batch_id)
         if scores.shape[0] == len(image_ids):
             return scores
-        embeddings = audit_store.batch_embeddings(conn, batch_id)
+        embeddings = score_store.batch_embeddings(conn, batch_id)
     if embeddings.shape[0] != len(image_ids):
         raise ConfigError(
             f"{len(image_ids) - embeddings.shape[0]} images of a batch of {record.name} have no scores against its "
@@ -65,7 +67,7 @@ def batch_scores(db: Database, record: MonitorRecord, batch_id: int) -> np.ndarr
 
     scores = cosine_scores(torch.from_numpy(embeddings), torch.tensor(record.concept_vectors), device="cpu").numpy()
     with db.engine.begin() as conn:
-        audit_store.replace_scores(conn, batch_id, record.bank_id, image_ids, scores)
+        score_store.replace_scores(conn, batch_id, record.bank_id, image_ids, scores)
     return scores
 
 
@@ -105,7 +107,7 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
             reservoir.add(scores)
             n_images += scores.shape[0]
         with db.engine.connect() as conn:
-            embeddings = audit_store.batch_embeddings(conn, batch_id)
+            embeddings = score_store.batch_embeddings(conn, batch_id)
         if embeddings.size:  # none for images whose vectors retention dropped (their scores still count)
             vector_sample.add(embeddings)
             total = embeddings.astype(np.float64).sum(axis=0)
@@ -121,7 +123,7 @@ def build_baseline(db: Database, monitor: str, *, batches: list[str] | None = No
     sample = reservoir.sample()
     sorted_scores = np.sort(np.ascontiguousarray(sample.T), axis=1)  # one contiguous row per concept
     with db.engine.begin() as conn:
-        baseline_id = audit_store.insert_baseline(
+        baseline_id = baseline_store.insert_baseline(
             conn, monitor_id=record.id, aligner_id=record.aligner_id, bank_id=record.bank_id,
             batch_ids=[b for b, _ in chosen], n_images=n_images, reservoir_size=reservoir_size,
             mean_vector=(vector_sum / n_vectors).astype(np.float32), sorted_scores=sorted_scores,
@@ -215,7 +217,7 @@ def detector_for(audit: AuditConfig) -> KSDriftDetector:
                            min_effect_size=audit.min_effect_size)
 
 
-def _check_not_stale(record: MonitorRecord, baseline: audit_store.StoredBaseline) -> None:
+def _check_not_stale(record: MonitorRecord, baseline: baseline_store.StoredBaseline) -> None:
     if baseline.aligner_id != record.aligner_id or baseline.bank_id != record.bank_id:
         what = "aligner" if baseline.aligner_id != record.aligner_id else f"concept bank (now {record.bank_name} " \
                f"v{record.bank_version})"
@@ -286,7 +288,7 @@ def _record_failure(db: Database, record: MonitorRecord, error: Exception) -> No
 
     try:
         with db.engine.begin() as conn:
-            baseline_id = audit_store.active_baseline_id(conn, record.id)
+            baseline_id = baseline_store.active_baseline_id(conn, record.id)
             audit_store.insert_failed_audit(conn, monitor_id=record.id, baseline_id=baseline_id,
                                             error=f"{type(error).__name__}: {error}")
     except SQLAlchemyError:  # the database itself is what failed: Prefect's run state keeps the error
@@ -329,7 +331,7 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
         else:
             last, scheduled = config.last, True
     with db.engine.connect() as conn:
-        baseline = audit_store.active_baseline(conn, record.id, monitor)
+        baseline = baseline_store.active_baseline(conn, record.id, monitor)
         _check_not_stale(record, baseline)
         in_baseline = set(baseline.batch_ids)
         if scheduled:  # the monitor's own window: reach back until it holds enough images to test
@@ -345,7 +347,7 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} in the audit window (baseline batches excluded): "
                               "ingest new images or widen the window.")
-        embeddings = audit_store.window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
+        embeddings = score_store.window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
     scores = np.concatenate([batch_scores(db, record, b) for b, _ in chosen])
     reference = SortedReference.from_sorted(baseline.sorted_scores)
     result = detector.detect(reference, scores, record.concept_names)
@@ -363,7 +365,7 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
     stored = {**(explanation.to_dict() if explanation else {}), "words": words.to_dict() if words else None,
               "note": note, "cbm": evidence.to_dict() if evidence else None, "cbm_note": evidence_note}
     with db.engine.begin() as conn:
-        concept_ids = audit_store.concept_ids(conn, record.bank_id)
+        concept_ids = baseline_store.concept_ids(conn, record.bank_id)
         audit_id = audit_store.insert_audit(
             conn, monitor_id=record.id, baseline_id=baseline.id, batch_ids=[b for b, _ in chosen],
             n_current=int(scores.shape[0]), params=result.params, direction=direction.astype(np.float32),
@@ -383,7 +385,7 @@ def _audit(db: Database, record: MonitorRecord, *, last: int | None, batches: li
                         baseline_mean=baseline.mean_vector)
 
 
-def _explain(db: Database, record: MonitorRecord, baseline: audit_store.StoredBaseline, window: np.ndarray,
+def _explain(db: Database, record: MonitorRecord, baseline: baseline_store.StoredBaseline, window: np.ndarray,
              result: Any) -> tuple[ShiftExplanation | None, str | None]:
     """Roots, echoes and unlisted drift (``drift.explain_shift``) against the baseline's vector sample
     (for a baseline built before samples were kept: a fixed sample of its batches' stored vectors)."""
@@ -391,14 +393,14 @@ def _explain(db: Database, record: MonitorRecord, baseline: audit_store.StoredBa
     sample = baseline.vectors
     if sample is None:
         with db.engine.connect() as conn:
-            sample = audit_store.sample_embeddings(conn, baseline.batch_ids, config.vectors)
+            sample = score_store.sample_embeddings(conn, baseline.batch_ids, config.vectors)
     if sample.shape[0] < 40 or window.shape[0] < 2:
         return None, (f"no root causes: the baseline keeps {sample.shape[0]} vectors and the window has "
                       f"{window.shape[0]} (at least 40 and 2 are needed)")
     return explain_shift(sample, window, record.concept_vectors, result, config.root_settings()), None
 
 
-def _class_evidence(db: Database, record: MonitorRecord, baseline: audit_store.StoredBaseline, window: np.ndarray
+def _class_evidence(db: Database, record: MonitorRecord, baseline: baseline_store.StoredBaseline, window: np.ndarray
                     ) -> tuple[EvidenceShift | None, str | None]:
     """How each class's concept evidence shifted, when the monitor names a concept bottleneck model. A model
     that cannot be used (moved, fitted for other models) costs this section and says why, never the audit."""
@@ -413,7 +415,7 @@ def _class_evidence(db: Database, record: MonitorRecord, baseline: audit_store.S
     sample = baseline.vectors
     if sample is None:
         with db.engine.connect() as conn:
-            sample = audit_store.sample_embeddings(conn, baseline.batch_ids, record.config.audit.vectors)
+            sample = score_store.sample_embeddings(conn, baseline.batch_ids, record.config.audit.vectors)
     try:
         aligner = Aligner.load(record.config.aligner, expect_clip=record.clip)
         model = ConceptBottleneck.load(path, expect_source=record.encoder, expect_clip=record.clip,
@@ -447,8 +449,8 @@ def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> Audit
     with db.session() as session:
         record = get_monitor(session, summary.monitor)
     with db.engine.connect() as conn:  # the report's example images: the window's rows in score order
-        image_ids = [i for b in outcome.batch_ids for i in audit_store.ok_image_ids(conn, b)]
-        base_ids = audit_store.baseline_batch_ids(conn, summary.baseline_id)
+        image_ids = [i for b in outcome.batch_ids for i in score_store.ok_image_ids(conn, b)]
+        base_ids = baseline_store.baseline_batch_ids(conn, summary.baseline_id)
         previous, following = audit_store.neighbour_audits(conn, record.id, summary.id)
         history = {c.name: [(h.audit_id, h.ks_stat, h.flagged) for h in
                             audit_store.concept_history(conn, record.id, c.name, limit=20)]
@@ -460,7 +462,7 @@ def write_report(db: Database, outcome: AuditOutcome, report_dir: Path) -> Audit
             break
         base_scores.append(batch_scores(db, record, batch_id))
         with db.engine.connect() as conn:
-            base_image_ids += audit_store.ok_image_ids(conn, batch_id)
+            base_image_ids += score_store.ok_image_ids(conn, batch_id)
     with db.engine.connect() as conn:
         uris = alert_store.image_uris(conn, image_ids + base_image_ids)
     inputs = AuditInputs(
@@ -500,8 +502,8 @@ def load_audit(db: Database, monitor: str, audit_id: int) -> AuditOutcome:
         record = get_monitor(session, monitor)
     with db.engine.connect() as conn:
         stored = audit_store.stored_audit(conn, record.id, audit_id)
-        baseline = audit_store.baseline_by_id(conn, stored.baseline_id)
-        embeddings = audit_store.window_embeddings(conn, stored.batch_ids, baseline.mean_vector.shape[0])
+        baseline = baseline_store.baseline_by_id(conn, stored.baseline_id)
+        embeddings = score_store.window_embeddings(conn, stored.batch_ids, baseline.mean_vector.shape[0])
     if baseline.bank_id != record.bank_id or len(stored.results) != len(record.concept_names):
         raise ConfigError(f"Audit {audit_id} of {monitor} was made with another concept bank than the monitor "
                           "uses now: its report stays as it was written.")

@@ -90,8 +90,9 @@ def test_the_monitors_window_reaches_back_over_small_batches_until_it_can_test(m
 
 def test_audit_matches_the_detector_on_the_same_scores(monitored):
     """The stored audit is the library's KS audit of exactly the window's and baseline's scores."""
-    from t2c_monitor.store.audits import active_baseline, batch_scores
+    from t2c_monitor.store.baselines import active_baseline
     from t2c_monitor.store.monitors import get_monitor
+    from t2c_monitor.store.scores import batch_scores
 
     db = monitored
     build_baseline(db, "tiny", batches=["ref-1", "ref-2"], reservoir_size=1000)  # keeps every score

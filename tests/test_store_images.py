@@ -294,7 +294,7 @@ def test_scores_go_in_the_image_row_against_the_batch_bank_and_never_mix_banks(e
     """A batch takes the bank of its first scored chunk (it was opened without one); a run resumed
     with another bank stores its scores as image_score rows of that bank, and each bank reads back
     only its own scores."""
-    from t2c_monitor.store.audits import batch_scores
+    from t2c_monitor.store.scores import batch_scores
 
     full = _chunk(40)
     n_first = sum(r is None for r in full.failure_reason[:20])
@@ -319,7 +319,7 @@ def test_scores_go_in_the_image_row_against_the_batch_bank_and_never_mix_banks(e
 
 
 def test_replace_scores_fills_the_image_rows_for_the_batch_bank_and_image_score_for_others(engine, monitor):
-    from t2c_monitor.store.audits import batch_scores, ok_image_ids, replace_scores
+    from t2c_monitor.store.scores import batch_scores, ok_image_ids, replace_scores
 
     chunk = _chunk(12)
     with engine.begin() as conn:

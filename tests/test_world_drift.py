@@ -122,7 +122,8 @@ def test_quick_demo_tells_the_story(prefect_harness, quick_world, monkeypatch, t
 
     from t2c_monitor.decode.drift import drift_words
     from t2c_monitor.store import open_database
-    from t2c_monitor.store.audits import audit_direction, baseline_mean
+    from t2c_monitor.store.audits import audit_direction
+    from t2c_monitor.store.baselines import baseline_mean
     from t2c_monitor.store.monitors import get_monitor
 
     db = open_database()

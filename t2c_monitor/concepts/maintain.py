@@ -132,7 +132,7 @@ def change_bank(db: Database, monitor: str, *, add: list[str] | None = None, rem
     monitor's bank file, apply the monitor again and rebuild its baseline from stored vectors."""
     from t2c_monitor.apply import apply_monitor
     from t2c_monitor.audit import build_baseline
-    from t2c_monitor.store.audits import baseline_batches
+    from t2c_monitor.store.baselines import baseline_batches
 
     with db.session() as session:
         record = get_monitor(session, monitor)

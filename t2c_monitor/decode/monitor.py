@@ -95,7 +95,7 @@ def monitor_clip(record: MonitorRecord):
 
 
 def _record_and_mean(db: Database, monitor: str) -> tuple[MonitorRecord, np.ndarray | None]:
-    from t2c_monitor.store.audits import baseline_mean
+    from t2c_monitor.store.baselines import baseline_mean
 
     with db.session() as session:
         record = get_monitor(session, monitor)
@@ -138,7 +138,8 @@ def decode_audit_sentences(db: Database, monitor: str, audit_id: int, *, kind: D
                            progress: bool = False) -> Decoded:
     """Audit ``audit_id``'s shift as sentences of a sentence decoder (``prefix`` or ``guided``): the
     window's mean aligned vector (the baseline's plus the drift direction) centred on the baseline's."""
-    from t2c_monitor.store.audits import audit_direction, baseline_mean
+    from t2c_monitor.store.audits import audit_direction
+    from t2c_monitor.store.baselines import baseline_mean
 
     if kind == "vocab":
         raise ValueError("decode_audit_sentences is for the sentence decoders; decode_audit gives vocab terms")

@@ -1,8 +1,5 @@
-"""Baselines and audits: which batches they cover, their score samples, and their results.
-
-Baseline score samples are stored sorted per concept (``baseline_concept.scores``), because
-sorting is most of a KS audit's work and a baseline serves many audits.
-"""
+"""Audits: which batches a window covers, the audits stored and their results (baselines: ``baselines.py``;
+a batch's scores and vectors: ``scores.py``)."""
 
 from __future__ import annotations
 
@@ -13,11 +10,9 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ARRAY, BigInteger, Connection, all_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, text, update
 
 from t2c_monitor.errors import ConfigError
-from t2c_monitor.store.batches import batch_bank
-from t2c_monitor.store.copy import read_matrix
 from t2c_monitor.store.models import (
     Audit,
     AuditResult,
@@ -26,7 +21,6 @@ from t2c_monitor.store.models import (
     Batch,
     Concept,
     Image,
-    ImageScore,
     Monitor,
     Report,
 )
@@ -104,79 +98,6 @@ def monitor_recorded_at(conn: Connection, monitor_id: int) -> datetime:
     return conn.execute(select(Monitor.created_at).where(Monitor.id == monitor_id)).scalar_one()
 
 
-def batch_scores(conn: Connection, batch_id: int, bank_id: int) -> np.ndarray:
-    """Concept scores ``(n, k)`` of a batch's ok images against one bank: those it was ingested with
-    are in the image rows, those against another bank in ``image_score``; by image id."""
-    if batch_bank(conn, batch_id) == bank_id:  # else: image_score
-        return read_matrix(
-            conn,
-            "SELECT scores FROM image WHERE batch_id = %(b)s AND status = 'ok' AND scores IS NOT NULL ORDER BY id",
-            {"b": batch_id},
-        )
-    return read_matrix(
-        conn,
-        "SELECT s.scores FROM image_score s JOIN image i ON i.id = s.image_id "
-        "WHERE i.batch_id = %(b)s AND s.bank_id = %(bank)s ORDER BY i.id",
-        {"b": batch_id, "bank": bank_id},
-    )
-
-
-def ok_image_ids(conn: Connection, batch_id: int) -> list[int]:
-    query = select(Image.id).where(Image.batch_id == batch_id, Image.status == "ok").order_by(Image.id)
-    return list(conn.execute(query).scalars().all())
-
-
-def replace_scores(conn: Connection, batch_id: int, bank_id: int, image_ids: list[int], scores: np.ndarray) -> None:
-    """Store a batch's scores against a bank (e.g. a new bank version), replacing any partial set:
-    in the image rows for the batch's own bank, else as ``image_score`` rows."""
-    from t2c_monitor.store import copy
-
-    if batch_bank(conn, batch_id) == bank_id:  # else: image_score
-        conn.execute(update(Image).where(Image.batch_id == batch_id, Image.scores.is_not(None),
-                                         Image.id != all_(bindparam("ids", [int(i) for i in image_ids],
-                                                                    type_=ARRAY(BigInteger))))
-                     .values(scores=None))  # one array parameter, however many images
-        conn.execute(
-            text("CREATE TEMPORARY TABLE t2c_new_scores (image_id bigint PRIMARY KEY, scores real[]) ON COMMIT DROP")
-        )
-        copy.copy_into(conn, "t2c_new_scores", [
-            copy.int_column("image_id", image_ids, bits=64),
-            copy.real_array_column("scores", scores),
-        ])
-        conn.execute(
-            text("UPDATE image i SET scores = n.scores FROM t2c_new_scores n "
-                 "WHERE i.id = n.image_id AND i.batch_id = :b"),
-            {"b": batch_id},
-        )
-        conn.execute(text("DROP TABLE t2c_new_scores"))
-        return
-    conn.execute(delete(ImageScore).where(ImageScore.image_id == Image.id, Image.batch_id == batch_id,
-                                          ImageScore.bank_id == bank_id))
-    copy.copy_into(conn, "image_score", [
-        copy.int_column("image_id", image_ids, bits=64),
-        copy.int_column("bank_id", [bank_id] * len(image_ids)),
-        copy.real_array_column("scores", scores),
-    ])
-
-
-def batch_embeddings(conn: Connection, batch_id: int) -> np.ndarray:
-    """Aligned unit vectors ``(n, d)`` of a batch's ok images, less those whose vector retention dropped
-    (``(0, 0)`` when none is left; ``ConfigError`` when the batch holds vectors of several widths: images
-    ingested under another aligner or CLIP model)."""
-    try:
-        return read_matrix(conn, "SELECT embedding FROM image WHERE batch_id = %(b)s AND embedding IS NOT NULL "
-                                 "ORDER BY id", {"b": batch_id})
-    except ValueError as exc:
-        if "different lengths" not in str(exc):
-            raise
-        name = conn.execute(select(Batch.external_id).where(Batch.id == batch_id)).scalar()
-        raise ConfigError(
-            f"Batch {name} holds aligned vectors of different widths: some of its images were ingested with "
-            "another aligner or CLIP model than the rest, so they are not comparable. Ingest the images again "
-            "under a new batch id (`t2c ingest SOURCE --monitor NAME --batch-id NEW`) and leave this batch out."
-        ) from None
-
-
 def stored_widths(conn: Connection, monitor_id: int) -> set[int]:
     """The widths of the aligned vectors stored for a monitor's images."""
     return set(conn.execute(select(Image.dim).where(Image.monitor_id == monitor_id, Image.status == "ok")
@@ -189,101 +110,6 @@ def delete_monitor_data(conn: Connection, monitor_id: int) -> int:
     conn.execute(delete(Baseline).where(Baseline.monitor_id == monitor_id))
     conn.execute(delete(Image).where(Image.monitor_id == monitor_id))
     return conn.execute(delete(Batch).where(Batch.monitor_id == monitor_id)).rowcount
-
-
-def insert_baseline(conn: Connection, *, monitor_id: int, aligner_id: int, bank_id: int, batch_ids: list[int],
-                    n_images: int, reservoir_size: int, mean_vector: np.ndarray, sorted_scores: np.ndarray,
-                    vectors: np.ndarray | None = None) -> int:
-    """Store a baseline (sorted score rows, one per concept in bank order, and a sample of its aligned
-    vectors) and make it the active one."""
-    from t2c_monitor.store import copy
-
-    conn.execute(update(Baseline).where(Baseline.monitor_id == monitor_id, Baseline.active).values(active=False))
-    baseline_id = conn.execute(insert(Baseline).values(
-        monitor_id=monitor_id, aligner_id=aligner_id, bank_id=bank_id, active=True, batch_ids=list(batch_ids),
-        n_images=n_images, reservoir_size=reservoir_size, dim=int(mean_vector.shape[0]),
-        mean_vector=np.asarray(mean_vector, dtype=np.float32),
-        vectors=None if vectors is None else np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
-        n_vectors=None if vectors is None else int(vectors.shape[0]),
-    ).returning(Baseline.id)).scalar_one()
-    ids = concept_ids(conn, bank_id)
-    if len(ids) != sorted_scores.shape[0]:
-        raise ValueError(f"{sorted_scores.shape[0]} score rows for {len(ids)} concepts of bank {bank_id}")
-    copy.copy_into(conn, "baseline_concept", [
-        copy.int_column("baseline_id", [baseline_id] * len(ids)),
-        copy.int_column("concept_id", ids),
-        copy.int_column("n", [n_images] * len(ids)),
-        copy.real_array_column("scores", sorted_scores),
-    ])
-    return int(baseline_id)
-
-
-@dataclass(frozen=True)
-class StoredBaseline:
-    id: int
-    aligner_id: int
-    bank_id: int
-    n_images: int
-    batch_ids: list[int]
-    mean_vector: np.ndarray
-    sorted_scores: np.ndarray  # (k, n) in bank order
-    created_at: datetime
-    vectors: np.ndarray | None = None  # (n_vectors, dim) aligned vectors; None for baselines built before 0005
-
-
-def active_baseline_id(conn: Connection, monitor_id: int) -> int | None:
-    query = select(Baseline.id).where(Baseline.monitor_id == monitor_id, Baseline.active)
-    return conn.execute(query).scalar_one_or_none()
-
-
-def concept_ids(conn: Connection, bank_id: int) -> list[int]:
-    """The bank's concept ids in bank order."""
-    query = select(Concept.id).where(Concept.bank_id == bank_id).order_by(Concept.position)
-    return list(conn.execute(query).scalars().all())
-
-
-def active_baseline(conn: Connection, monitor_id: int, monitor_name: str) -> StoredBaseline:
-    baseline_id = active_baseline_id(conn, monitor_id)
-    if baseline_id is None:
-        raise ConfigError(f"Monitor {monitor_name} has no baseline yet: build one from reference batches with "
-                          f"`t2c baseline build --monitor {monitor_name} --batches ID[,ID...]`.")
-    return baseline_by_id(conn, baseline_id)
-
-
-def baseline_by_id(conn: Connection, baseline_id: int) -> StoredBaseline:
-    """A stored baseline (active or not)."""
-    row = conn.execute(
-        select(Baseline.id, Baseline.aligner_id, Baseline.bank_id, Baseline.n_images, Baseline.batch_ids,
-               Baseline.mean_vector, Baseline.created_at, Baseline.vectors, Baseline.n_vectors, Baseline.dim
-               ).where(Baseline.id == baseline_id)
-    ).one()
-    scores = read_matrix(
-        conn, "SELECT bc.scores FROM baseline_concept bc JOIN concept c ON c.id = bc.concept_id "
-              "WHERE bc.baseline_id = %(b)s ORDER BY c.position", {"b": row.id},
-    )
-    mean = np.asarray(row.mean_vector, dtype=np.float32)  # pgvector's type reads it as an array
-    vectors = None
-    if row.vectors is not None:
-        vectors = np.frombuffer(row.vectors, dtype="<f4").reshape(row.n_vectors, row.dim)
-    return StoredBaseline(id=row.id, aligner_id=row.aligner_id, bank_id=row.bank_id, n_images=row.n_images,
-                          batch_ids=list(row.batch_ids), mean_vector=mean, sorted_scores=scores,
-                          created_at=row.created_at, vectors=vectors)
-
-
-def window_embeddings(conn: Connection, batch_ids: Sequence[int], dim: int) -> np.ndarray:
-    """The aligned vectors ``(n, dim)`` of the batches' ok images that still have one (retention may have
-    dropped some or all: ``n`` may be below the images' count, or 0)."""
-    kept = [m for m in (batch_embeddings(conn, b) for b in batch_ids) if m.size]
-    return np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)
-
-
-def sample_embeddings(conn: Connection, batch_ids: list[int], limit: int) -> np.ndarray:
-    """Up to ``limit`` aligned vectors of the batches' ok images, a fixed pseudo-random choice (the same
-    rows every time: ordered by a hash of the image id)."""
-    return read_matrix(
-        conn, "SELECT embedding FROM image WHERE batch_id = ANY(%(b)s) AND embedding IS NOT NULL "
-              "ORDER BY md5(id::text) LIMIT %(n)s", {"b": list(batch_ids), "n": int(limit)},
-    )
 
 
 def insert_audit(conn: Connection, *, monitor_id: int, baseline_id: int, batch_ids: list[int], n_current: int,
@@ -398,13 +224,6 @@ def audit_direction(conn: Connection, monitor_id: int, audit_id: int) -> np.ndar
     return None if row.direction is None else np.asarray(row.direction, dtype=np.float32)
 
 
-def baseline_mean(conn: Connection, monitor_id: int) -> np.ndarray | None:
-    """The mean aligned vector of the monitor's active baseline (None when it has none)."""
-    value = conn.execute(select(Baseline.mean_vector)
-                         .where(Baseline.monitor_id == monitor_id, Baseline.active)).scalar_one_or_none()
-    return None if value is None else np.asarray(value, dtype=np.float32)
-
-
 @dataclass(frozen=True)
 class StoredExplanation:
     """What an audit stored about its shift: the explanation JSON (roots, echoes, vector test, words)
@@ -423,23 +242,6 @@ def audit_explanation(conn: Connection, monitor_id: int, audit_id: int) -> Store
         raise ConfigError(f"The monitor has no audit {audit_id}: `t2c audit list --monitor NAME` shows its audits.")
     residual = None if row.residual is None else np.asarray(row.residual, dtype=np.float32)
     return StoredExplanation(status=row.status, explanation=dict(row.explanation or {}), residual=residual)
-
-
-def baseline_batches(conn: Connection, monitor_id: int) -> tuple[list[str], int] | None:
-    """The external ids of the active baseline's batches and its reservoir size (None: no baseline)."""
-    row = conn.execute(select(Baseline.batch_ids, Baseline.reservoir_size)
-                       .where(Baseline.monitor_id == monitor_id, Baseline.active)).one_or_none()
-    if row is None:
-        return None
-    ids = [int(b) for b in row.batch_ids]
-    names = dict(conn.execute(select(Batch.id, Batch.external_id).where(Batch.id.in_(ids))).all()) if ids else {}
-    return [names[b] for b in ids if b in names], int(row.reservoir_size)
-
-
-def baseline_batch_ids(conn: Connection, baseline_id: int) -> list[int]:
-    """The batch ids a baseline was built from."""
-    ids = conn.execute(select(Baseline.batch_ids).where(Baseline.id == baseline_id)).scalar_one_or_none()
-    return [int(b) for b in ids or []]
 
 
 def neighbour_audits(conn: Connection, monitor_id: int, audit_id: int) -> tuple[int | None, int | None]:
