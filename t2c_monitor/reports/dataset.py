@@ -82,9 +82,11 @@ def dataset_report(db: Database, monitor: str, *, batches: list[str] | None = No
     """The concept summary of the monitor's stored batches (named, or received in [since, until))."""
     from t2c_monitor.audit import batch_scores
     from t2c_monitor.decode.drift import drift_words
-    from t2c_monitor.drift.roots import _space
+    from t2c_monitor.drift.roots import whitened_space
     from t2c_monitor.store import alerts as report_store
     from t2c_monitor.store import audits as audit_store
+    from t2c_monitor.store import baselines as baseline_store
+    from t2c_monitor.store import scores as score_store
     from t2c_monitor.store.monitors import get_monitor
 
     if batches is None and since is None and until is None:
@@ -95,9 +97,9 @@ def dataset_report(db: Database, monitor: str, *, batches: list[str] | None = No
         chosen = audit_store.stored_batches(conn, record.id, external_ids=batches, since=since, until=until)
         if not chosen:
             raise ConfigError(f"No stored batches of {monitor} match: `t2c batches list --monitor {monitor}`.")
-        baseline = audit_store.active_baseline(conn, record.id, monitor)
-        ids = [i for b, _ in chosen for i in audit_store.ok_image_ids(conn, b)]
-        vectors = audit_store.window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
+        baseline = baseline_store.active_baseline(conn, record.id, monitor)
+        ids = [i for b, _ in chosen for i in score_store.ok_image_ids(conn, b)]
+        vectors = score_store.window_embeddings(conn, [b for b, _ in chosen], baseline.mean_vector.shape[0])
         if vectors.shape[0] != len(ids):
             raise ConfigError(f"Retention dropped the vectors of {len(ids) - vectors.shape[0]} images of these "
                               f"batches of {monitor}; a dataset report needs every image's vector. Choose batches "
@@ -144,10 +146,10 @@ def dataset_report(db: Database, monitor: str, *, batches: list[str] | None = No
     sample = baseline.vectors
     if sample is None:
         with db.engine.connect() as conn:
-            sample = audit_store.sample_embeddings(conn, baseline.batch_ids, record.config.audit.vectors)
+            sample = score_store.sample_embeddings(conn, baseline.batch_ids, record.config.audit.vectors)
     unlike: list[Thumb] = []
     if sample.shape[0] >= 40:
-        space = _space(sample.astype(np.float64), 64)
+        space = whitened_space(sample.astype(np.float64), 64)
         distance = np.linalg.norm(space.whiten((unit - space.mean).T), axis=0)
         unlike = top_images(distance, window_uris)
     return DatasetReport(
